@@ -1,0 +1,173 @@
+//! Go-style duration strings (`30s`, `5m`, `1h30m`) as they appear in specs.
+
+use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// The pattern the API server checks; [`SpecDuration::from_str`] accepts exactly the same
+/// language (Go's `time.ParseDuration`, non-negative, with a unit).
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// A non-negative duration written the way Kubernetes writes them, kept verbatim so that
+/// objects round-trip unchanged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SpecDuration {
+    text: String,
+    value: Duration,
+}
+
+impl SpecDuration {
+    pub fn as_duration(&self) -> Duration {
+        self.value
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid duration {text:?}: expected a number with a unit such as 30s, 5m or 1h30m")]
+pub struct ParseDurationError {
+    text: String,
+}
+
+impl FromStr for SpecDuration {
+    type Err = ParseDurationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = || ParseDurationError {
+            text: text.to_owned(),
+        };
+        // The grammar check keeps out what Go accepts but the schema pattern refuses
+        // (signs, a bare "0"), so the CLI and the API server agree.
+        if !matches_duration_grammar(text) {
+            return Err(err());
+        }
+        let parsed = kube::core::Duration::from_str(text).map_err(|_| err())?;
+        Ok(Self {
+            text: text.to_owned(),
+            value: parsed.into(),
+        })
+    }
+}
+
+/// Hand-rolled matcher for [`DURATION_PATTERN`] (no regex engine needed for one grammar).
+fn matches_duration_grammar(text: &str) -> bool {
+    let mut rest = text;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if int_len == 0 {
+            return false;
+        }
+        rest = &rest[int_len..];
+        if let Some(frac) = rest.strip_prefix('.') {
+            let frac_len = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if frac_len == 0 {
+                return false;
+            }
+            rest = &frac[frac_len..];
+        }
+        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
+            .into_iter()
+            .find(|unit| rest.starts_with(unit));
+        match unit {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl fmt::Debug for SpecDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Display for SpecDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for SpecDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for SpecDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+        })
+    }
+}
+
+impl From<Duration> for SpecDuration {
+    fn from(value: Duration) -> Self {
+        let text = if value.subsec_millis() == 0 {
+            format!("{}s", value.as_secs())
+        } else {
+            format!("{}ms", value.as_millis())
+        };
+        Self { text, value }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_to_their_value() {
+        let cases = [
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h30m", 5_400_000),
+            ("1.5s", 1_500),
+            ("250ms", 250),
+        ];
+        for (text, millis) in cases {
+            let parsed: SpecDuration = text.parse().unwrap();
+            assert_eq!(
+                parsed.as_duration(),
+                Duration::from_millis(millis),
+                "{text}"
+            );
+            assert_eq!(parsed.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn durations_without_unit_or_with_sign_are_refused() {
+        for text in ["", "10", "-5s", "+5s", "5 m", "m", "1.s", "5d", "0"] {
+            assert!(
+                text.parse::<SpecDuration>().is_err(),
+                "{text:?} should be refused"
+            );
+        }
+    }
+}

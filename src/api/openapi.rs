@@ -1,0 +1,418 @@
+//! Structural OpenAPI v3 checks of an object against a CRD schema, as the API server does them
+//! (types, required, enum, pattern, bounds, list-type uniqueness, unknown fields), so input is
+//! refused before it reaches a cluster. CEL rules are evaluated separately.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
+
+use regex::Regex;
+use serde_json::Value;
+
+/// One problem at one field, worded like the API server's field errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path with indices, e.g. `spec.endpoints[2].ports[0].port`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Checks `value` against `schema`; `path` names `value` in messages.
+pub fn check(schema: &Value, value: &Value, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    check_node(schema, value, path, &mut errors);
+    errors
+}
+
+fn push(errors: &mut Vec<FieldError>, path: &str, message: String) {
+    errors.push(FieldError {
+        path: path.to_owned(),
+        message,
+    });
+}
+
+fn compiled_pattern(pattern: &str) -> Option<Regex> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache
+        .entry(pattern.to_owned())
+        .or_insert_with(|| Regex::new(pattern).ok())
+        .clone()
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() > 80 {
+        format!("{}…", &text[..77])
+    } else {
+        text
+    }
+}
+
+fn check_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(schema) = schema.as_object() else {
+        return;
+    };
+    if value.is_null() {
+        if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
+            push(
+                errors,
+                path,
+                "Invalid value: \"null\": must not be null".into(),
+            );
+        }
+        return;
+    }
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        if !(value.is_string() || value.is_i64() || value.is_u64()) {
+            push(
+                errors,
+                path,
+                format!(
+                    "Invalid value: \"{}\": must be an integer or a string",
+                    type_name(value)
+                ),
+            );
+        }
+        return;
+    }
+    if let Some(expected) = schema.get("type").and_then(Value::as_str) {
+        let actual = type_name(value);
+        let fits = actual == expected || (expected == "number" && actual == "integer");
+        if !fits {
+            push(
+                errors,
+                path,
+                format!(
+                    "Invalid value: \"{actual}\": {path} in body must be of type {expected}: \"{actual}\""
+                ),
+            );
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        push(
+            errors,
+            path,
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                short(value),
+                list.join(", ")
+            ),
+        );
+    }
+    match value {
+        Value::String(text) => check_string(schema, text, path, errors),
+        Value::Number(number) => check_number(schema, number, path, errors),
+        Value::Array(items) => check_array(schema, items, path, errors),
+        Value::Object(fields) => check_object(schema, fields, path, errors),
+        _ => {}
+    }
+}
+
+fn check_string(
+    schema: &serde_json::Map<String, Value>,
+    text: &str,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let chars = text.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && chars > max
+    {
+        push(
+            errors,
+            path,
+            format!("Too long: may not be more than {max} bytes"),
+        );
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && chars < min
+    {
+        push(
+            errors,
+            path,
+            format!(
+                "Invalid value: \"{text}\": {path} in body should be at least {min} chars long"
+            ),
+        );
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+        match compiled_pattern(pattern) {
+            Some(re) if !re.is_match(text) => push(
+                errors,
+                path,
+                format!("Invalid value: \"{text}\": {path} in body should match '{pattern}'"),
+            ),
+            Some(_) => {}
+            None => push(
+                errors,
+                path,
+                format!("schema pattern '{pattern}' does not compile"),
+            ),
+        }
+    }
+}
+
+fn check_number(
+    schema: &serde_json::Map<String, Value>,
+    number: &serde_json::Number,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let Some(n) = number.as_f64() else { return };
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+        let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
+        if n > max || (exclusive && n == max) {
+            let op = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            push(
+                errors,
+                path,
+                format!("Invalid value: {number}: {path} in body should be {op} {max}"),
+            );
+        }
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+        let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
+        if n < min || (exclusive && n == min) {
+            let op = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            push(
+                errors,
+                path,
+                format!("Invalid value: {number}: {path} in body should be {op} {min}"),
+            );
+        }
+    }
+}
+
+fn check_array(
+    schema: &serde_json::Map<String, Value>,
+    items: &[Value],
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let len = items.len() as u64;
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && len > max
+    {
+        push(
+            errors,
+            path,
+            format!("Too many: {len}: must have at most {max} items"),
+        );
+    }
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && len < min
+    {
+        push(
+            errors,
+            path,
+            format!("Invalid value: {len}: {path} in body should have at least {min} items"),
+        );
+    }
+    if let Some(item_schema) = schema.get("items") {
+        for (index, item) in items.iter().enumerate() {
+            check_node(item_schema, item, &format!("{path}[{index}]"), errors);
+        }
+    }
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            let mut seen = BTreeSet::new();
+            for (index, item) in items.iter().enumerate() {
+                if !seen.insert(item.to_string()) {
+                    push(
+                        errors,
+                        &format!("{path}[{index}]"),
+                        format!("Duplicate value: {}", short(item)),
+                    );
+                }
+            }
+        }
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut seen = BTreeSet::new();
+            for (index, item) in items.iter().enumerate() {
+                let key: Vec<String> = keys
+                    .iter()
+                    .map(|k| item.get(*k).map(Value::to_string).unwrap_or_default())
+                    .collect();
+                if !seen.insert(key.clone()) {
+                    let shown: Vec<String> = keys
+                        .iter()
+                        .zip(&key)
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    push(
+                        errors,
+                        &format!("{path}[{index}]"),
+                        format!(
+                            "Duplicate value: map[string]interface {{}}{{{}}}",
+                            shown.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_object(
+    schema: &serde_json::Map<String, Value>,
+    fields: &serde_json::Map<String, Value>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for key in required.iter().filter_map(Value::as_str) {
+            if !fields.contains_key(key) {
+                push(errors, &join(key), "Required value".into());
+            }
+        }
+    }
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let preserve = schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let additional = schema.get("additionalProperties");
+    for (key, child) in fields {
+        // Type and object meta at the root are the API server's, not the schema's.
+        if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let child_path = join(key);
+        if let Some(child_schema) = properties.and_then(|p| p.get(key)) {
+            check_node(child_schema, child, &child_path, errors);
+        } else if let Some(additional) = additional.filter(|a| a.is_object()) {
+            check_node(additional, child, &child_path, errors);
+        } else if !preserve
+            && additional.and_then(Value::as_bool) != Some(true)
+            && properties.is_some()
+        {
+            push(
+                errors,
+                &child_path,
+                "unknown field: not declared in the schema".into(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "required": ["port"],
+            "properties": {
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "protocol": {"type": "string", "enum": ["TCP", "TLS"]},
+                "host": {"type": "string", "pattern": "^[a-z.]+$", "maxLength": 10},
+                "items": {
+                    "type": "array",
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["name"],
+                    "items": {"type": "object", "properties": {"name": {"type": "string"}}}
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn out_of_range_port_names_the_field_and_bound() {
+        let errors = check(&schema(), &json!({"port": 70000}), "spec");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "spec.port");
+        assert!(
+            errors[0].message.contains("less than or equal to 65535"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn each_structural_rule_is_reported() {
+        let value = json!({
+            "protocol": "FTP",
+            "host": "Not_A_Host_And_Too_Long",
+            "extra": 1,
+            "items": [{"name": "a"}, {"name": "a"}]
+        });
+        let errors = check(&schema(), &value, "spec");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let joined = text.join("\n");
+        assert!(joined.contains("spec.port: Required value"), "{joined}");
+        assert!(
+            joined.contains("spec.protocol: Unsupported value: \"FTP\""),
+            "{joined}"
+        );
+        assert!(joined.contains("spec.host: Too long"), "{joined}");
+        assert!(joined.contains("spec.host: Invalid value"), "{joined}");
+        assert!(joined.contains("spec.extra: unknown field"), "{joined}");
+        assert!(
+            joined.contains("spec.items[1]: Duplicate value"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_stops_descent() {
+        let errors = check(&schema(), &json!({"port": "443"}), "spec");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("must be of type integer"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The ConnectivityProfile kind: what must be reachable, and the policy that allows it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::duration::SpecDuration;
+use super::endpoint::{DnsSpec, Endpoint, EndpointDefaults, ProxySpec};
+
+/// A named, reusable list of outbound endpoints (typically one per vendor instance), with
+/// defaults and optional policy emission.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "netreach.dev",
+    version = "v1alpha1",
+    kind = "ConnectivityProfile",
+    doc = "A reusable list of outbound endpoints (hosts or IPs, ports, protocols, TLS expectations) that workloads depend on, with optional policy emission.",
+    namespaced,
+    status = "ConnectivityProfileStatus",
+    shortname = "cprof",
+    category = "netreach",
+    printcolumn(
+        name = "Endpoints",
+        type_ = "integer",
+        json_path = ".status.endpointCount",
+        description = "Endpoints declared"
+    ),
+    printcolumn(
+        name = "Resolved",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Resolved\")].status",
+        description = "Whether every host endpoint resolved"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"PolicyApplied\")].reason",
+        description = "State of policy emission"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectivityProfileSpec {
+    /// What this profile is for, e.g. "MaaS360 Cloud Extender, instance M3".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Defaults applied to every endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<EndpointDefaults>,
+
+    /// The endpoints that must be reachable. Names are unique.
+    #[schemars(length(min = 1, max = 1000))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub endpoints: Vec<Endpoint>,
+
+    /// HTTP CONNECT proxy the workloads (and so the probes) go through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+
+    /// Name resolution settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSpec>,
+
+    /// Network policy to emit for these endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
+}
+
+/// Policy emission settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Pods the emitted policy applies to (the workload that needs the endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+
+    /// Policy formats to emit.
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub flavors: Vec<Flavor>,
+
+    /// How often host names are re-resolved to refresh address-based policy. Default: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<SpecDuration>,
+}
+
+/// A policy format NetReach can emit.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum Flavor {
+    /// Kubernetes networking.k8s.io/v1 NetworkPolicy (ipBlocks from resolved addresses).
+    NetworkPolicy,
+    /// CiliumNetworkPolicy with toFQDNs.
+    Cilium,
+    /// CiliumEgressGatewayPolicy: fixed source IP through gateway nodes.
+    CiliumEgressGateway,
+    /// Calico projectcalico.org/v3 NetworkPolicy and GlobalNetworkSet.
+    Calico,
+    /// Istio ServiceEntry (and optional egress gateway objects).
+    Istio,
+    /// policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
+    AdminNetworkPolicy,
+    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+    ClusterNetworkPolicy,
+    /// OVN-Kubernetes / OpenShift k8s.ovn.org/v1 EgressFirewall.
+    EgressFirewall,
+}
+
+/// Observed state of a ConnectivityProfile.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectivityProfileStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Accepted, Resolved and PolicyApplied conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Number of endpoints declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_count: Option<i32>,
+    /// Addresses each host endpoint resolved to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ResolvedEndpoint>,
+    /// Policy objects applied for this profile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<AppliedPolicy>,
+}
+
+/// Addresses of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedEndpoint {
+    /// Endpoint name.
+    pub name: String,
+    /// Resolved IPv4 and IPv6 addresses, sorted.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// When the addresses were last resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
+    /// Why resolution failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One emitted policy object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicy {
+    /// Flavor that produced it.
+    pub flavor: String,
+    /// apiVersion of the object.
+    pub api_version: String,
+    /// Kind of the object.
+    pub kind: String,
+    /// Name of the object.
+    pub name: String,
+    /// Namespace of the object (empty for cluster-scoped objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}

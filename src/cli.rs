@@ -1,0 +1,186 @@
+//! Command-line interface: argument parsing and the startup of each subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{crdgen, load};
+
+/// Exit code for input the tool refuses (bad YAML, schema violations, bad flags).
+pub const EXIT_INVALID_INPUT: u8 = 2;
+/// Exit code when a required endpoint fails.
+pub const EXIT_FAILED: u8 = 1;
+
+/// Prove that workloads can reach the outbound endpoints they depend on.
+///
+/// NetReach checks hosts and IPs, ports, protocols and TLS issuers from where the workload
+/// runs, explains why an endpoint cannot be reached (DNS, firewall, proxy, TLS interception,
+/// expiry) and emits the network policy that allows exactly those endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "netreach", version, propagate_version = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Probe the endpoints of profiles and checks from this machine (no cluster needed).
+    ///
+    /// Reads ConnectivityProfile and EgressCheck YAML (files or directories), probes every
+    /// endpoint×port and prints what works and why the rest does not. Exit status: 0 when
+    /// every required endpoint passes, 1 when one fails, 2 on invalid input.
+    Check(CheckArgs),
+    /// Print the network policy (or a firewall allowlist) for profiles, for GitOps.
+    Render(RenderArgs),
+    /// Print the CustomResourceDefinitions, or write one file per CRD.
+    Crds(CrdsArgs),
+    /// Run the operator: watch EgressChecks and ConnectivityProfiles in a cluster.
+    Run,
+    /// Run a probe spec and print its results (what probe Jobs execute).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// YAML files or directories holding ConnectivityProfiles and EgressChecks.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Ask this nameserver (IP or IP:port) instead of the system resolver; repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub nameserver: Vec<String>,
+    /// Probe through this HTTP CONNECT proxy (http://[user:pass@]host:port).
+    #[arg(long, value_name = "URL", env = "NETREACH_PROXY")]
+    pub proxy: Option<String>,
+    /// Deadline per endpoint×port, all stages included (overrides the files), e.g. 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// How many endpoint×port probes run at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Extra CA certificates (PEM) to trust besides the public web PKI roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Vec<PathBuf>,
+    /// Trust the system's CA store instead of the bundled web PKI roots.
+    #[arg(long)]
+    pub system_roots: bool,
+    /// Probe only the endpoints with this name; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
+    /// Directory of Secrets as files, `DIR/<secret>/<key>` (as a pod mounts them).
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Stop at the first address that answers instead of probing every resolved address.
+    #[arg(long)]
+    pub first_address_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table for people.
+    Table,
+    /// The result model as JSON.
+    Json,
+    /// JUnit XML, one testcase per endpoint×port, for CI gates.
+    Junit,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// YAML files or directories holding ConnectivityProfiles.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Flavors to render, comma-separated (case-insensitive).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub flavor: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write `DIR/<crd name>.yaml` per CRD instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Probe spec (JSON or YAML); `-` reads standard input.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    pub spec: PathBuf,
+}
+
+impl Args {
+    /// Parses the command line and runs the chosen subcommand.
+    pub fn parse_and_run() -> ExitCode {
+        let args = Args::parse();
+        args.run()
+    }
+
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Crds(args) => run_crds(&args),
+            Command::Check(args) => crate::probe::cli::run_check(args),
+            Command::Probe(args) => crate::probe::cli::run_probe(&args),
+            Command::Render(args) => {
+                if let Err(code) = load_or_exit(&args.files) {
+                    return code;
+                }
+                not_yet_available("render", &args.flavor.join(","))
+            }
+            Command::Run => not_yet_available("run", "the operator"),
+        }
+    }
+}
+
+fn not_yet_available(command: &str, what: &str) -> ExitCode {
+    eprintln!(
+        "error: `netreach {command}` ({what}) is not available in this build yet; \
+         `netreach check` and `netreach crds` are"
+    );
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// Loads the inputs, printing every error and returning exit code 2 on any.
+pub fn load_or_exit(files: &[PathBuf]) -> Result<Vec<load::Loaded>, ExitCode> {
+    load::load_paths(files).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("error: {error}");
+        }
+        eprintln!("{} problem(s) found; nothing was probed", errors.0.len());
+        ExitCode::from(EXIT_INVALID_INPUT)
+    })
+}
+
+fn run_crds(args: &CrdsArgs) -> ExitCode {
+    let result = match &args.output_dir {
+        Some(dir) => crdgen::write_crds(dir).map(|paths| {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+        }),
+        None => crdgen::all_crds_yaml().map(|yaml| print!("{yaml}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// `outer: inner: root` for an error and its sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,8 @@
+//! NetReach: prove that workloads can reach the outbound endpoints they depend on, explain why
+//! when they cannot, and emit the policy that allows exactly those endpoints.
+
+pub mod api;
+pub mod cli;
+pub mod crdgen;
+pub mod load;
+pub mod probe;

@@ -1,0 +1,309 @@
+//! The probe result model: one row per endpoint×port, shared by the CLI, probe pods and
+//! EgressCheck status.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::{Deserialize, Serialize};
+
+use crate::api::Protocol;
+
+/// Verdict of one endpoint×port.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum Outcome {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Pass => "Pass",
+            Outcome::Warn => "Warn",
+            Outcome::Fail => "Fail",
+        })
+    }
+}
+
+/// The stage a probe reached: the failing one, or the last one passed.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum Stage {
+    #[serde(rename = "DNS")]
+    Dns,
+    Connect,
+    Proxy,
+    #[serde(rename = "StartTLS")]
+    StartTls,
+    #[serde(rename = "TLS")]
+    Tls,
+    Issuer,
+    Protocol,
+    Auth,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Dns => "DNS",
+            Stage::Connect => "Connect",
+            Stage::Proxy => "Proxy",
+            Stage::StartTls => "StartTLS",
+            Stage::Tls => "TLS",
+            Stage::Issuer => "Issuer",
+            Stage::Protocol => "Protocol",
+            Stage::Auth => "Auth",
+        })
+    }
+}
+
+/// Why a row has its outcome (CamelCase, stable: dashboards and alerts match on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Reason {
+    /// Every stage passed.
+    Reachable,
+    #[serde(rename = "NXDomain")]
+    NxDomain,
+    NoAnswer,
+    ServFail,
+    DnsTimeout,
+    DnsError,
+    WildcardHost,
+    ConnectionRefused,
+    ConnectTimeout,
+    HostUnreachable,
+    NetworkUnreachable,
+    ConnectError,
+    ProxyRejected,
+    ProxyAuthRequired,
+    ProxyTimeout,
+    ProxyError,
+    BannerMismatch,
+    BannerTimeout,
+    #[serde(rename = "StartTLSNotOffered")]
+    StartTlsNotOffered,
+    #[serde(rename = "StartTLSRejected")]
+    StartTlsRejected,
+    #[serde(rename = "TLSHandshakeFailed")]
+    TlsHandshakeFailed,
+    #[serde(rename = "TLSTimeout")]
+    TlsTimeout,
+    UntrustedIssuer,
+    HostnameMismatch,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateExpiringSoon,
+    IssuerMismatch,
+    PinMismatch,
+    #[serde(rename = "HTTPStatusMismatch")]
+    HttpStatusMismatch,
+    ProtocolError,
+    ResponseTimeout,
+    AuthMechanismMissing,
+    CapabilityMissing,
+    BindFailed,
+    SearchFailed,
+    CredentialsUnavailable,
+    DeadlineExceeded,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Reachable => "Reachable",
+            Reason::NxDomain => "NXDomain",
+            Reason::NoAnswer => "NoAnswer",
+            Reason::ServFail => "ServFail",
+            Reason::DnsTimeout => "DnsTimeout",
+            Reason::DnsError => "DnsError",
+            Reason::WildcardHost => "WildcardHost",
+            Reason::ConnectionRefused => "ConnectionRefused",
+            Reason::ConnectTimeout => "ConnectTimeout",
+            Reason::HostUnreachable => "HostUnreachable",
+            Reason::NetworkUnreachable => "NetworkUnreachable",
+            Reason::ConnectError => "ConnectError",
+            Reason::ProxyRejected => "ProxyRejected",
+            Reason::ProxyAuthRequired => "ProxyAuthRequired",
+            Reason::ProxyTimeout => "ProxyTimeout",
+            Reason::ProxyError => "ProxyError",
+            Reason::BannerMismatch => "BannerMismatch",
+            Reason::BannerTimeout => "BannerTimeout",
+            Reason::StartTlsNotOffered => "StartTLSNotOffered",
+            Reason::StartTlsRejected => "StartTLSRejected",
+            Reason::TlsHandshakeFailed => "TLSHandshakeFailed",
+            Reason::TlsTimeout => "TLSTimeout",
+            Reason::UntrustedIssuer => "UntrustedIssuer",
+            Reason::HostnameMismatch => "HostnameMismatch",
+            Reason::CertificateExpired => "CertificateExpired",
+            Reason::CertificateNotYetValid => "CertificateNotYetValid",
+            Reason::CertificateExpiringSoon => "CertificateExpiringSoon",
+            Reason::IssuerMismatch => "IssuerMismatch",
+            Reason::PinMismatch => "PinMismatch",
+            Reason::HttpStatusMismatch => "HTTPStatusMismatch",
+            Reason::ProtocolError => "ProtocolError",
+            Reason::ResponseTimeout => "ResponseTimeout",
+            Reason::AuthMechanismMissing => "AuthMechanismMissing",
+            Reason::CapabilityMissing => "CapabilityMissing",
+            Reason::BindFailed => "BindFailed",
+            Reason::SearchFailed => "SearchFailed",
+            Reason::CredentialsUnavailable => "CredentialsUnavailable",
+            Reason::DeadlineExceeded => "DeadlineExceeded",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One endpoint×port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// Endpoint name.
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    pub port: i32,
+    pub protocol: Protocol,
+    /// Whether a failure fails the check.
+    pub required: bool,
+    pub outcome: Outcome,
+    /// The failing stage, or the last one passed.
+    pub stage: Stage,
+    pub reason: Reason,
+    /// What happened, to what, and what to do next.
+    pub message: String,
+    /// TLS is re-signed by something in the path (issuer or pin mismatch).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intercepted: bool,
+    /// Per-address results (every resolved A and AAAA address unless limited).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddressResult>,
+    /// Milliseconds per stage.
+    #[serde(default)]
+    pub latency: Latency,
+    /// What the TLS handshake showed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFacts>,
+    /// What the application stage saw: HTTP status line, AUTH mechanisms, capabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// When this row's outcome last changed (set by the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+}
+
+impl ProbeResult {
+    /// The key rows are matched on across runs.
+    pub fn key(&self) -> (&str, i32) {
+        (&self.endpoint, self.port)
+    }
+
+    /// `host:port` or `cidr:port`, as people write it.
+    pub fn target(&self) -> String {
+        let host = self.host.as_deref().or(self.cidr.as_deref()).unwrap_or("?");
+        if host.contains(':') && !host.contains('/') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// The result for one resolved address of an endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressResult {
+    pub address: String,
+    pub outcome: Outcome,
+    pub stage: Stage,
+    pub reason: Reason,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+/// Milliseconds spent per stage (absent: stage not reached).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+/// Facts from the TLS handshake and the presented chain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFacts {
+    /// e.g. TLSv1.3.
+    pub version: String,
+    pub cipher_suite: String,
+    /// Leaf subject DN.
+    pub subject: String,
+    /// Leaf issuer DN, e.g. `CN=Web Proxy, O=Example Corp., OU=IT`.
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_organization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_common_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_organizational_unit: Option<String>,
+    /// Subject alternative names of the leaf.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
+    /// Leaf notAfter, RFC 3339.
+    pub not_after: String,
+    /// Whole days until notAfter (negative when expired).
+    pub days_remaining: i64,
+    /// Base64 SHA-256 of the leaf SubjectPublicKeyInfo.
+    pub spki_sha256: String,
+    /// Certificates presented.
+    pub chain_length: i32,
+    /// The chain verified against the probe's roots (a corporate CA installed as a root makes
+    /// an intercepting proxy trusted).
+    pub trusted: bool,
+    /// Why verification failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
+    /// The issuer the spec expects, when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_issuer: Option<String>,
+}

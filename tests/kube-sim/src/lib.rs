@@ -1,0 +1,1 @@
+//! Kubernetes API emulator for NetReach tests (not part of the operator).
