@@ -111,6 +111,9 @@ pub struct ProbeArgs {
     /// Probe spec (JSON or YAML); `-` reads standard input.
     #[arg(long, value_name = "FILE", default_value = "-")]
     pub spec: PathBuf,
+    /// Also write the result digest here (the pod's terminationMessagePath).
+    #[arg(long, value_name = "FILE")]
+    pub termination_log: Option<PathBuf>,
 }
 
 impl Args {

@@ -12,8 +12,8 @@ use crate::api::{self, ConnectivityProfile, EgressCheck, Kind};
 /// A typed object read from a file.
 #[derive(Clone, Debug)]
 pub enum Document {
-    Profile(ConnectivityProfile),
-    Check(EgressCheck),
+    Profile(Box<ConnectivityProfile>),
+    Check(Box<EgressCheck>),
 }
 
 /// Where a document came from.
@@ -290,8 +290,8 @@ fn decode(value: &Value) -> Result<Document, DecodeFailure> {
         return Err((object, problems));
     }
     let typed = match kind {
-        Kind::ConnectivityProfile => deserialize(value).map(Document::Profile),
-        Kind::EgressCheck => deserialize(value).map(Document::Check),
+        Kind::ConnectivityProfile => deserialize(value).map(|p| Document::Profile(Box::new(p))),
+        Kind::EgressCheck => deserialize(value).map(|c| Document::Check(Box::new(c))),
     };
     typed.map_err(|(field, message)| (object, vec![(Some(field), message)]))
 }

@@ -13,6 +13,8 @@ use crate::probe::result::ProbeResult;
 pub const RUN_NOW_ANNOTATION: &str = "netreach.dev/run-now";
 
 /// Runs a profile's probes from a chosen place in the cluster, on a schedule, and reports.
+// Several printer columns share a type, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.profileRef) != has(self.endpoints)").message("set exactly one of profileRef or endpoints").reason(Reason::FieldValueInvalid))]
 #[kube(

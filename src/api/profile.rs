@@ -9,6 +9,8 @@ use super::endpoint::{DnsSpec, Endpoint, EndpointDefaults, ProxySpec};
 
 /// A named, reusable list of outbound endpoints (typically one per vendor instance), with
 /// defaults and optional policy emission.
+// Several printer columns share a type, which clippy mistakes for a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "netreach.dev",

@@ -1,0 +1,410 @@
+//! LDAP stage: the StartTLS extended operation, a simple bind and a base-scope search, encoded
+//! in the few BER shapes they need (RFC 4511). Responses are size-bounded.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::net::{BoxStream, Deadline, Failure};
+use super::result::{Reason, Stage};
+
+const START_TLS_OID: &str = "1.3.6.1.4.1.1466.20037";
+/// Largest LDAP message accepted (a base-scope search with no attributes is tiny).
+const MAX_MESSAGE: usize = 256 * 1024;
+
+const TAG_BIND_REQUEST: u8 = 0x60;
+const TAG_BIND_RESPONSE: u8 = 0x61;
+const TAG_SEARCH_REQUEST: u8 = 0x63;
+const TAG_SEARCH_ENTRY: u8 = 0x64;
+const TAG_SEARCH_DONE: u8 = 0x65;
+const TAG_SEARCH_REFERENCE: u8 = 0x73;
+const TAG_EXTENDED_REQUEST: u8 = 0x77;
+const TAG_EXTENDED_RESPONSE: u8 = 0x78;
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn integer(value: u32) -> Vec<u8> {
+    let mut bytes: Vec<u8> = value
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    if bytes.first().is_none_or(|b| b & 0x80 != 0) {
+        bytes.insert(0, 0);
+    }
+    tlv(0x02, &bytes)
+}
+
+fn message(id: u32, op: Vec<u8>) -> Vec<u8> {
+    let mut body = integer(id);
+    body.extend(op);
+    tlv(0x30, &body)
+}
+
+pub fn start_tls_request(id: u32) -> Vec<u8> {
+    message(
+        id,
+        tlv(TAG_EXTENDED_REQUEST, &tlv(0x80, START_TLS_OID.as_bytes())),
+    )
+}
+
+pub fn bind_request(id: u32, dn: &str, password: &str) -> Vec<u8> {
+    let mut op = integer(3);
+    op.extend(tlv(0x04, dn.as_bytes()));
+    op.extend(tlv(0x80, password.as_bytes()));
+    message(id, tlv(TAG_BIND_REQUEST, &op))
+}
+
+/// Base-scope search for `(objectClass=*)` returning no attributes ("1.1").
+pub fn search_request(id: u32, base: &str) -> Vec<u8> {
+    let mut op = tlv(0x04, base.as_bytes());
+    op.extend(tlv(0x0a, &[0])); // scope: baseObject
+    op.extend(tlv(0x0a, &[0])); // derefAliases: never
+    op.extend(integer(1)); // sizeLimit
+    op.extend(integer(10)); // timeLimit (s)
+    op.extend(tlv(0x01, &[0])); // typesOnly: false
+    op.extend(tlv(0x87, b"objectClass")); // filter: present
+    op.extend(tlv(0x30, &tlv(0x04, b"1.1")));
+    message(id, tlv(TAG_SEARCH_REQUEST, &op))
+}
+
+/// A parsed response: the operation tag, and for LDAPResult-shaped ones the result code and
+/// diagnostic message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub op: u8,
+    pub result_code: Option<u32>,
+    pub diagnostic: String,
+}
+
+/// Reads a TLV header: (tag, length, header size).
+fn header(bytes: &[u8]) -> Option<(u8, usize, usize)> {
+    let tag = *bytes.first()?;
+    let first = *bytes.get(1)? as usize;
+    if first < 0x80 {
+        return Some((tag, first, 2));
+    }
+    let count = first & 0x7f;
+    if count == 0 || count > 4 {
+        return None;
+    }
+    let mut len = 0usize;
+    for i in 0..count {
+        len = (len << 8) | *bytes.get(2 + i)? as usize;
+    }
+    Some((tag, len, 2 + count))
+}
+
+/// Splits consecutive TLVs of `bytes` into (tag, content).
+fn elements(mut bytes: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (tag, len, head) = header(bytes)?;
+        let content = bytes.get(head..head + len)?;
+        out.push((tag, content));
+        bytes = &bytes[head + len..];
+    }
+    Some(out)
+}
+
+pub fn parse_response(message: &[u8]) -> Option<Response> {
+    let outer = elements(message)?;
+    let (0x30, body) = *outer.first()? else {
+        return None;
+    };
+    let parts = elements(body)?;
+    let (op, content) = *parts.get(1)?;
+    let fields = elements(content).unwrap_or_default();
+    let result_code = match fields.first() {
+        Some((0x0a, value)) if op != TAG_SEARCH_ENTRY => {
+            Some(value.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
+        }
+        _ => None,
+    };
+    let diagnostic = fields
+        .get(2)
+        .map(|(_, text)| String::from_utf8_lossy(text).into_owned())
+        .unwrap_or_default();
+    Some(Response {
+        op,
+        result_code,
+        diagnostic,
+    })
+}
+
+/// A connection speaking LDAP.
+pub struct LdapConn {
+    pub stream: BoxStream,
+    next_id: u32,
+}
+
+impl LdapConn {
+    pub fn new(stream: BoxStream) -> Self {
+        Self { stream, next_id: 1 }
+    }
+
+    fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    async fn read_message(&mut self) -> std::io::Result<Vec<u8>> {
+        let invalid =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut head = vec![0u8; 2];
+        self.stream.read_exact(&mut head).await?;
+        if head[0] != 0x30 {
+            return Err(invalid("not an LDAP message"));
+        }
+        if head[1] & 0x80 != 0 {
+            let count = (head[1] & 0x7f) as usize;
+            if count == 0 || count > 4 {
+                return Err(invalid("bad BER length"));
+            }
+            let mut more = vec![0u8; count];
+            self.stream.read_exact(&mut more).await?;
+            head.extend(more);
+        }
+        let (_, len, _) = header(&head).ok_or_else(|| invalid("bad BER length"))?;
+        if len > MAX_MESSAGE {
+            return Err(invalid("LDAP message too large"));
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).await?;
+        head.extend(body);
+        Ok(head)
+    }
+
+    async fn exchange(
+        &mut self,
+        request: Vec<u8>,
+        expect: &[u8],
+        target: &str,
+        what: &str,
+        stage: Stage,
+        deadline: &Deadline,
+    ) -> Result<Response, Failure> {
+        let fail = |e: std::io::Error| {
+            Failure::new(
+                stage,
+                Reason::ProtocolError,
+                format!("LDAP {what} with {target} failed: {e}; the port may not speak LDAP"),
+            )
+        };
+        let run = async {
+            self.stream.write_all(&request).await.map_err(fail)?;
+            loop {
+                let raw = self.read_message().await.map_err(fail)?;
+                let response = parse_response(&raw).ok_or_else(|| {
+                    Failure::new(
+                        stage,
+                        Reason::ProtocolError,
+                        format!("{target} sent a malformed LDAP {what} response"),
+                    )
+                })?;
+                if expect.contains(&response.op) {
+                    return Ok(response);
+                }
+                // Entries and references before SearchResultDone are read and skipped.
+                if !matches!(response.op, TAG_SEARCH_ENTRY | TAG_SEARCH_REFERENCE) {
+                    return Err(Failure::new(
+                        stage,
+                        Reason::ProtocolError,
+                        format!(
+                            "{target} answered the LDAP {what} with an unexpected operation (tag {:#x})",
+                            response.op
+                        ),
+                    ));
+                }
+            }
+        };
+        deadline
+            .run(
+                stage,
+                Reason::ResponseTimeout,
+                || format!("{target} did not answer the LDAP {what}"),
+                run,
+            )
+            .await
+    }
+
+    /// Asks for StartTLS; the caller runs the handshake when this succeeds.
+    pub async fn start_tls(&mut self, target: &str, deadline: &Deadline) -> Result<(), Failure> {
+        let id = self.id();
+        let response = self
+            .exchange(
+                start_tls_request(id),
+                &[TAG_EXTENDED_RESPONSE],
+                target,
+                "StartTLS",
+                Stage::StartTls,
+                deadline,
+            )
+            .await?;
+        match response.result_code {
+            Some(0) => Ok(()),
+            code => Err(Failure::new(
+                Stage::StartTls,
+                Reason::StartTlsRejected,
+                format!(
+                    "{target} refused LDAP StartTLS (result {}{}); enable TLS on the directory or use LDAPS",
+                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    if response.diagnostic.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", response.diagnostic)
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// Simple bind; an empty DN binds anonymously.
+    pub async fn bind(
+        &mut self,
+        dn: &str,
+        password: &str,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<(), Failure> {
+        let id = self.id();
+        let response = self
+            .exchange(
+                bind_request(id, dn, password),
+                &[TAG_BIND_RESPONSE],
+                target,
+                "bind",
+                Stage::Auth,
+                deadline,
+            )
+            .await?;
+        match response.result_code {
+            Some(0) => Ok(()),
+            Some(49) => Err(Failure::new(
+                Stage::Auth,
+                Reason::BindFailed,
+                format!(
+                    "{target} rejected the bind as {dn}: invalid credentials (49); check the bind Secret"
+                ),
+            )),
+            code => Err(Failure::new(
+                Stage::Auth,
+                Reason::BindFailed,
+                format!(
+                    "bind as {} to {target} failed with result {}: {}",
+                    if dn.is_empty() { "anonymous" } else { dn },
+                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    response.diagnostic
+                ),
+            )),
+        }
+    }
+
+    /// Base-scope search of `base` (the root DSE when empty).
+    pub async fn search_base(
+        &mut self,
+        base: &str,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<(), Failure> {
+        let id = self.id();
+        let response = self
+            .exchange(
+                search_request(id, base),
+                &[TAG_SEARCH_DONE],
+                target,
+                "search",
+                Stage::Protocol,
+                deadline,
+            )
+            .await?;
+        let shown = if base.is_empty() {
+            "the root DSE"
+        } else {
+            base
+        };
+        match response.result_code {
+            Some(0) => Ok(()),
+            Some(32) => Err(Failure::new(
+                Stage::Protocol,
+                Reason::SearchFailed,
+                format!("{shown} does not exist on {target} (noSuchObject); check baseDN"),
+            )),
+            Some(50) => Err(Failure::new(
+                Stage::Protocol,
+                Reason::SearchFailed,
+                format!(
+                    "the bind account may not read {shown} on {target} (insufficientAccessRights)"
+                ),
+            )),
+            code => Err(Failure::new(
+                Stage::Protocol,
+                Reason::SearchFailed,
+                format!(
+                    "searching {shown} on {target} failed with result {}: {}",
+                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    response.diagnostic
+                ),
+            )),
+        }
+    }
+
+    pub async fn unbind(&mut self) {
+        let id = self.id();
+        let _ = self.stream.write_all(&message(id, vec![0x42, 0x00])).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_tls_request_is_the_rfc_4511_encoding() {
+        let bytes = start_tls_request(1);
+        let mut expected = vec![0x30, 0x1d, 0x02, 0x01, 0x01, 0x77, 0x18, 0x80, 0x16];
+        expected.extend_from_slice(START_TLS_OID.as_bytes());
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn bind_response_result_and_diagnostic_parse() {
+        // BindResponse, messageID 2, resultCode 49, matchedDN "", diagnostic "bad".
+        let op = [0x0a, 0x01, 0x31, 0x04, 0x00, 0x04, 0x03, b'b', b'a', b'd'];
+        let msg = message(2, tlv(TAG_BIND_RESPONSE, &op));
+        let parsed = parse_response(&msg).unwrap();
+        assert_eq!(parsed.op, TAG_BIND_RESPONSE);
+        assert_eq!(parsed.result_code, Some(49));
+        assert_eq!(parsed.diagnostic, "bad");
+    }
+
+    #[test]
+    fn long_form_lengths_round_trip() {
+        let long = "x".repeat(300);
+        let msg = bind_request(7, &long, "pw");
+        let (tag, len, head) = header(&msg).unwrap();
+        assert_eq!((tag, head + len), (0x30, msg.len()));
+        assert!(parse_response(&msg).is_some());
+    }
+
+    #[test]
+    fn garbage_does_not_parse() {
+        assert!(parse_response(&[0x30, 0x05, 0x02]).is_none());
+        assert!(parse_response(b"HTTP/1.1 200 OK").is_none());
+    }
+}

@@ -1,0 +1,275 @@
+//! Turning profiles and checks into a probe plan: one fully resolved [`Target`] per
+//! endpoint×port, with defaults merged, ready to hand to the engine or to a probe pod.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::endpoint::{
+    DnsSpec, Endpoint, EndpointDefaults, HttpExpectation, IssuerMatch, LdapExpectation,
+    MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
+};
+use crate::api::{ConnectivityProfileSpec, EgressCheckSpec, Protocol, TlsMode};
+use crate::load::{Document, Loaded};
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MIN_DAYS_VALID: i32 = 14;
+
+/// Everything the engine needs to probe one endpoint×port; serializable so the operator can
+/// hand it to a probe pod as is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub required: bool,
+    pub timeout_ms: u64,
+    pub tls: TlsPlan,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsSpec>,
+}
+
+/// TLS settings of one target with defaults applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsPlan {
+    pub mode: TlsMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_issuer: Option<IssuerMatch>,
+    pub on_mismatch: MismatchAction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spki_pins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    pub min_days_valid: i32,
+    /// Extra CA bundle: `configMap/<name>/<key>` or `secret/<name>/<key>` (resolved by the
+    /// runner into PEM text before probing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
+}
+
+impl Target {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// `host:port` as people write it.
+    pub fn display(&self) -> String {
+        let host = self.host.as_deref().or(self.cidr.as_deref()).unwrap_or("?");
+        if host.contains(':') && !host.contains('/') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Where a list of endpoints and its settings come from.
+pub struct EndpointSource<'a> {
+    pub endpoints: &'a [Endpoint],
+    pub defaults: Option<&'a EndpointDefaults>,
+    pub proxy: Option<&'a ProxySpec>,
+    pub dns: Option<&'a DnsSpec>,
+}
+
+impl<'a> EndpointSource<'a> {
+    pub fn from_profile(spec: &'a ConnectivityProfileSpec) -> Self {
+        Self {
+            endpoints: &spec.endpoints,
+            defaults: spec.defaults.as_ref(),
+            proxy: spec.proxy.as_ref(),
+            dns: spec.dns.as_ref(),
+        }
+    }
+
+    /// A check over a profile: the check's proxy and dns override the profile's.
+    pub fn from_check(
+        check: &'a EgressCheckSpec,
+        profile: Option<&'a ConnectivityProfileSpec>,
+    ) -> Option<Self> {
+        let base = match (&check.endpoints, profile) {
+            (Some(endpoints), _) => Self {
+                endpoints,
+                defaults: check.defaults.as_ref(),
+                proxy: None,
+                dns: None,
+            },
+            (None, Some(profile)) => Self::from_profile(profile),
+            (None, None) => return None,
+        };
+        Some(Self {
+            proxy: check.proxy.as_ref().or(base.proxy),
+            dns: check.dns.as_ref().or(base.dns),
+            ..base
+        })
+    }
+
+    /// One target per endpoint×port, in declaration order.
+    pub fn targets(&self) -> Vec<Target> {
+        let defaults = self.defaults.cloned().unwrap_or_default();
+        let mut targets = Vec::new();
+        for endpoint in self.endpoints {
+            let timeout = endpoint
+                .timeout
+                .as_ref()
+                .or(defaults.timeout.as_ref())
+                .map(|d| d.as_duration())
+                .unwrap_or(DEFAULT_TIMEOUT);
+            let required = endpoint.required.or(defaults.required).unwrap_or(true);
+            for port in &endpoint.ports {
+                let tls = merge_tls(&[
+                    port.tls.as_ref(),
+                    endpoint.tls.as_ref(),
+                    defaults.tls.as_ref(),
+                ]);
+                targets.push(Target {
+                    endpoint: endpoint.name.clone(),
+                    host: endpoint.host.clone(),
+                    cidr: endpoint.cidr.clone(),
+                    port: u16::try_from(port.port).unwrap_or(0),
+                    protocol: port.protocol,
+                    required,
+                    timeout_ms: timeout.as_millis() as u64,
+                    tls: TlsPlan {
+                        mode: tls.mode.unwrap_or_else(|| port.protocol.default_tls_mode()),
+                        expected_issuer: tls.expected_issuer,
+                        on_mismatch: tls.on_mismatch.unwrap_or(MismatchAction::Fail),
+                        spki_pins: tls.spki_pins,
+                        server_name: tls.server_name,
+                        min_days_valid: tls.min_days_valid.unwrap_or(DEFAULT_MIN_DAYS_VALID),
+                        ca_bundle_pem: None,
+                    },
+                    http: port.http.clone(),
+                    smtp: port.smtp.clone(),
+                    mail: port.mail.clone(),
+                    ldap: port.ldap.clone(),
+                    proxy: self.proxy.cloned(),
+                    dns: self.dns.cloned(),
+                });
+            }
+        }
+        targets
+    }
+}
+
+/// Field-by-field merge, first set value wins.
+fn merge_tls(layers: &[Option<&TlsExpectation>]) -> TlsExpectation {
+    let mut merged = TlsExpectation::default();
+    for layer in layers.iter().flatten() {
+        merged.mode = merged.mode.or(layer.mode);
+        merged.expected_issuer = merged
+            .expected_issuer
+            .take()
+            .or_else(|| layer.expected_issuer.clone());
+        merged.on_mismatch = merged.on_mismatch.or(layer.on_mismatch);
+        if merged.spki_pins.is_empty() {
+            merged.spki_pins = layer.spki_pins.clone();
+        }
+        merged.server_name = merged
+            .server_name
+            .take()
+            .or_else(|| layer.server_name.clone());
+        merged.min_days_valid = merged.min_days_valid.or(layer.min_days_valid);
+        merged.ca_bundle_ref = merged
+            .ca_bundle_ref
+            .take()
+            .or_else(|| layer.ca_bundle_ref.clone());
+    }
+    merged
+}
+
+/// A named group of targets (one per profile or check in the input).
+#[derive(Clone, Debug)]
+pub struct PlanGroup {
+    /// `ConnectivityProfile ns/name` or `EgressCheck ns/name`.
+    pub source: String,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "EgressCheck {check} refers to ConnectivityProfile {profile}, which none of the input files holds; pass the profile's file too"
+)]
+pub struct MissingProfile {
+    pub check: String,
+    pub profile: String,
+}
+
+/// Plans what `netreach check` probes: every profile, and every check with inline endpoints
+/// or with a profile that is not itself in the input (a check of a profile in the input adds
+/// nothing new from this machine).
+pub fn plan_documents(documents: &[Loaded]) -> Result<Vec<PlanGroup>, MissingProfile> {
+    let key = |ns: &Option<String>, name: &Option<String>| {
+        format!(
+            "{}/{}",
+            ns.as_deref().unwrap_or("default"),
+            name.as_deref().unwrap_or_default()
+        )
+    };
+    let profiles: Vec<(String, &ConnectivityProfileSpec)> = documents
+        .iter()
+        .filter_map(|l| match &l.document {
+            Document::Profile(p) => Some((key(&p.metadata.namespace, &p.metadata.name), &p.spec)),
+            Document::Check(_) => None,
+        })
+        .collect();
+    let mut groups = Vec::new();
+    for loaded in documents {
+        match &loaded.document {
+            Document::Profile(p) => groups.push(PlanGroup {
+                source: format!(
+                    "ConnectivityProfile {}",
+                    key(&p.metadata.namespace, &p.metadata.name)
+                ),
+                targets: EndpointSource::from_profile(&p.spec).targets(),
+            }),
+            Document::Check(c) => {
+                let check_key = key(&c.metadata.namespace, &c.metadata.name);
+                let profile = match &c.spec.profile_ref {
+                    Some(r) => {
+                        let wanted = key(&c.metadata.namespace, &Some(r.name.clone()));
+                        let found = profiles
+                            .iter()
+                            .find(|(k, _)| *k == wanted)
+                            .map(|(_, spec)| *spec);
+                        if found.is_none() {
+                            return Err(MissingProfile {
+                                check: check_key,
+                                profile: wanted,
+                            });
+                        }
+                        // The profile's own group already probes these endpoints, unless the
+                        // check changes how (proxy or DNS).
+                        if c.spec.proxy.is_none() && c.spec.dns.is_none() {
+                            continue;
+                        }
+                        found
+                    }
+                    None => None,
+                };
+                if let Some(source) = EndpointSource::from_check(&c.spec, profile) {
+                    groups.push(PlanGroup {
+                        source: format!("EgressCheck {check_key}"),
+                        targets: source.targets(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(groups)
+}

@@ -1,0 +1,453 @@
+//! The TLS stage: handshake with rustls while capturing the presented chain even when it does
+//! not verify, then judge it: trust, host name, expiry, expected issuer and SPKI pins.
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use k8s_openapi::jiff::Timestamp;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::TlsConnector;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::net::{BoxStream, Deadline, Failure};
+use super::plan::TlsPlan;
+use super::result::{Reason, Stage, TlsFacts};
+use crate::api::endpoint::{IssuerMatch, MismatchAction};
+
+/// Which roots the probe trusts.
+#[derive(Clone)]
+pub struct TrustRoots {
+    store: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot read CA file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate")]
+    Empty { path: String },
+}
+
+impl TrustRoots {
+    /// The Mozilla web PKI roots, or the system store when `system` is set, plus `extra_pem`
+    /// bundles (path, contents).
+    pub fn new(system: bool, extra_pem: &[(String, Vec<u8>)]) -> Result<Self, RootsError> {
+        let mut store = RootCertStore::empty();
+        if system {
+            let loaded = rustls_native_certs::load_native_certs();
+            store.add_parsable_certificates(loaded.certs);
+        } else {
+            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for (path, pem) in extra_pem {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                .filter_map(Result::ok)
+                .collect();
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(RootsError::Empty { path: path.clone() });
+            }
+        }
+        Ok(Self {
+            store: Arc::new(store),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+
+    /// These roots plus an endpoint's own CA bundle.
+    pub fn with_bundle(&self, pem: &str) -> Self {
+        let mut store = (*self.store).clone();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+        store.add_parsable_certificates(certs);
+        Self {
+            store: Arc::new(store),
+            provider: self.provider.clone(),
+        }
+    }
+
+    fn verifier(&self) -> Arc<WebPkiServerVerifier> {
+        WebPkiServerVerifier::builder_with_provider(self.store.clone(), self.provider.clone())
+            .build()
+            .expect("a root store with the ring provider builds a verifier")
+    }
+}
+
+/// What the verifier saw during the handshake.
+#[derive(Debug, Default)]
+struct Captured {
+    chain: Vec<CertificateDer<'static>>,
+    verdict: Option<Result<(), rustls::Error>>,
+}
+
+/// Verifies like the web PKI verifier but never aborts the handshake on the certificate, so
+/// the chain of an untrusted or intercepting server is captured and reported.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    captured: Mutex<Captured>,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map(|_| ());
+        let mut captured = self.captured.lock().unwrap_or_else(|p| p.into_inner());
+        captured.chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        captured.verdict = Some(verdict);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A finished handshake: the encrypted stream and the judgement of the certificate.
+pub struct Handshake {
+    pub stream: BoxStream,
+    pub facts: TlsFacts,
+    /// A problem that does not stop the probe (expiring soon, or a mismatch set to warn).
+    pub warning: Option<Failure>,
+}
+
+/// A handshake that did not pass, with what was seen of the certificate (when it got that far).
+pub struct Rejected {
+    pub failure: Failure,
+    pub facts: Option<TlsFacts>,
+}
+
+impl From<Failure> for Rejected {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            facts: None,
+        }
+    }
+}
+
+/// Runs the TLS handshake on `stream` for `server_name` and judges the certificate.
+pub async fn handshake(
+    stream: BoxStream,
+    server_name: &str,
+    plan: &TlsPlan,
+    roots: &TrustRoots,
+    target: &str,
+    deadline: &Deadline,
+) -> Result<Handshake, Rejected> {
+    let roots = match &plan.ca_bundle_pem {
+        Some(pem) => roots.with_bundle(pem),
+        None => roots.clone(),
+    };
+    let verifier = Arc::new(RecordingVerifier {
+        inner: roots.verifier(),
+        captured: Mutex::default(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(roots.provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+        Failure::new(
+            Stage::Tls,
+            Reason::TlsHandshakeFailed,
+            format!("{server_name:?} is not a valid TLS server name"),
+        )
+    })?;
+    let connector = TlsConnector::from(Arc::new(config));
+    let tls = deadline
+        .run(
+            Stage::Tls,
+            Reason::TlsTimeout,
+            || format!("the TLS handshake with {target} did not finish: something in the path may hold TLS traffic"),
+            async {
+                connector.connect(name, stream).await.map_err(|e| {
+                    Failure::new(
+                        Stage::Tls,
+                        Reason::TlsHandshakeFailed,
+                        format!("TLS handshake with {target} failed: {e}; the port may not speak TLS, or a middlebox breaks it"),
+                    )
+                })
+            },
+        )
+        .await?;
+    let (version, suite) = {
+        let (_, connection) = tls.get_ref();
+        (
+            connection
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .replace("TLSv1_", "TLSv1."),
+            connection
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("unknown")
+                .to_owned(),
+        )
+    };
+    let captured =
+        std::mem::take(&mut *verifier.captured.lock().unwrap_or_else(|p| p.into_inner()));
+    let verdict = captured.verdict.unwrap_or(Ok(()));
+    let now = Timestamp::now().as_second();
+    let mut facts = describe_chain(&captured.chain, now).ok_or_else(|| {
+        Failure::new(
+            Stage::Tls,
+            Reason::TlsHandshakeFailed,
+            format!("{target} presented a certificate that cannot be parsed"),
+        )
+    })?;
+    facts.version = version;
+    facts.cipher_suite = suite;
+    facts.trusted = verdict.is_ok();
+    facts.verify_error = verdict.as_ref().err().map(ToString::to_string);
+    facts.expected_issuer = plan.expected_issuer.as_ref().map(ToString::to_string);
+    let warning = match judge(&facts, &verdict, &captured.chain, plan, server_name, target) {
+        Ok(warning) => warning,
+        Err(failure) => {
+            return Err(Rejected {
+                failure,
+                facts: Some(facts),
+            });
+        }
+    };
+    Ok(Handshake {
+        stream: Box::new(tls),
+        facts,
+        warning,
+    })
+}
+
+/// Decides whether the certificate passes, warns or fails, in order of usefulness: an
+/// intercepting proxy is named before the trust error it causes.
+fn judge(
+    facts: &TlsFacts,
+    verdict: &Result<(), rustls::Error>,
+    chain: &[CertificateDer<'static>],
+    plan: &TlsPlan,
+    server_name: &str,
+    target: &str,
+) -> Result<Option<Failure>, Failure> {
+    let trusted_note = if facts.trusted {
+        "the chain is trusted by this probe's roots, so a corporate CA is installed"
+    } else {
+        "the chain is not trusted by this probe's roots"
+    };
+    let mismatch = if let Some(expected) = &plan.expected_issuer
+        && !issuer_matches(expected, facts)
+    {
+        Some(Failure {
+            stage: Stage::Issuer,
+            reason: Reason::IssuerMismatch,
+            message: format!(
+                "TLS to {target} is intercepted: the certificate is issued by {} instead of {expected} ({trusted_note}); exclude {server_name} from SSL decryption on the proxy or firewall",
+                facts.issuer
+            ),
+            intercepted: true,
+        })
+    } else if !plan.spki_pins.is_empty() && !pins_match(&plan.spki_pins, chain) {
+        Some(Failure {
+            stage: Stage::Issuer,
+            reason: Reason::PinMismatch,
+            message: format!(
+                "no certificate presented by {target} matches the pinned keys (leaf issued by {}, {trusted_note}); if a proxy decrypts TLS, exclude {server_name} from SSL decryption, else update the pins",
+                facts.issuer
+            ),
+            intercepted: true,
+        })
+    } else {
+        None
+    };
+    let mut warning = None;
+    if let Some(mismatch) = mismatch {
+        match plan.on_mismatch {
+            MismatchAction::Fail => return Err(mismatch),
+            MismatchAction::Warn => warning = Some(mismatch),
+        }
+    }
+    if let Err(error) = verdict {
+        let (reason, advice) = match error {
+            rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => (
+                Reason::CertificateExpired,
+                format!("the certificate expired on {}; the server must renew it", facts.not_after),
+            ),
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => (
+                Reason::CertificateNotYetValid,
+                "the certificate is not valid yet; check the server's certificate or this machine's clock".to_owned(),
+            ),
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => (
+                Reason::HostnameMismatch,
+                format!(
+                    "the certificate is for {} not {server_name}; a proxy or load balancer may answer instead of the real server",
+                    if facts.sans.is_empty() { facts.subject.clone() } else { facts.sans.join(", ") }
+                ),
+            ),
+            other => (
+                Reason::UntrustedIssuer,
+                format!(
+                    "the certificate issued by {} is not trusted ({other}); if a TLS-inspecting proxy re-signs traffic, exclude {server_name} from SSL decryption, else add the issuing CA with --ca-file or caBundleRef",
+                    facts.issuer
+                ),
+            ),
+        };
+        return Err(Failure::new(
+            Stage::Tls,
+            reason,
+            format!("TLS to {target}: {advice}"),
+        ));
+    }
+    if warning.is_none() && facts.days_remaining < i64::from(plan.min_days_valid) {
+        warning = Some(Failure::new(
+            Stage::Tls,
+            Reason::CertificateExpiringSoon,
+            format!(
+                "the certificate of {target} expires on {} ({} days left, fewer than {}); renew it",
+                facts.not_after, facts.days_remaining, plan.min_days_valid
+            ),
+        ));
+    }
+    Ok(warning)
+}
+
+fn issuer_matches(expected: &IssuerMatch, facts: &TlsFacts) -> bool {
+    let same = |want: &Option<String>, got: &Option<String>| match want {
+        None => true,
+        Some(want) => got
+            .as_deref()
+            .is_some_and(|got| got.trim().eq_ignore_ascii_case(want.trim())),
+    };
+    same(&expected.organization, &facts.issuer_organization)
+        && same(&expected.common_name, &facts.issuer_common_name)
+        && same(
+            &expected.organizational_unit,
+            &facts.issuer_organizational_unit,
+        )
+}
+
+/// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo.
+pub fn spki_sha256(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    Some(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+}
+
+fn pins_match(pins: &[String], chain: &[CertificateDer<'static>]) -> bool {
+    chain
+        .iter()
+        .filter_map(|c| spki_sha256(c))
+        .any(|hash| pins.contains(&hash))
+}
+
+/// Leaf facts from a presented chain (leaf first).
+fn describe_chain(chain: &[CertificateDer<'static>], now: i64) -> Option<TlsFacts> {
+    let leaf_der = chain.first()?;
+    let (_, leaf) = X509Certificate::from_der(leaf_der).ok()?;
+    let first = |iter: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        iter.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+    };
+    let issuer = leaf.issuer();
+    let issuer_cn = first(&mut issuer.iter_common_name());
+    let issuer_o = first(&mut issuer.iter_organization());
+    let issuer_ou = first(&mut issuer.iter_organizational_unit());
+    let issuer_c = first(&mut issuer.iter_country());
+    let dn = |cn: &Option<String>, o: &Option<String>, ou: &Option<String>, c: &Option<String>| {
+        [("CN", cn), ("O", o), ("OU", ou), ("C", c)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let subject = leaf.subject();
+    let subject_dn = dn(
+        &first(&mut subject.iter_common_name()),
+        &first(&mut subject.iter_organization()),
+        &first(&mut subject.iter_organizational_unit()),
+        &first(&mut subject.iter_country()),
+    );
+    let sans = leaf
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                    GeneralName::IPAddress(bytes) => match bytes.len() {
+                        4 => Some(
+                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string(),
+                        ),
+                        16 => Some(
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).ok()?)
+                                .to_string(),
+                        ),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let not_after = leaf.validity().not_after.timestamp();
+    Some(TlsFacts {
+        subject: subject_dn,
+        issuer: dn(&issuer_cn, &issuer_o, &issuer_ou, &issuer_c),
+        issuer_organization: issuer_o,
+        issuer_common_name: issuer_cn,
+        issuer_organizational_unit: issuer_ou,
+        sans,
+        not_after: Timestamp::from_second(not_after)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        days_remaining: (not_after - now).div_euclid(86_400),
+        spki_sha256: spki_sha256(leaf_der).unwrap_or_default(),
+        chain_length: chain.len() as i32,
+        ..TlsFacts::default()
+    })
+}

@@ -1,0 +1,236 @@
+//! `netreach check` and `netreach probe` as users and probe pods run them, against the
+//! loopback peers: JSON and JUnit output, exit codes, flags, and the pod result framing.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use netreach::probe::report::Report;
+use netreach::probe::result::{Outcome, Reason, Stage};
+use support::Peers;
+
+fn netreach() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_netreach"))
+}
+
+/// A profile of loopback endpoints: two that pass, one refused (required or optional).
+fn write_profile(dir: &Path, refused_required: bool) -> std::path::PathBuf {
+    let peers = Peers::get();
+    let yaml = format!(
+        r#"apiVersion: netreach.dev/v1alpha1
+kind: ConnectivityProfile
+metadata: {{name: local, namespace: test}}
+spec:
+  defaults: {{timeout: 3s, tls: {{expectedIssuer: {{organization: Test Public CA}}}}}}
+  endpoints:
+    - name: mpnsv2
+      host: mpnsv2.m3.maas360.com
+      ports: [{{port: {https}, protocol: HTTPS}}]
+    - name: mail
+      host: mail.example.com
+      ports: [{{port: {smtp}, protocol: SMTP, tls: {{mode: StartTLS}}, smtp: {{expectedAuth: [LOGIN, CRAM-MD5]}}}}]
+    - name: closed
+      cidr: 127.0.0.1
+      required: {refused_required}
+      ports: [{{port: 1, protocol: TCP}}]
+"#,
+        https = peers.port("PEER_HTTPS_PORT"),
+        smtp = peers.port("PEER_SMTP_PORT"),
+    );
+    let path = dir.join("profile.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn check(args: &[&str], file: &Path) -> (i32, String, String) {
+    let peers = Peers::get();
+    let out = netreach()
+        .arg("check")
+        .arg(file)
+        .args(["--nameserver", &peers.dns(), "--ca-file"])
+        .arg(peers.public_ca())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn json_output_lands_each_case_on_its_stage_and_reason_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(dir.path(), true);
+    let (code, stdout, stderr) = check(&["-o", "json"], &file);
+    assert_eq!(code, 1, "a required endpoint fails: {stderr}");
+    let report: Report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report.groups.len(), 1);
+    assert_eq!(report.groups[0].source, "ConnectivityProfile test/local");
+    let rows = &report.groups[0].results;
+    let summary: Vec<(&str, Outcome, Stage, Reason)> = rows
+        .iter()
+        .map(|r| (r.endpoint.as_str(), r.outcome, r.stage, r.reason))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("mpnsv2", Outcome::Pass, Stage::Protocol, Reason::Reachable),
+            ("mail", Outcome::Pass, Stage::Auth, Reason::Reachable),
+            (
+                "closed",
+                Outcome::Fail,
+                Stage::Connect,
+                Reason::ConnectionRefused
+            ),
+        ]
+    );
+    assert_eq!(report.summary.total, 3);
+    assert_eq!(report.required_failed, 1);
+    // The raw JSON uses the documented field names and CamelCase reasons.
+    let raw: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let first = &raw["groups"][0]["results"][0];
+    assert_eq!(first["endpoint"], "mpnsv2");
+    assert_eq!(first["outcome"], "Pass");
+    assert_eq!(first["stage"], "Protocol");
+    assert_eq!(first["reason"], "Reachable");
+    assert_eq!(first["tls"]["issuerOrganization"], "Test Public CA");
+    assert_eq!(
+        raw["groups"][0]["results"][2]["reason"],
+        "ConnectionRefused"
+    );
+}
+
+#[test]
+fn optional_failures_exit_0_and_only_narrows_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(dir.path(), false);
+    let (code, stdout, _) = check(&[], &file);
+    assert_eq!(code, 0, "only an optional endpoint fails:\n{stdout}");
+    assert!(stdout.contains("Fail (optional)"), "{stdout}");
+    assert!(
+        stdout.contains("3 rows: 2 pass, 0 warn, 1 fail (0 required)"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = check(&["--only", "mpnsv2", "-o", "json"], &file);
+    assert_eq!(code, 0);
+    let report: Report = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report.summary.total, 1);
+
+    let (code, _, stderr) = check(&["--only", "nope"], &file);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--only nope: no endpoint of that name"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn junit_output_has_a_testcase_per_row_and_a_failure_for_the_refused_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(dir.path(), true);
+    let (code, stdout, _) = check(&["-o", "junit"], &file);
+    assert_eq!(code, 1);
+    assert!(stdout.starts_with("<?xml"));
+    assert_eq!(stdout.matches("<testcase ").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("<failure ").count(), 1, "{stdout}");
+    assert!(stdout.contains("message=\"ConnectionRefused\""), "{stdout}");
+}
+
+#[test]
+fn bad_flags_are_invalid_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_profile(dir.path(), true);
+    for (args, expected) in [
+        (vec!["--proxy", "https://proxy:1"], "--proxy: proxy URL"),
+        (
+            vec!["--nameserver", "dns.example.com"],
+            "--nameserver: invalid nameserver",
+        ),
+        (vec!["--timeout", "soon"], "--timeout: invalid duration"),
+    ] {
+        let (code, _, stderr) = check(&args, &file);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let missing_ca = netreach()
+        .arg("check")
+        .arg(&file)
+        .args(["--ca-file", "/nonexistent.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(missing_ca.status.code(), Some(2));
+}
+
+#[test]
+fn a_check_naming_a_profile_not_in_the_input_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("check.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {name: c, namespace: mdm}\nspec: {profileRef: {name: maas360-m3}}\n",
+    )
+    .unwrap();
+    let out = netreach().arg("check").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("EgressCheck mdm/c refers to ConnectivityProfile mdm/maas360-m3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn probe_prints_framed_results_that_match_its_termination_message() {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({
+        "targets": [
+            {
+                "endpoint": "web", "host": "127.0.0.1", "port": peers.port("PEER_HTTP_PORT"), "protocol": "HTTP",
+                "required": true, "timeoutMs": 3000,
+                "tls": {"mode": "Disabled", "onMismatch": "Fail", "minDaysValid": 14}
+            },
+            {
+                "endpoint": "closed", "cidr": "127.0.0.1", "port": 1, "protocol": "TCP",
+                "required": true, "timeoutMs": 3000,
+                "tls": {"mode": "Disabled", "onMismatch": "Fail", "minDaysValid": 14}
+            }
+        ]
+    });
+    let termination = dir.path().join("termination-log");
+    let mut child = netreach()
+        .args(["probe", "--spec", "-", "--termination-log"])
+        .arg(&termination)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "probe itself succeeds even when endpoints fail"
+    );
+    let log = String::from_utf8(out.stdout).unwrap();
+    let digest = std::fs::read_to_string(&termination).unwrap();
+    let rows = netreach::probe::spec::decode(&log, &digest).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].outcome, rows[0].reason),
+        (Outcome::Pass, Reason::Reachable)
+    );
+    assert_eq!(
+        (rows[1].outcome, rows[1].reason),
+        (Outcome::Fail, Reason::ConnectionRefused)
+    );
+}
