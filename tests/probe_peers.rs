@@ -757,3 +757,113 @@ async fn stalled_and_garbage_servers_end_within_the_timeout() {
     );
     assert_eq!(results[3].reason, Reason::ProtocolError);
 }
+
+/// A UDP DNS server on loopback that answers every query with `rcode` and no records, or
+/// never answers when `rcode` is None.
+async fn fake_dns(rcode: Option<u8>) -> String {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let Some(rcode) = rcode else { continue };
+            let mut reply = buf[..n].to_vec();
+            if reply.len() < 12 {
+                continue;
+            }
+            reply[2] |= 0x80; // QR: response
+            reply[3] = (reply[3] & 0xf0) | rcode;
+            // Keep the question; drop any additional records the client sent (EDNS).
+            reply[10] = 0;
+            reply[11] = 0;
+            let question_end = 12 + reply[12..].iter().position(|b| *b == 0).unwrap_or(0) + 1 + 4;
+            reply.truncate(question_end.min(reply.len()));
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr.to_string()
+}
+
+async fn probe_with_nameserver(nameserver: &str) -> ProbeResult {
+    install_provider();
+    let yaml = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  dns: {{nameservers: [\"{nameserver}\"]}}\n  endpoints:\n    - {{name: a, host: vendor.example.org, timeout: 1s, ports: [{{port: 443, protocol: TCP}}]}}\n"
+    );
+    let loaded = load_str(Path::new("dns.yaml"), &yaml).unwrap();
+    let targets: Vec<_> = plan_documents(&loaded).unwrap().into_iter().flat_map(|g| g.targets).collect();
+    let ctx = ProbeContext::new(TrustRoots::new(false, &[]).unwrap());
+    probe_all(&targets, Arc::new(ctx), 1, None).await.remove(0)
+}
+
+#[tokio::test]
+async fn servfail_no_answer_and_dns_timeout_are_told_apart() {
+    let servfail = probe_with_nameserver(&fake_dns(Some(2)).await).await;
+    assert_row(&servfail, Outcome::Fail, Stage::Dns, Reason::ServFail);
+    let empty = probe_with_nameserver(&fake_dns(Some(0)).await).await;
+    assert_row(&empty, Outcome::Fail, Stage::Dns, Reason::NoAnswer);
+    let nxdomain = probe_with_nameserver(&fake_dns(Some(3)).await).await;
+    assert_row(&nxdomain, Outcome::Fail, Stage::Dns, Reason::NxDomain);
+    let started = Instant::now();
+    let silent = probe_with_nameserver(&fake_dns(None).await).await;
+    assert_row(&silent, Outcome::Fail, Stage::Dns, Reason::DnsTimeout);
+    assert!(started.elapsed() < Duration::from_millis(1600), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn proxy_authentication_is_sent_and_its_refusal_reported() {
+    use tokio::io::AsyncReadExt;
+    // A proxy that wants Basic user:secret and answers 407 otherwise.
+    let proxy = raw_server(|mut stream| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let answer: &[u8] = if head.contains("Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=") {
+            b"HTTP/1.1 403 Forbidden\r\n\r\n"
+        } else {
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"
+        };
+        let _ = stream.write_all(answer).await;
+    })
+    .await;
+    let endpoints = "    - name: vendor\n      host: mpnsv2.m3.maas360.com\n      ports: [{port: 443, protocol: HTTPS}]\n";
+    install_provider();
+    let run = |url: String| async move {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n{endpoints}"
+        );
+        let loaded = load_str(Path::new("p.yaml"), &yaml).unwrap();
+        let targets: Vec<_> = plan_documents(&loaded).unwrap().into_iter().flat_map(|g| g.targets).collect();
+        let mut ctx = ProbeContext::new(TrustRoots::new(false, &[]).unwrap());
+        ctx.proxy = Some(ProxyTarget::parse(&url).unwrap());
+        probe_all(&targets, Arc::new(ctx), 1, None).await.remove(0)
+    };
+    let anonymous = run(format!("http://127.0.0.1:{proxy}")).await;
+    assert_row(&anonymous, Outcome::Fail, Stage::Proxy, Reason::ProxyAuthRequired);
+    let authenticated = run(format!("http://user:secret@127.0.0.1:{proxy}")).await;
+    assert_row(&authenticated, Outcome::Fail, Stage::Proxy, Reason::ProxyRejected);
+    assert!(authenticated.message.contains("403 Forbidden"), "{}", authenticated.message);
+    assert!(!authenticated.message.contains("secret"), "credentials never reach a result");
+}
+
+#[tokio::test]
+async fn spki_pins_pass_when_a_chain_key_matches_and_flag_interception_otherwise() {
+    let peers = Peers::get();
+    let pem = std::fs::read(peers.var("PEERS_SERVER_CERT")).unwrap();
+    let leaf = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .map(|c: Result<rustls::pki_types::CertificateDer<'static>, _>| c.unwrap())
+        .next()
+        .unwrap();
+    let pin = netreach::probe::tls::spki_sha256(&leaf).unwrap();
+    let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let endpoints = format!(
+        "    - name: pinned\n      host: maas360.com\n      tls: {{spkiPins: [\"{pin}\"]}}\n      ports: [{{port: {port}, protocol: TLS}}]\n    - name: wrong-pin\n      host: maas360.com\n      tls: {{spkiPins: [\"{wrong}\"]}}\n      ports: [{{port: {port}, protocol: TLS}}]\n",
+        port = peers.port("PEER_HTTPS_PORT")
+    );
+    let results = probe_endpoints(&endpoints, Options::default()).await;
+    assert_row(&results[0], Outcome::Pass, Stage::Tls, Reason::Reachable);
+    assert_row(&results[1], Outcome::Fail, Stage::Issuer, Reason::PinMismatch);
+    assert!(results[1].intercepted);
+}
