@@ -790,7 +790,11 @@ async fn probe_with_nameserver(nameserver: &str) -> ProbeResult {
         "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  dns: {{nameservers: [\"{nameserver}\"]}}\n  endpoints:\n    - {{name: a, host: vendor.example.org, timeout: 1s, ports: [{{port: 443, protocol: TCP}}]}}\n"
     );
     let loaded = load_str(Path::new("dns.yaml"), &yaml).unwrap();
-    let targets: Vec<_> = plan_documents(&loaded).unwrap().into_iter().flat_map(|g| g.targets).collect();
+    let targets: Vec<_> = plan_documents(&loaded)
+        .unwrap()
+        .into_iter()
+        .flat_map(|g| g.targets)
+        .collect();
     let ctx = ProbeContext::new(TrustRoots::new(false, &[]).unwrap());
     probe_all(&targets, Arc::new(ctx), 1, None).await.remove(0)
 }
@@ -806,7 +810,11 @@ async fn servfail_no_answer_and_dns_timeout_are_told_apart() {
     let started = Instant::now();
     let silent = probe_with_nameserver(&fake_dns(None).await).await;
     assert_row(&silent, Outcome::Fail, Stage::Dns, Reason::DnsTimeout);
-    assert!(started.elapsed() < Duration::from_millis(1600), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1600),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -835,17 +843,38 @@ async fn proxy_authentication_is_sent_and_its_refusal_reported() {
             "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n{endpoints}"
         );
         let loaded = load_str(Path::new("p.yaml"), &yaml).unwrap();
-        let targets: Vec<_> = plan_documents(&loaded).unwrap().into_iter().flat_map(|g| g.targets).collect();
+        let targets: Vec<_> = plan_documents(&loaded)
+            .unwrap()
+            .into_iter()
+            .flat_map(|g| g.targets)
+            .collect();
         let mut ctx = ProbeContext::new(TrustRoots::new(false, &[]).unwrap());
         ctx.proxy = Some(ProxyTarget::parse(&url).unwrap());
         probe_all(&targets, Arc::new(ctx), 1, None).await.remove(0)
     };
     let anonymous = run(format!("http://127.0.0.1:{proxy}")).await;
-    assert_row(&anonymous, Outcome::Fail, Stage::Proxy, Reason::ProxyAuthRequired);
+    assert_row(
+        &anonymous,
+        Outcome::Fail,
+        Stage::Proxy,
+        Reason::ProxyAuthRequired,
+    );
     let authenticated = run(format!("http://user:secret@127.0.0.1:{proxy}")).await;
-    assert_row(&authenticated, Outcome::Fail, Stage::Proxy, Reason::ProxyRejected);
-    assert!(authenticated.message.contains("403 Forbidden"), "{}", authenticated.message);
-    assert!(!authenticated.message.contains("secret"), "credentials never reach a result");
+    assert_row(
+        &authenticated,
+        Outcome::Fail,
+        Stage::Proxy,
+        Reason::ProxyRejected,
+    );
+    assert!(
+        authenticated.message.contains("403 Forbidden"),
+        "{}",
+        authenticated.message
+    );
+    assert!(
+        !authenticated.message.contains("secret"),
+        "credentials never reach a result"
+    );
 }
 
 #[tokio::test]
@@ -864,6 +893,11 @@ async fn spki_pins_pass_when_a_chain_key_matches_and_flag_interception_otherwise
     );
     let results = probe_endpoints(&endpoints, Options::default()).await;
     assert_row(&results[0], Outcome::Pass, Stage::Tls, Reason::Reachable);
-    assert_row(&results[1], Outcome::Fail, Stage::Issuer, Reason::PinMismatch);
+    assert_row(
+        &results[1],
+        Outcome::Fail,
+        Stage::Issuer,
+        Reason::PinMismatch,
+    );
     assert!(results[1].intercepted);
 }

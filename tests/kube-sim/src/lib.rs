@@ -1,1 +1,230 @@
-//! Kubernetes API emulator for NetReach tests (not part of the operator).
+//! kube-sim: a Kubernetes API emulator for tests. It serves the real HTTP API (discovery,
+//! OpenAPI v3, CRUD, patch and server-side apply, watch) to kube-rs and kubectl on loopback,
+//! validates custom resources against their CRD schemas (CEL included), and runs Jobs whose
+//! pods are local processes. Test infrastructure only: the operator does not know it exists.
+
+pub mod api;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod jobs;
+pub mod kubelet;
+pub mod openapi_docs;
+pub mod patch;
+pub mod registry;
+pub mod selectors;
+pub mod store;
+pub mod table;
+
+/// Structural OpenAPI checks, shared with the product's own input validation: one
+/// implementation of what the API server enforces.
+#[path = "../../../src/api/openapi.rs"]
+pub mod openapi_check;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::api::Api;
+use crate::faults::Faults;
+use crate::http::Shared;
+use crate::jobs::JobController;
+use crate::kubelet::Kubelet;
+
+/// How to start the emulator.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Address to listen on; port 0 lets the OS choose.
+    pub listen: SocketAddr,
+    /// Where to write a kubeconfig once the server answers.
+    pub kubeconfig: Option<PathBuf>,
+    /// Container image → local executable.
+    pub images: HashMap<String, PathBuf>,
+    /// Where pod volumes and logs live (a temporary directory when unset).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            kubeconfig: None,
+            images: HashMap::new(),
+            data_dir: None,
+        }
+    }
+}
+
+/// A running emulator. Dropping it stops the server and kills every pod process.
+pub struct KubeSim {
+    address: SocketAddr,
+    kubeconfig: PathBuf,
+    options: Options,
+    api: Arc<Api>,
+    faults: Arc<Faults>,
+    kubelet: Arc<Kubelet>,
+    tasks: JoinSet<()>,
+    _scratch: tempfile::TempDir,
+}
+
+impl KubeSim {
+    /// Starts serving and writes the kubeconfig; returns once clients can connect.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let scratch = tempfile::Builder::new()
+            .prefix("kube-sim-")
+            .tempdir()
+            .context("creating a scratch directory")?;
+        let api = Arc::new(Api::default());
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("binding {}", options.listen))?;
+        let address = listener.local_addr()?;
+        let kubeconfig = options
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| scratch.path().join("kubeconfig"));
+        let mut sim = Self {
+            address,
+            kubeconfig,
+            options,
+            api,
+            faults: Arc::new(Faults::default()),
+            kubelet: Arc::new(Kubelet::new(
+                Arc::new(Api::default()),
+                HashMap::new(),
+                PathBuf::new(),
+            )),
+            tasks: JoinSet::new(),
+            _scratch: scratch,
+        };
+        sim.serve(listener);
+        write_kubeconfig(&sim.kubeconfig, address)?;
+        Ok(sim)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let data_dir = self
+            .options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self._scratch.path().join("data"));
+        self.kubelet = Arc::new(Kubelet::new(
+            self.api.clone(),
+            self.options.images.clone(),
+            data_dir,
+        ));
+        let shared = Arc::new(Shared {
+            api: self.api.clone(),
+            faults: self.faults.clone(),
+            kubelet: self.kubelet.clone(),
+            address: self.address.to_string(),
+        });
+        self.tasks.spawn(self.kubelet.clone().run());
+        self.tasks.spawn(JobController::new(self.api.clone()).run());
+        self.tasks.spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |request| http::handle(shared.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                // Reap finished connections so the set stays small.
+                while connections.try_join_next().is_some() {}
+            }
+        });
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// A kube-rs client configuration for this server.
+    pub fn kube_config(&self) -> kube::Config {
+        let mut config = kube::Config::new(self.url().parse().expect("valid url"));
+        config.default_namespace = "default".into();
+        config
+    }
+
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.kube_config()).expect("a client for a plain HTTP url")
+    }
+
+    /// Forces every watch resume from before now to get 410 Gone.
+    pub fn expire_resource_versions(&self) {
+        self.api.lock().store.compact();
+    }
+
+    /// Stops serving (connections and watches drop, pods are killed) and serves again on the
+    /// same address, keeping the store or starting empty.
+    pub async fn restart(&mut self, keep_store: bool) -> anyhow::Result<()> {
+        self.tasks.shutdown().await;
+        self.kubelet.stop_all();
+        if !keep_store {
+            self.api = Arc::new(Api::default());
+        }
+        // The old listener is gone with its task; the port may linger briefly.
+        let mut attempt = 0;
+        let listener = loop {
+            match TcpListener::bind(self.address).await {
+                Ok(l) => break l,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "waiting for the port to free");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).context("rebinding after restart"),
+            }
+        };
+        self.serve(listener);
+        Ok(())
+    }
+
+    /// Stops serving and kills every pod process.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+        self.kubelet.stop_all();
+    }
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        self.kubelet.stop_all();
+    }
+}
+
+fn write_kubeconfig(path: &Path, address: SocketAddr) -> anyhow::Result<()> {
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-sim\n  cluster:\n    server: http://{address}\nusers:\n- name: kube-sim\n  user: {{}}\ncontexts:\n- name: kube-sim\n  context:\n    cluster: kube-sim\n    user: kube-sim\n    namespace: default\ncurrent-context: kube-sim\n"
+    );
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    std::fs::write(path, config).with_context(|| format!("writing kubeconfig {}", path.display()))
+}

@@ -1,0 +1,125 @@
+//! Fault injection: failing or delaying matching requests, dropping every watch stream.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// Which requests a rule applies to, and what it does to them.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultRule {
+    /// get, list, watch, create, update, patch, delete, deletecollection; None: any.
+    pub verb: Option<String>,
+    /// Resource plural (`egresschecks`), optionally with a subresource (`egresschecks/status`).
+    pub resource: Option<String>,
+    /// How many matching requests it affects.
+    pub count: usize,
+    /// Answer with this HTTP status instead of serving the request.
+    pub status: Option<u16>,
+    /// Hold the answer this long first.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+pub struct Faults {
+    rules: Mutex<Vec<FaultRule>>,
+    watch_epoch: watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            rules: Mutex::new(Vec::new()),
+            watch_epoch: watch::channel(0).0,
+        }
+    }
+}
+
+/// What a request must suffer.
+#[derive(Debug, Default, PartialEq)]
+pub struct Verdict {
+    pub status: Option<u16>,
+    pub delay: Duration,
+}
+
+impl Faults {
+    pub fn add(&self, rule: FaultRule) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rule);
+    }
+
+    /// Fails the next `count` requests of `verb` on `resource` with `status`.
+    pub fn fail_next(&self, verb: &str, resource: &str, count: usize, status: u16) {
+        self.add(FaultRule {
+            verb: Some(verb.into()),
+            resource: Some(resource.into()),
+            count,
+            status: Some(status),
+            delay_ms: 0,
+        });
+    }
+
+    /// Delays the next `count` requests of `verb` on `resource`.
+    pub fn delay_next(&self, verb: &str, resource: &str, count: usize, delay: Duration) {
+        self.add(FaultRule {
+            verb: Some(verb.into()),
+            resource: Some(resource.into()),
+            count,
+            status: None,
+            delay_ms: delay.as_millis() as u64,
+        });
+    }
+
+    /// Ends every open watch stream (clients see the connection close, then resume).
+    pub fn close_watches(&self) {
+        self.watch_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    pub fn watch_closures(&self) -> watch::Receiver<u64> {
+        self.watch_epoch.subscribe()
+    }
+
+    pub fn check(&self, verb: &str, resource: &str) -> Verdict {
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verdict = Verdict::default();
+        for rule in rules.iter_mut() {
+            let verb_matches = rule.verb.as_deref().is_none_or(|v| v == verb);
+            let resource_matches = rule.resource.as_deref().is_none_or(|r| r == resource);
+            if rule.count > 0 && verb_matches && resource_matches {
+                rule.count -= 1;
+                verdict.status = verdict.status.or(rule.status);
+                verdict.delay += Duration::from_millis(rule.delay_ms);
+            }
+        }
+        rules.retain(|r| r.count > 0);
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_fires_its_count_then_retires() {
+        let faults = Faults::default();
+        faults.fail_next("patch", "egresschecks/status", 2, 500);
+        assert_eq!(
+            faults.check("get", "egresschecks/status"),
+            Verdict::default()
+        );
+        assert_eq!(
+            faults.check("patch", "egresschecks/status").status,
+            Some(500)
+        );
+        assert_eq!(
+            faults.check("patch", "egresschecks/status").status,
+            Some(500)
+        );
+        assert_eq!(faults.check("patch", "egresschecks/status").status, None);
+    }
+}

@@ -1,0 +1,772 @@
+//! The pod runner: each container of a pod becomes a local process (its image mapped to an
+//! executable) in its own mount namespace, with configMap/secret/emptyDir volumes and the
+//! termination-message file bind-mounted where the pod spec puts them, its user and read-only
+//! root honoured, stdout/stderr kept as `pods/log`, and its exit turned into container state.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::api::{Api, now};
+use crate::store::EventType;
+
+/// How much of a termination message the kubelet keeps.
+const MAX_TERMINATION_MESSAGE: usize = 4096;
+/// What FallbackToLogsOnError takes from the log.
+const FALLBACK_LOG_LINES: usize = 80;
+const FALLBACK_LOG_BYTES: usize = 2048;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct Kubelet {
+    api: Arc<Api>,
+    images: HashMap<String, PathBuf>,
+    data_dir: PathBuf,
+    /// Pod uid → process group ids of its running containers.
+    running: Mutex<HashMap<String, Vec<i32>>>,
+    started: Mutex<HashSet<String>>,
+}
+
+/// A bind mount to set up inside the container's mount namespace.
+struct Mount {
+    source: CString,
+    target: CString,
+    read_only: bool,
+}
+
+impl Kubelet {
+    pub fn new(api: Arc<Api>, images: HashMap<String, PathBuf>, data_dir: PathBuf) -> Self {
+        Self {
+            api,
+            images,
+            data_dir,
+            running: Mutex::default(),
+            started: Mutex::default(),
+        }
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("pods").join(uid)
+    }
+
+    /// The log of a container that has started.
+    pub fn log(&self, uid: &str, container: &str) -> Option<String> {
+        let path = self.pod_dir(uid).join(format!("{container}.log"));
+        std::fs::read(path)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Kills every container process (on shutdown).
+    pub fn stop_all(&self) {
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        for pgid in running.values().flatten() {
+            // SAFETY: signalling a process group we started.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn kill_pod(&self, uid: &str) {
+        if let Some(pgids) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid)
+        {
+            for pgid in pgids {
+                // SAFETY: signalling a process group we started.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Watches pods: starts new ones, kills deleted ones. Runs until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut events = self.api.lock().store.subscribe();
+        // Pods that exist already (a restart that kept its store) are picked up first.
+        let existing: Vec<Arc<Value>> = self.api.lock().store.list("pods", None);
+        for pod in existing {
+            self.consider(&pod);
+        }
+        loop {
+            match events.recv().await {
+                Ok(event) if event.key == "pods" => match event.kind {
+                    EventType::Deleted => {
+                        if let Some(uid) = event.object["metadata"]["uid"].as_str() {
+                            self.kill_pod(uid);
+                        }
+                    }
+                    _ => {
+                        if event.object["metadata"]["deletionTimestamp"].is_string() {
+                            if let Some(uid) = event.object["metadata"]["uid"].as_str() {
+                                self.kill_pod(uid);
+                            }
+                        } else {
+                            self.consider(&event.object);
+                        }
+                    }
+                },
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let pods: Vec<Arc<Value>> = self.api.lock().store.list("pods", None);
+                    for pod in pods {
+                        self.consider(&pod);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn consider(self: &Arc<Self>, pod: &Value) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if pod["status"]["phase"] != json!("Pending") || uid.is_empty() {
+            return;
+        }
+        if !self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.clone())
+        {
+            return;
+        }
+        let kubelet = self.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move { kubelet.run_pod(pod).await });
+    }
+
+    async fn run_pod(self: Arc<Self>, pod: Value) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let pod_dir = self.pod_dir(&uid);
+        let containers = pod["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let prepared = self.prepare(&pod, &pod_dir, &containers);
+        let plans = match prepared {
+            Ok(plans) => plans,
+            Err((reason, message)) => {
+                self.set_waiting(&pod, &reason, &message);
+                return;
+            }
+        };
+        let started_at = now();
+        let mut children = Vec::new();
+        for (container, mut command) in plans {
+            match command.spawn() {
+                Ok(child) => {
+                    let pid = child.id().map(|p| p as i32).unwrap_or_default();
+                    self.running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(uid.clone())
+                        .or_default()
+                        .push(pid);
+                    children.push((container, child, pid));
+                }
+                Err(e) => {
+                    self.set_waiting(
+                        &pod,
+                        "RunContainerError",
+                        &format!("starting the container process failed: {e}"),
+                    );
+                    return;
+                }
+            }
+        }
+        let running: Vec<Value> = children
+            .iter()
+            .map(|(c, _, pid)| {
+                json!({
+                    "name": c["name"], "image": c["image"], "imageID": c["image"], "containerID": format!("kube-sim://{pid}"),
+                    "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started_at}},
+                })
+            })
+            .collect();
+        self.update_status(&pod, |status| {
+            status["phase"] = json!("Running");
+            status["startTime"] = json!(started_at);
+            status["hostIP"] = json!("127.0.0.1");
+            status["podIP"] = json!("127.0.0.1");
+            status["podIPs"] = json!([{"ip": "127.0.0.1"}]);
+            status["containerStatuses"] = json!(running);
+            status["conditions"] = conditions(true);
+        });
+        let mut terminated = Vec::new();
+        let mut all_succeeded = true;
+        for (container, mut child, pid) in children {
+            let exit = child.wait().await;
+            let code = match exit {
+                Ok(status) => status.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)
+                }),
+                Err(_) => 128,
+            };
+            all_succeeded &= code == 0;
+            let name = container["name"].as_str().unwrap_or_default();
+            let message = self.termination_message(&pod_dir, name, &container, code);
+            let mut state = json!({
+                "exitCode": code,
+                "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": started_at,
+                "finishedAt": now(),
+                "containerID": format!("kube-sim://{pid}"),
+            });
+            if !message.is_empty() {
+                state["message"] = json!(message);
+            }
+            terminated.push(json!({
+                "name": name, "image": container["image"], "imageID": container["image"], "containerID": format!("kube-sim://{pid}"),
+                "ready": false, "started": false, "restartCount": 0, "state": {"terminated": state},
+            }));
+        }
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+        self.update_status(&pod, |status| {
+            status["phase"] = json!(if all_succeeded { "Succeeded" } else { "Failed" });
+            status["containerStatuses"] = json!(terminated);
+            status["conditions"] = conditions(false);
+        });
+    }
+
+    fn termination_message(
+        &self,
+        pod_dir: &Path,
+        name: &str,
+        container: &Value,
+        code: i32,
+    ) -> String {
+        let file = pod_dir.join(format!("{name}.termination"));
+        let mut message = std::fs::read(&file).unwrap_or_default();
+        message.truncate(MAX_TERMINATION_MESSAGE);
+        let mut text = String::from_utf8_lossy(&message).into_owned();
+        if text.is_empty()
+            && code != 0
+            && container["terminationMessagePolicy"] == json!("FallbackToLogsOnError")
+        {
+            let log =
+                std::fs::read_to_string(pod_dir.join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(FALLBACK_LOG_LINES)..].join("\n");
+            let start = tail.len().saturating_sub(FALLBACK_LOG_BYTES);
+            text = tail[tail.ceil_char_boundary(start)..].to_owned();
+        }
+        text
+    }
+
+    /// Writes volumes and builds each container's command; errors are (reason, message) for
+    /// the container's waiting state.
+    fn prepare(
+        &self,
+        pod: &Value,
+        pod_dir: &Path,
+        containers: &[Value],
+    ) -> Result<Vec<(Value, tokio::process::Command)>, (String, String)> {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let config_error = |m: String| ("CreateContainerConfigError".to_owned(), m);
+        std::fs::create_dir_all(pod_dir)
+            .map_err(|e| config_error(format!("cannot create the pod directory: {e}")))?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut volume_dirs: HashMap<String, PathBuf> = HashMap::new();
+        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = volume["name"].as_str().unwrap_or_default();
+            let dir = pod_dir.join("volumes").join(name);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| config_error(format!("cannot create volume {name}: {e}")))?;
+            let (source_key, object_name, optional) = if volume["secret"].is_object() {
+                (
+                    "secrets",
+                    volume["secret"]["secretName"].as_str(),
+                    volume["secret"]["optional"] == json!(true),
+                )
+            } else if volume["configMap"].is_object() {
+                (
+                    "configmaps",
+                    volume["configMap"]["name"].as_str(),
+                    volume["configMap"]["optional"] == json!(true),
+                )
+            } else if volume["emptyDir"].is_object() {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).ok();
+                volume_dirs.insert(name.to_owned(), dir);
+                continue;
+            } else {
+                return Err(config_error(format!(
+                    "volume {name}: only secret, configMap and emptyDir volumes are supported"
+                )));
+            };
+            let spec = if source_key == "secrets" {
+                &volume["secret"]
+            } else {
+                &volume["configMap"]
+            };
+            let object =
+                self.api
+                    .lock()
+                    .store
+                    .get(source_key, namespace, object_name.unwrap_or_default());
+            match object {
+                Some(object) => {
+                    let files = object_files(&object, source_key == "secrets");
+                    let items = spec["items"].as_array();
+                    for (key, content) in files {
+                        let path = match items {
+                            Some(items) => match items.iter().find(|i| i["key"] == json!(key)) {
+                                Some(item) => item["path"].as_str().unwrap_or(&key).to_owned(),
+                                None => continue,
+                            },
+                            None => key.clone(),
+                        };
+                        let file = dir.join(&path);
+                        if let Some(parent) = file.parent() {
+                            std::fs::create_dir_all(parent).ok();
+                        }
+                        std::fs::write(&file, content).map_err(|e| {
+                            config_error(format!("cannot write {}: {e}", file.display()))
+                        })?;
+                        let mode = spec["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+                        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).ok();
+                    }
+                }
+                None if optional => {}
+                None => {
+                    return Err(config_error(format!(
+                        "{} \"{}\" not found",
+                        if source_key == "secrets" {
+                            "secret"
+                        } else {
+                            "configmap"
+                        },
+                        object_name.unwrap_or_default()
+                    )));
+                }
+            }
+            volume_dirs.insert(name.to_owned(), dir);
+        }
+        let pod_security = &pod["spec"]["securityContext"];
+        let mut plans = Vec::new();
+        for container in containers {
+            let name = container["name"].as_str().unwrap_or_default();
+            let image = container["image"].as_str().unwrap_or_default();
+            let Some(executable) = self
+                .images
+                .get(image)
+                .or_else(|| self.images.get(image.split('@').next().unwrap_or(image)))
+            else {
+                return Err((
+                    "ErrImagePull".into(),
+                    format!(
+                        "image {image:?} is not mapped to a local executable (start kube-sim with --image {image}=PATH)"
+                    ),
+                ));
+            };
+            if !root {
+                return Err((
+                    "RunContainerError".into(),
+                    "kube-sim runs containers in their own mount namespace, which needs root"
+                        .into(),
+                ));
+            }
+            let env = self.environment(pod, container).map_err(config_error)?;
+            let log_path = pod_dir.join(format!("{name}.log"));
+            let log = std::fs::File::create(&log_path)
+                .map_err(|e| config_error(format!("cannot create the log: {e}")))?;
+            let log_err = log.try_clone().map_err(|e| config_error(e.to_string()))?;
+            let termination = pod_dir.join(format!("{name}.termination"));
+            std::fs::write(&termination, b"").map_err(|e| config_error(e.to_string()))?;
+            std::fs::set_permissions(&termination, std::fs::Permissions::from_mode(0o666)).ok();
+            let mut mounts = Vec::new();
+            let termination_path = container["terminationMessagePath"]
+                .as_str()
+                .unwrap_or("/dev/termination-log");
+            ensure_file(Path::new(termination_path)).map_err(config_error)?;
+            mounts.push(Mount {
+                source: c_path(&termination),
+                target: c_path(Path::new(termination_path)),
+                read_only: false,
+            });
+            for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                let volume = mount["name"].as_str().unwrap_or_default();
+                let Some(source) = volume_dirs.get(volume) else {
+                    return Err(config_error(format!(
+                        "volumeMount {volume} refers to no volume of the pod"
+                    )));
+                };
+                let target = mount["mountPath"].as_str().unwrap_or_default();
+                std::fs::create_dir_all(target).map_err(|e| {
+                    config_error(format!("cannot create mount point {target}: {e}"))
+                })?;
+                mounts.push(Mount {
+                    source: c_path(source),
+                    target: c_path(Path::new(target)),
+                    read_only: mount["readOnly"] == json!(true),
+                });
+            }
+            let security = &container["securityContext"];
+            let uid = security["runAsUser"]
+                .as_u64()
+                .or_else(|| pod_security["runAsUser"].as_u64());
+            let gid = security["runAsGroup"]
+                .as_u64()
+                .or_else(|| pod_security["runAsGroup"].as_u64())
+                .or(uid);
+            let run_as_non_root = security["runAsNonRoot"] == json!(true)
+                || pod_security["runAsNonRoot"] == json!(true);
+            if run_as_non_root && uid.is_none_or(|u| u == 0) {
+                return Err(config_error(
+                    "container has runAsNonRoot and image will run as root (set runAsUser to a non-zero uid)".into(),
+                ));
+            }
+            let read_only_root = security["readOnlyRootFilesystem"] == json!(true);
+            let (program, args) = command_line(container, executable);
+            let mut command = tokio::process::Command::new(&program);
+            command
+                .args(&args)
+                .env_clear()
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err))
+                .kill_on_drop(true);
+            if let Some(dir) = container["workingDir"].as_str() {
+                command.current_dir(dir);
+            }
+            let hardening = Hardening {
+                mounts,
+                read_only_root,
+                uid: uid.map(|u| u as libc::uid_t),
+                gid: gid.map(|g| g as libc::gid_t),
+            };
+            // SAFETY: the closure only makes async-signal-safe system calls on data prepared
+            // before fork.
+            unsafe {
+                command.as_std_mut().pre_exec(move || hardening.enter());
+            }
+            plans.push((container.clone(), command));
+        }
+        Ok(plans)
+    }
+
+    fn environment(&self, pod: &Value, container: &Value) -> Result<Vec<(String, String)>, String> {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let mut env = vec![
+            ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+            (
+                "HOSTNAME".to_owned(),
+                pod["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        ];
+        for var in container["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().unwrap_or_default().to_owned();
+            let value = if let Some(value) = var["value"].as_str() {
+                value.to_owned()
+            } else if let Some(from) = var["valueFrom"].as_object() {
+                if let Some(field) = from.get("fieldRef") {
+                    field_value(pod, field["fieldPath"].as_str().unwrap_or_default())
+                } else if let Some(key_ref) = from
+                    .get("secretKeyRef")
+                    .or_else(|| from.get("configMapKeyRef"))
+                {
+                    let secret = from.contains_key("secretKeyRef");
+                    let key = if secret { "secrets" } else { "configmaps" };
+                    let object_name = key_ref["name"].as_str().unwrap_or_default();
+                    let wanted = key_ref["key"].as_str().unwrap_or_default();
+                    let object = self.api.lock().store.get(key, namespace, object_name);
+                    let found = object.and_then(|o| {
+                        object_files(&o, secret)
+                            .into_iter()
+                            .find(|(k, _)| k == wanted)
+                    });
+                    match found {
+                        Some((_, bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                        None if key_ref["optional"] == json!(true) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {wanted} in {} {namespace}/{object_name}",
+                                if secret { "Secret" } else { "ConfigMap" }
+                            ));
+                        }
+                    }
+                } else {
+                    continue;
+                }
+            } else {
+                String::new()
+            };
+            env.push((name, value));
+        }
+        Ok(env)
+    }
+
+    fn set_waiting(&self, pod: &Value, reason: &str, message: &str) {
+        let statuses: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false, "state": {"waiting": {"reason": reason, "message": message}}}))
+            .collect();
+        // A missing image or config can be fixed by creating it; run the pod again then.
+        if let Some(uid) = pod["metadata"]["uid"].as_str() {
+            self.started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
+        self.update_status(pod, |status| {
+            status["containerStatuses"] = json!(statuses);
+        });
+    }
+
+    /// Applies `change` to the pod's current status (retrying on concurrent writes).
+    fn update_status(&self, pod: &Value, change: impl Fn(&mut Value)) {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        for _ in 0..10 {
+            let Some(current) = self.api.lock().store.get("pods", namespace, name) else {
+                return;
+            };
+            if current["metadata"]["uid"] != pod["metadata"]["uid"] {
+                return;
+            }
+            let mut updated = (*current).clone();
+            change(&mut updated["status"]);
+            if self.api.internal_put("pods", updated).is_some() {
+                return;
+            }
+        }
+    }
+}
+
+fn conditions(ready: bool) -> Value {
+    let time = now();
+    let ready = if ready { "True" } else { "False" };
+    json!([
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": time},
+        {"type": "Initialized", "status": "True", "lastTransitionTime": time},
+        {"type": "ContainersReady", "status": ready, "lastTransitionTime": time},
+        {"type": "Ready", "status": ready, "lastTransitionTime": time},
+    ])
+}
+
+/// The files a secret or configmap volume holds: key → bytes.
+fn object_files(object: &Value, secret: bool) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (key, value) in object["data"].as_object().into_iter().flatten() {
+        let text = value.as_str().unwrap_or_default();
+        let bytes = if secret {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap_or_default()
+        } else {
+            text.as_bytes().to_vec()
+        };
+        files.push((key.clone(), bytes));
+    }
+    for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
+        files.push((
+            key.clone(),
+            base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().unwrap_or_default())
+                .unwrap_or_default(),
+        ));
+    }
+    files
+}
+
+fn field_value(pod: &Value, path: &str) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    if let Some(label) = path
+        .strip_prefix("metadata.labels['")
+        .and_then(|p| p.strip_suffix("']"))
+    {
+        return text(&pod["metadata"]["labels"][label]);
+    }
+    if let Some(annotation) = path
+        .strip_prefix("metadata.annotations['")
+        .and_then(|p| p.strip_suffix("']"))
+    {
+        return text(&pod["metadata"]["annotations"][annotation]);
+    }
+    match path {
+        "metadata.name" | "metadata.namespace" | "metadata.uid" => {
+            text(&pod["metadata"][path.trim_start_matches("metadata.")])
+        }
+        "spec.nodeName" => "kube-sim".into(),
+        "spec.serviceAccountName" => text(&pod["spec"]["serviceAccountName"]),
+        "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
+        "status.podIPs" | "status.hostIPs" => "127.0.0.1".into(),
+        _ => String::new(),
+    }
+}
+
+/// The program and arguments: the image's executable is the entrypoint; `command` replaces it
+/// (its first word naming the image's executable maps to it), `args` follow.
+fn command_line(container: &Value, executable: &Path) -> (PathBuf, Vec<String>) {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let command = strings(&container["command"]);
+    let args = strings(&container["args"]);
+    match command.split_first() {
+        Some((first, rest)) => {
+            let same = Path::new(first).file_name() == executable.file_name();
+            let program = if same {
+                executable.to_owned()
+            } else {
+                PathBuf::from(first)
+            };
+            (program, rest.iter().cloned().chain(args).collect())
+        }
+        None => (executable.to_owned(), args),
+    }
+}
+
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+fn ensure_file(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, b"").map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+/// What runs between fork and exec: a private mount namespace with the pod's mounts, a
+/// read-only root when asked, then the pod's user.
+struct Hardening {
+    mounts: Vec<Mount>,
+    read_only_root: bool,
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+}
+
+impl Hardening {
+    fn enter(&self) -> std::io::Result<()> {
+        let check = |rc: libc::c_int| {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        let root = c"/";
+        // SAFETY: plain system calls on NUL-terminated strings prepared before fork.
+        unsafe {
+            // Its own process group, so the whole container can be killed at once.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for mount in &self.mounts {
+                check(libc::mount(
+                    mount.source.as_ptr(),
+                    mount.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                if mount.read_only {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        mount.target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))?;
+                }
+            }
+            if self.read_only_root {
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
+            }
+            if let Some(gid) = self.gid {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(gid))?;
+            }
+            if let Some(uid) = self.uid {
+                check(libc::setuid(uid))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_maps_the_image_entrypoint() {
+        let exe = Path::new("/build/netreach");
+        let (program, args) = command_line(&json!({"args": ["probe", "--spec", "/x"]}), exe);
+        assert_eq!(
+            (program, args),
+            (
+                exe.to_owned(),
+                vec!["probe".to_owned(), "--spec".into(), "/x".into()]
+            )
+        );
+        let (program, args) = command_line(
+            &json!({"command": ["netreach", "probe"], "args": ["-v"]}),
+            exe,
+        );
+        assert_eq!(
+            (program, args),
+            (exe.to_owned(), vec!["probe".to_owned(), "-v".into()])
+        );
+        let (program, _) = command_line(&json!({"command": ["/bin/sh", "-c", "true"]}), exe);
+        assert_eq!(program, PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn field_refs_resolve() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "n", "labels": {"app": "x"}}, "spec": {}});
+        assert_eq!(field_value(&pod, "metadata.name"), "p");
+        assert_eq!(field_value(&pod, "metadata.labels['app']"), "x");
+        assert_eq!(field_value(&pod, "status.podIP"), "127.0.0.1");
+    }
+}
