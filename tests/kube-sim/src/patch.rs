@@ -192,7 +192,9 @@ fn collect_paths(
 /// The key fields named by a `k:{…}` path element.
 fn element_keys(element: &str) -> Option<Vec<String>> {
     let json = element.strip_prefix("k:")?;
-    serde_json::from_str::<Map<String, Value>>(json).ok().map(|m| m.keys().cloned().collect())
+    serde_json::from_str::<Map<String, Value>>(json)
+        .ok()
+        .map(|m| m.keys().cloned().collect())
 }
 
 /// The value at a field path.
@@ -216,7 +218,9 @@ pub fn value_at<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
 
 /// Removes the value at a field path (an item of a list, or a field).
 pub fn remove_at(value: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     if last == "." {
         remove_at(value, parents);
         return;
@@ -226,8 +230,10 @@ pub fn remove_at(value: &mut Value, path: &[String]) {
         let next = if let Some(field) = element.strip_prefix("f:") {
             node.get_mut(field)
         } else if let Some(keys) = element_keys(element) {
-            node.as_array_mut()
-                .and_then(|list| list.iter_mut().find(|item| item_key(item, &keys) == *element))
+            node.as_array_mut().and_then(|list| {
+                list.iter_mut()
+                    .find(|item| item_key(item, &keys) == *element)
+            })
         } else {
             None
         };
