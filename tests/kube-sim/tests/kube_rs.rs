@@ -472,10 +472,10 @@ async fn watches_resume_after_drops_and_expired_versions_without_losing_the_fina
         .map(|i| (format!("c{i}"), json!(format!("{}m", 25 + i + 1))))
         .collect();
     let disrupt = |sim: &KubeSim, events: usize| {
-        if events % 7 == 0 {
+        if events.is_multiple_of(7) {
             sim.faults().close_watches();
         }
-        if events % 11 == 0 {
+        if events.is_multiple_of(11) {
             sim.expire_resource_versions();
             sim.faults().close_watches();
         }
@@ -516,6 +516,13 @@ async fn a_watch_from_an_expired_version_gets_410() {
     }
 }
 
+/// What the test controller saw.
+#[derive(Default)]
+struct Seen {
+    names: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    reconciles: AtomicUsize,
+}
+
 #[tokio::test]
 async fn a_controller_reconciles_each_object_and_injected_faults_only_delay_it() {
     let (sim, client) = start().await;
@@ -527,34 +534,30 @@ async fn a_controller_reconciles_each_object_and_injected_faults_only_delay_it()
             .unwrap();
     }
     sim.faults().fail_next("list", "egresschecks", 2, 500);
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-    let reconciles = Arc::new(AtomicUsize::new(0));
+    let context = Arc::new(Seen::default());
     let controller =
         Controller::new_with(api.clone(), watcher::Config::default(), checks_resource())
             .run(
-                |object: Arc<DynamicObject>,
-                 ctx: Arc<(
-                    Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
-                    Arc<AtomicUsize>,
-                )>| async move {
-                    ctx.1.fetch_add(1, Ordering::SeqCst);
-                    ctx.0.lock().unwrap().insert(object.name_any());
+                |object: Arc<DynamicObject>, ctx: Arc<Seen>| async move {
+                    ctx.reconciles.fetch_add(1, Ordering::SeqCst);
+                    ctx.names.lock().unwrap().insert(object.name_any());
                     Ok::<_, kube::Error>(Action::await_change())
                 },
                 |_, _, _| Action::requeue(Duration::from_millis(100)),
-                Arc::new((seen.clone(), reconciles.clone())),
+                context.clone(),
             )
             .for_each(|_| async {});
     let run = tokio::spawn(controller);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seen.lock().unwrap().len() < 5 {
+    while context.names.lock().unwrap().len() < 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "controller saw {:?}",
-            seen.lock().unwrap()
+            context.names.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(context.reconciles.load(Ordering::SeqCst) >= 5);
     run.abort();
 }
 
