@@ -37,7 +37,10 @@ enum Command {
     /// Print the CustomResourceDefinitions, or write one file per CRD.
     Crds(CrdsArgs),
     /// Run the operator: watch EgressChecks and ConnectivityProfiles in a cluster.
-    Run,
+    ///
+    /// Connects like every client (KUBECONFIG, else the in-cluster service account), runs each
+    /// check's probes as Jobs, writes status, events and metrics.
+    Run(RunArgs),
     /// Run a probe spec and print its results (what probe Jobs execute).
     Probe(ProbeArgs),
 }
@@ -90,6 +93,37 @@ pub enum OutputFormat {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Image of the probe pods.
+    #[arg(long, env = "NETREACH_PROBE_IMAGE", default_value = concat!("ghcr.io/netreach/netreach:", env!("CARGO_PKG_VERSION")))]
+    pub probe_image: String,
+    /// Watch only this namespace; repeatable (default: all namespaces).
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Where to serve /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Where to serve /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_addr: std::net::SocketAddr,
+    /// Elect a leader through a Lease so only one replica acts.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "netreach-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RenderArgs {
     /// YAML files or directories holding ConnectivityProfiles.
     #[arg(required = true, value_name = "FILE")]
@@ -134,8 +168,76 @@ impl Args {
                 }
                 not_yet_available("render", &args.flavor.join(","))
             }
-            Command::Run => not_yet_available("run", "the operator"),
+            Command::Run(args) => run_operator(args),
         }
+    }
+}
+
+fn run_operator(args: RunArgs) -> ExitCode {
+    crate::telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to the Kubernetes API (set KUBECONFIG or run in a cluster): {}",
+                error_chain(&e)
+            )
+        })?;
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "netreach".into());
+            format!("{host}-{}", std::process::id())
+        });
+        let settings = crate::controller::Settings {
+            probe_image: args.probe_image.clone(),
+            namespaces: args.namespaces.clone(),
+            leader_election: args.leader_election,
+            lease_namespace: args.lease_namespace.clone(),
+            lease_name: args.lease_name.clone(),
+            identity,
+        };
+        let addresses = if args.metrics_addr == args.health_addr {
+            vec![args.metrics_addr]
+        } else {
+            vec![args.metrics_addr, args.health_addr]
+        };
+        let ctx = std::sync::Arc::new(crate::controller::Context::new(
+            client,
+            settings,
+            Default::default(),
+        ));
+        crate::controller::run(ctx, addresses, shutdown_signal()).await;
+        Ok::<_, anyhow::Error>(())
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
     }
 }
 

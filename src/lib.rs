@@ -3,6 +3,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod crdgen;
 pub mod load;
+pub mod metrics;
 pub mod probe;
+pub mod status;
+pub mod telemetry;

@@ -156,16 +156,18 @@ pub struct EgressCheckStatus {
     /// One row per endpoint×port from the last completed run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ProbeResult>,
-    /// The last completed run.
+    /// The last completed run that changed this status. A periodic run whose results match
+    /// the previous ones writes nothing; its Job and the
+    /// `netreach_check_last_run_timestamp_seconds` metric show it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<RunRecord>,
-    /// The run in flight, if any.
+    /// The run in flight while the check is reconciling a change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_run: Option<RunRecord>,
-    /// When the next scheduled run starts.
+    /// When the next scheduled run starts (as of the last status change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_time: Option<Time>,
-    /// Recent runs, newest first, bounded by historyLimit.
+    /// Recent runs that changed the status, newest first, bounded by historyLimit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunRecord>,
     /// The last `netreach.dev/run-now` value acted on.
@@ -203,9 +205,16 @@ impl ResultSummary {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
+    /// Sequence number of the run for this check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
     /// The probe Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// What the run checked: the check's generation, the profile's generation and the
+    /// run-now value, as `generation/profileGeneration/runNow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_key: Option<String>,
     /// What started it: Created, SpecChanged, ProfileChanged, Interval, RunNow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,

@@ -475,6 +475,7 @@ impl Api {
             body["status"] = crd_status(&body);
         }
         let stored = st.store.put(&ty.key(), body, EventType::Added);
+        mirror_event(st_mut(&mut st), &ty, &stored);
         if ty.plural == "namespaces" {
             let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name, "uid": self.uid(), "creationTimestamp": now()}});
             st.store.put("serviceaccounts", sa, EventType::Added);
@@ -762,7 +763,9 @@ impl Api {
             let removed = self.remove(st, &ty, target.ns(), target.name_or_empty());
             return removed.ok_or_else(|| ApiError::not_found(&ty.key(), target.name_or_empty()));
         }
-        Ok(st.store.put(&ty.key(), new, EventType::Modified))
+        let stored = st.store.put(&ty.key(), new, EventType::Modified);
+        mirror_event(st, &ty, &stored);
+        Ok(stored)
     }
 
     /// DELETE of one object: honours finalizers and the propagation policy.
@@ -1109,6 +1112,85 @@ impl Api {
             self.collect_garbage(&mut st);
         }
     }
+}
+
+fn st_mut<'a>(guard: &'a mut MutexGuard<'_, State>) -> &'a mut State {
+    guard
+}
+
+/// events.k8s.io/v1 and core/v1 Events are one resource on a real server: an event written
+/// through one API is listed by the other (kubectl describe reads core/v1).
+fn mirror_event(st: &mut State, ty: &ResourceType, event: &Value) {
+    if ty.key() != "events.events.k8s.io" {
+        return;
+    }
+    let when = event["eventTime"].clone();
+    let count = event["series"]["count"]
+        .as_i64()
+        .or(event["deprecatedCount"].as_i64())
+        .unwrap_or(1);
+    let last = event["series"]["lastObservedTime"].as_str().map(|t| {
+        json!(
+            t.split('.')
+                .next()
+                .unwrap_or(t)
+                .trim_end_matches('Z')
+                .to_owned()
+                + "Z"
+        )
+    });
+    let first = event["deprecatedFirstTimestamp"].clone();
+    let truncate = |v: &Value| {
+        v.as_str()
+            .map(|t| {
+                json!(
+                    t.split('.')
+                        .next()
+                        .unwrap_or(t)
+                        .trim_end_matches('Z')
+                        .to_owned()
+                        + "Z"
+                )
+            })
+            .unwrap_or(Value::Null)
+    };
+    let core = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": event["metadata"]["name"],
+            "namespace": event["metadata"]["namespace"],
+            "uid": event["metadata"]["uid"],
+            "creationTimestamp": event["metadata"]["creationTimestamp"],
+        },
+        "involvedObject": event["regarding"],
+        "related": event["related"],
+        "reason": event["reason"],
+        "message": event["note"],
+        "type": event["type"],
+        "action": event["action"],
+        "count": count,
+        "eventTime": when,
+        "firstTimestamp": if first.is_null() { truncate(&when) } else { first },
+        "lastTimestamp": last.unwrap_or_else(|| truncate(&when)),
+        "source": {"component": event["reportingController"]},
+        "reportingComponent": event["reportingController"],
+        "reportingInstance": event["reportingInstance"],
+    });
+    let kind = if st
+        .store
+        .get(
+            "events",
+            core["metadata"]["namespace"].as_str().unwrap_or_default(),
+            core["metadata"]["name"].as_str().unwrap_or_default(),
+        )
+        .is_some()
+    {
+        EventType::Modified
+    } else {
+        EventType::Added
+    };
+    st.store.put("events", core, kind);
 }
 
 fn owner_uids(object: &Value) -> Vec<String> {

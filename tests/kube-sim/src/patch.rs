@@ -475,6 +475,20 @@ pub fn apply(
     for path in previous.difference(&applied_paths) {
         if !others.contains(path) {
             remove_at(&mut result, path);
+            // A struct left empty by the removal goes too, unless someone still sets it.
+            for len in (1..path.len()).rev() {
+                let parent = &path[..len];
+                let still_set = applied_paths
+                    .iter()
+                    .chain(others.iter())
+                    .any(|p| p.starts_with(parent));
+                let empty = value_at(&result, parent)
+                    .is_some_and(|v| v.as_object().is_some_and(|m| m.is_empty()));
+                if still_set || !empty {
+                    break;
+                }
+                remove_at(&mut result, parent);
+            }
         }
     }
     // A forced or identical value shares or takes ownership: others lose what changed.
@@ -703,6 +717,26 @@ mod tests {
         assert_eq!(second["data"], json!({"a": "1"}));
         assert!(second["metadata"]["labels"].get("x").is_none());
         assert_eq!(second["metadata"]["managedFields"][0]["manager"], "op");
+    }
+
+    #[test]
+    fn a_struct_emptied_by_apply_is_removed() {
+        let empty = json!({"metadata": {"name": "a"}});
+        let first = apply(
+            &empty,
+            &json!({"status": {"current": {"job": "x"}, "kept": 1}}),
+            Shape::Builtin,
+            &request("op", false),
+        )
+        .unwrap();
+        let second = apply(
+            &first,
+            &json!({"status": {"kept": 1}}),
+            Shape::Builtin,
+            &request("op", false),
+        )
+        .unwrap();
+        assert_eq!(second["status"], json!({"kept": 1}));
     }
 
     #[test]
