@@ -115,6 +115,9 @@ pub struct RunArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "netreach-operator")]
     pub lease_name: String,
+    /// How long the Lease holds without renewal before a standby takes over, e.g. 15s.
+    #[arg(long, default_value = "15s")]
+    pub lease_duration: crate::api::SpecDuration,
     /// This replica's identity in the Lease (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -202,6 +205,7 @@ fn run_operator(args: RunArgs) -> ExitCode {
             leader_election: args.leader_election,
             lease_namespace: args.lease_namespace.clone(),
             lease_name: args.lease_name.clone(),
+            lease_duration: args.lease_duration.as_duration(),
             identity,
         };
         let addresses = if args.metrics_addr == args.health_addr {

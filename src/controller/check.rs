@@ -438,14 +438,17 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         .find(|j| job_finished(j).is_some())
         .cloned();
 
-    // Collect the newest finished run once.
+    // Collect the newest finished run once; events wait until its status is written.
+    let mut pending_events: Vec<(bool, &'static str, String)> = Vec::new();
+    let mut collected_job: Option<String> = None;
     if let Some(job) = &latest_finished
-        && ctx.first_collection(
+        && !ctx.collected(
             &namespace,
             &name,
             job.metadata.uid.as_deref().unwrap_or_default(),
         )
     {
+        collected_job = job.metadata.uid.clone();
         let mut record = record_of(job);
         let job_key = record.run_key.clone();
         match collect(ctx, &namespace, job).await {
@@ -473,16 +476,12 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                         .map(|(i, done)| run::next_run(done, i));
                     status.last_run = Some(record.clone());
                     push_history(&mut status, record, history);
-                    for transition in transitions.into_iter().take(20) {
-                        publish(
-                            ctx,
-                            check,
-                            transition.warning,
-                            transition.reason,
-                            transition.note,
-                        )
-                        .await;
-                    }
+                    pending_events.extend(
+                        transitions
+                            .into_iter()
+                            .take(20)
+                            .map(|t| (t.warning, t.reason, t.note)),
+                    );
                     info!(job = %job.name_any(), passed = summary.passed, failed = summary.failed, "run changed the status");
                 } else {
                     debug!(job = %job.name_any(), "run found nothing new");
@@ -494,7 +493,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                 record.message = Some(short_message(&message));
                 status.last_run = Some(record.clone());
                 push_history(&mut status, record, history);
-                publish(ctx, check, true, "RunFailed", message).await;
+                pending_events.push((true, "RunFailed", message));
             }
         }
         if status
@@ -524,7 +523,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         status.last_run = Some(record.clone());
         push_history(&mut status, record, history);
         status.current_run = None;
-        publish(ctx, check, true, "RunFailed", message).await;
+        pending_events.push((true, "RunFailed", message));
     }
 
     // Is a run due?
@@ -677,6 +676,12 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     }
     if !same_status(&old, &status) {
         write_status(ctx, check, &status).await?;
+    }
+    if let Some(uid) = collected_job {
+        ctx.mark_collected(&namespace, &name, &uid);
+    }
+    for (warning, reason, note) in pending_events {
+        publish(ctx, check, warning, reason, note).await;
     }
 
     Ok(if in_flight.is_some() || started_run {

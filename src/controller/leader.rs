@@ -42,7 +42,7 @@ impl LeaderElection {
         let now = Timestamp::now();
         let ours = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs() as i32),
+            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
             acquire_time: Some(MicroTime(now)),
             renew_time: Some(MicroTime(now)),
             ..LeaseSpec::default()
@@ -73,8 +73,8 @@ impl LeaderElection {
             .as_ref()
             .map(|t| t.0)
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        let held_for = spec.lease_duration_seconds.unwrap_or(15) as i64;
-        let expired = now.as_second() - renewed.as_second() > held_for;
+        let held_for = i64::from(spec.lease_duration_seconds.unwrap_or(15)) * 1000;
+        let expired = now.as_millisecond() - renewed.as_millisecond() > held_for;
         if holder != self.identity && !holder.is_empty() && !expired {
             return Ok(Attempt::Following(holder));
         }

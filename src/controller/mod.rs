@@ -75,6 +75,8 @@ pub struct Settings {
     pub leader_election: bool,
     pub lease_namespace: String,
     pub lease_name: String,
+    /// How long a lease holds without renewal.
+    pub lease_duration: Duration,
     /// This replica's name in the Lease.
     pub identity: String,
 }
@@ -110,22 +112,26 @@ impl Context {
         }
     }
 
-    /// True the first time a check's finished Job is seen.
-    pub fn first_collection(&self, namespace: &str, check: &str, job_uid: &str) -> bool {
+    /// Whether a check's finished Job has been read (and its outcome written) already.
+    pub fn collected(&self, namespace: &str, check: &str, job_uid: &str) -> bool {
+        let collected = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        collected
+            .get(&(namespace.to_owned(), check.to_owned()))
+            .map(String::as_str)
+            == Some(job_uid)
+    }
+
+    /// Records that a Job's outcome is in the check's status.
+    pub fn mark_collected(&self, namespace: &str, check: &str, job_uid: &str) {
         let mut collected = self.collected.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (namespace.to_owned(), check.to_owned());
-        if collected.get(&key).map(String::as_str) == Some(job_uid) {
-            return false;
-        }
-        collected.insert(key, job_uid.to_owned());
-        true
+        collected.insert((namespace.to_owned(), check.to_owned()), job_uid.to_owned());
     }
 }
 
 fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     match error {
         Error::Invalid(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(5)),
+        _ => Action::requeue(Duration::from_secs(1)),
     }
 }
 
@@ -322,7 +328,7 @@ async fn lead_and_run(
         Api::<Lease>::namespaced(client, &settings.lease_namespace),
         &settings.lease_name,
         &settings.identity,
-        Duration::from_secs(15),
+        settings.lease_duration,
     );
     // A standby is ready: it serves health and waits for the lease.
     ready.store(true, Ordering::Relaxed);

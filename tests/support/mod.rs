@@ -2,6 +2,8 @@
 //! suite runner already started them) and small helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
