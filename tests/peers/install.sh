@@ -3,7 +3,7 @@
 # Skips packages already present; needs root (or sudo) only when something is missing.
 set -euo pipefail
 PKGS="nginx python3-aiosmtpd dovecot-imapd dovecot-pop3d slapd ldap-utils dnsmasq-base squid mitmproxy
-prometheus-blackbox-exporter openssl iproute2"
+prometheus-blackbox-exporter openssl iproute2 lua5.4 lua-cjson"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=" $p"
