@@ -12,7 +12,7 @@ use super::dns::Resolvers;
 use super::ldap::LdapConn;
 use super::net::{self, BoxStream, Deadline, Failure, ProxyTarget, Wire};
 use super::plan::Target;
-use super::protocols::{self, Upgrade};
+use super::protocols::{self, MailProtocol, Upgrade};
 use super::result::{AddressResult, Latency, Outcome, ProbeResult, Reason, Stage, TlsFacts};
 use super::tls::{self, TrustRoots};
 use crate::api::{Protocol, TlsMode};
@@ -549,31 +549,13 @@ async fn application(
             Ok((Stage::Protocol, Some(line)))
         }
         Protocol::Smtp | Protocol::Smtps => {
-            let ehlo = target
+            let ehlo_name = target
                 .smtp
                 .as_ref()
                 .and_then(|s| s.ehlo_name.as_deref())
                 .unwrap_or(DEFAULT_EHLO_NAME);
-            let policy = if target.protocol == Protocol::Smtps {
-                Upgrade::No
-            } else {
-                upgrade_policy(mode)
-            };
-            let dialogue =
-                protocols::smtp_open(Wire::new(stream), ehlo, policy, &shown, deadline).await?;
-            let (mut wire, capabilities) = if dialogue.upgrade {
-                let stream = dialogue
-                    .wire
-                    .into_stream()
-                    .map_err(|e| starttls_injection(&shown, e))?;
-                let stream = upgrade(stream, scope, progress).await?;
-                let mut wire = Wire::new(stream);
-                let capabilities = protocols::smtp_ehlo(&mut wire, ehlo, &shown, deadline).await?;
-                (wire, capabilities)
-            } else {
-                (dialogue.wire, dialogue.capabilities)
-            };
-            protocols::smtp_quit(&mut wire, &shown, deadline).await;
+            let capabilities =
+                mail_session(MailProtocol::Smtp { ehlo_name }, stream, scope, progress).await?;
             let offered: Vec<String> = capabilities
                 .iter()
                 .filter_map(|c| c.strip_prefix("AUTH="))
@@ -618,50 +600,11 @@ async fn application(
             Ok((stage, Some(detail)))
         }
         Protocol::Imap | Protocol::Imaps => {
-            let policy = if target.protocol == Protocol::Imaps {
-                Upgrade::No
-            } else {
-                upgrade_policy(mode)
-            };
-            let dialogue =
-                protocols::imap_open(Wire::new(stream), policy, &shown, deadline).await?;
-            let (mut wire, capabilities) = if dialogue.upgrade {
-                let stream = dialogue
-                    .wire
-                    .into_stream()
-                    .map_err(|e| starttls_injection(&shown, e))?;
-                let stream = upgrade(stream, scope, progress).await?;
-                let mut wire = Wire::new(stream);
-                let capabilities =
-                    protocols::imap_capability(&mut wire, "a3", &shown, deadline).await?;
-                (wire, capabilities)
-            } else {
-                (dialogue.wire, dialogue.capabilities)
-            };
-            protocols::imap_logout(&mut wire, &shown, deadline).await;
+            let capabilities = mail_session(MailProtocol::Imap, stream, scope, progress).await?;
             check_capabilities(target, &capabilities, &shown)
         }
         Protocol::Pop3 | Protocol::Pop3s => {
-            let policy = if target.protocol == Protocol::Pop3s {
-                Upgrade::No
-            } else {
-                upgrade_policy(mode)
-            };
-            let dialogue =
-                protocols::pop3_open(Wire::new(stream), policy, &shown, deadline).await?;
-            let (mut wire, capabilities) = if dialogue.upgrade {
-                let stream = dialogue
-                    .wire
-                    .into_stream()
-                    .map_err(|e| starttls_injection(&shown, e))?;
-                let stream = upgrade(stream, scope, progress).await?;
-                let mut wire = Wire::new(stream);
-                let capabilities = protocols::pop3_capa(&mut wire, &shown, deadline).await?;
-                (wire, capabilities)
-            } else {
-                (dialogue.wire, dialogue.capabilities)
-            };
-            protocols::pop3_quit(&mut wire, &shown, deadline).await;
+            let capabilities = mail_session(MailProtocol::Pop3, stream, scope, progress).await?;
             check_capabilities(target, &capabilities, &shown)
         }
         Protocol::Ldap | Protocol::Ldaps => {
@@ -715,6 +658,44 @@ async fn application(
             Ok((Stage::Protocol, Some(format!("{who}, {what}"))))
         }
     }
+}
+
+/// A mail dialogue with its STARTTLS upgrade when the port's TLS mode asks for one; returns
+/// the capabilities seen last (after TLS when upgraded).
+async fn mail_session(
+    protocol: MailProtocol<'_>,
+    stream: BoxStream,
+    scope: &Scope<'_>,
+    progress: &mut Progress,
+) -> Result<Vec<String>, Failure> {
+    let Scope {
+        target, deadline, ..
+    } = *scope;
+    let shown = target.display();
+    let implicit = matches!(
+        target.protocol,
+        Protocol::Smtps | Protocol::Imaps | Protocol::Pop3s
+    );
+    let policy = if implicit {
+        Upgrade::No
+    } else {
+        upgrade_policy(target.tls.mode)
+    };
+    let dialogue =
+        protocols::open_mail(protocol, Wire::new(stream), policy, &shown, deadline).await?;
+    let (mut wire, capabilities) = if dialogue.upgrade {
+        let stream = dialogue
+            .wire
+            .into_stream()
+            .map_err(|e| starttls_injection(&shown, e))?;
+        let mut wire = Wire::new(upgrade(stream, scope, progress).await?);
+        let capabilities = protocol.capabilities(&mut wire, &shown, deadline).await?;
+        (wire, capabilities)
+    } else {
+        (dialogue.wire, dialogue.capabilities)
+    };
+    protocol.close(&mut wire, &shown, deadline).await;
+    Ok(capabilities)
 }
 
 fn starttls_injection(target: &str, detail: String) -> Failure {

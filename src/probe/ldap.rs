@@ -91,6 +91,21 @@ pub struct Response {
     pub diagnostic: String,
 }
 
+impl Response {
+    /// `result 49: invalid credentials`, for messages.
+    fn outcome(&self) -> String {
+        let code = self
+            .result_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "?".into());
+        if self.diagnostic.is_empty() {
+            format!("result {code}")
+        } else {
+            format!("result {code}: {}", self.diagnostic)
+        }
+    }
+}
+
 /// Reads a TLV header: (tag, length, header size).
 fn header(bytes: &[u8]) -> Option<(u8, usize, usize)> {
     let tag = *bytes.first()?;
@@ -258,17 +273,12 @@ impl LdapConn {
             .await?;
         match response.result_code {
             Some(0) => Ok(()),
-            code => Err(Failure::new(
+            _ => Err(Failure::new(
                 Stage::StartTls,
                 Reason::StartTlsRejected,
                 format!(
-                    "{target} refused LDAP StartTLS (result {}{}); enable TLS on the directory or use LDAPS",
-                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                    if response.diagnostic.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", response.diagnostic)
-                    }
+                    "{target} refused LDAP StartTLS ({}); enable TLS on the directory or use LDAPS",
+                    response.outcome()
                 ),
             )),
         }
@@ -302,14 +312,13 @@ impl LdapConn {
                     "{target} rejected the bind as {dn}: invalid credentials (49); check the bind Secret"
                 ),
             )),
-            code => Err(Failure::new(
+            _ => Err(Failure::new(
                 Stage::Auth,
                 Reason::BindFailed,
                 format!(
-                    "bind as {} to {target} failed with result {}: {}",
+                    "bind as {} to {target} failed ({})",
                     if dn.is_empty() { "anonymous" } else { dn },
-                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                    response.diagnostic
+                    response.outcome()
                 ),
             )),
         }
@@ -352,13 +361,12 @@ impl LdapConn {
                     "the bind account may not read {shown} on {target} (insufficientAccessRights)"
                 ),
             )),
-            code => Err(Failure::new(
+            _ => Err(Failure::new(
                 Stage::Protocol,
                 Reason::SearchFailed,
                 format!(
-                    "searching {shown} on {target} failed with result {}: {}",
-                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                    response.diagnostic
+                    "searching {shown} on {target} failed ({})",
+                    response.outcome()
                 ),
             )),
         }

@@ -188,46 +188,197 @@ pub enum Upgrade {
     Required,
 }
 
-fn not_offered(target: &str, command: &str) -> Failure {
-    Failure::new(
-        Stage::StartTls,
-        Reason::StartTlsNotOffered,
-        format!(
-            "{target} does not offer {command}: mail would travel unencrypted; enable TLS on the server, or a middlebox may strip {command}"
-        ),
-    )
+/// The mail protocols: each greets, lists capabilities, and upgrades with its own command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailProtocol<'a> {
+    Smtp { ehlo_name: &'a str },
+    Imap,
+    Pop3,
 }
 
-/// SMTP: banner, EHLO, and STARTTLS when asked. After an upgrade call [`smtp_ehlo`] again.
-pub async fn smtp_open(
-    wire: Wire,
-    ehlo_name: &str,
+impl MailProtocol<'_> {
+    /// The upgrade command, as servers advertise it.
+    fn starttls(self) -> &'static str {
+        match self {
+            MailProtocol::Pop3 => "STLS",
+            _ => "STARTTLS",
+        }
+    }
+
+    async fn greet(
+        self,
+        wire: &mut Wire,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<(), Failure> {
+        let (name, greeting) = match self {
+            MailProtocol::Smtp { .. } => {
+                let (code, banner) = smtp_reply(
+                    wire,
+                    target,
+                    "SMTP banner",
+                    Stage::Protocol,
+                    Reason::BannerTimeout,
+                    deadline,
+                )
+                .await?;
+                if code == 220 {
+                    return Ok(());
+                }
+                return Err(Failure::new(
+                    Stage::Protocol,
+                    Reason::BannerMismatch,
+                    format!(
+                        "{target} greeted with {code} {} instead of 220: the server refuses service",
+                        banner.join(" ")
+                    ),
+                ));
+            }
+            MailProtocol::Imap => (
+                "IMAP",
+                line(
+                    wire,
+                    Stage::Protocol,
+                    Reason::BannerTimeout,
+                    target,
+                    "IMAP greeting",
+                    deadline,
+                )
+                .await?,
+            ),
+            MailProtocol::Pop3 => (
+                "POP3",
+                line(
+                    wire,
+                    Stage::Protocol,
+                    Reason::BannerTimeout,
+                    target,
+                    "POP3 greeting",
+                    deadline,
+                )
+                .await?,
+            ),
+        };
+        let fine = match self {
+            MailProtocol::Imap => greeting.starts_with("* OK") || greeting.starts_with("* PREAUTH"),
+            _ => greeting.starts_with("+OK"),
+        };
+        if fine {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                Stage::Protocol,
+                Reason::BannerMismatch,
+                format!(
+                    "{target} did not greet like a {name} server: {:?}",
+                    truncate(&greeting)
+                ),
+            ))
+        }
+    }
+
+    /// EHLO keywords (AUTH mechanisms as `AUTH=MECH`), IMAP CAPABILITY atoms or POP3 CAPA lines.
+    pub async fn capabilities(
+        self,
+        wire: &mut Wire,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<Vec<String>, Failure> {
+        match self {
+            MailProtocol::Smtp { ehlo_name } => smtp_ehlo(wire, ehlo_name, target, deadline).await,
+            MailProtocol::Imap => imap_capability(wire, target, deadline).await,
+            MailProtocol::Pop3 => pop3_capa(wire, target, deadline).await,
+        }
+    }
+
+    /// Sends the upgrade command; Ok means the server is ready for the TLS handshake.
+    async fn request_tls(
+        self,
+        wire: &mut Wire,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<(), Failure> {
+        let refused = |answer: String| {
+            Failure::new(
+                Stage::StartTls,
+                Reason::StartTlsRejected,
+                format!(
+                    "{target} refused {}: {}",
+                    self.starttls(),
+                    truncate(&answer)
+                ),
+            )
+        };
+        match self {
+            MailProtocol::Smtp { .. } => {
+                send(wire, "STARTTLS", Stage::StartTls, target, deadline).await?;
+                let (code, text) = smtp_reply(
+                    wire,
+                    target,
+                    "answer to STARTTLS",
+                    Stage::StartTls,
+                    Reason::ResponseTimeout,
+                    deadline,
+                )
+                .await?;
+                if code == 220 {
+                    Ok(())
+                } else {
+                    Err(refused(format!("{code} {}", text.join(" "))))
+                }
+            }
+            MailProtocol::Imap => {
+                send(wire, "a2 STARTTLS", Stage::StartTls, target, deadline).await?;
+                let answer = imap_tagged(wire, "a2", target, Stage::StartTls, deadline)
+                    .await?
+                    .0;
+                if answer.starts_with("a2 OK") {
+                    Ok(())
+                } else {
+                    Err(refused(answer))
+                }
+            }
+            MailProtocol::Pop3 => {
+                send(wire, "STLS", Stage::StartTls, target, deadline).await?;
+                let answer = line(
+                    wire,
+                    Stage::StartTls,
+                    Reason::ResponseTimeout,
+                    target,
+                    "answer to STLS",
+                    deadline,
+                )
+                .await?;
+                if answer.starts_with("+OK") {
+                    Ok(())
+                } else {
+                    Err(refused(answer))
+                }
+            }
+        }
+    }
+
+    /// Says goodbye; politeness only, the verdict is already known.
+    pub async fn close(self, wire: &mut Wire, target: &str, deadline: &Deadline) {
+        let goodbye = match self {
+            MailProtocol::Smtp { .. } | MailProtocol::Pop3 => "QUIT",
+            MailProtocol::Imap => "a9 LOGOUT",
+        };
+        let _ = send(wire, goodbye, Stage::Protocol, target, deadline).await;
+    }
+}
+
+/// Greeting, capabilities, and the STARTTLS/STLS upgrade when asked for and offered.
+pub async fn open_mail(
+    protocol: MailProtocol<'_>,
+    mut wire: Wire,
     upgrade: Upgrade,
     target: &str,
     deadline: &Deadline,
 ) -> Result<Dialogue, Failure> {
-    let mut wire = wire;
-    let (code, banner) = smtp_reply(
-        &mut wire,
-        target,
-        "SMTP banner",
-        Stage::Protocol,
-        Reason::BannerTimeout,
-        deadline,
-    )
-    .await?;
-    if code != 220 {
-        return Err(Failure::new(
-            Stage::Protocol,
-            Reason::BannerMismatch,
-            format!(
-                "{target} greeted with {code} {} instead of 220: the server refuses service",
-                banner.join(" ")
-            ),
-        ));
-    }
-    let capabilities = smtp_ehlo(&mut wire, ehlo_name, target, deadline).await?;
-    let offered = capabilities.iter().any(|c| c == "STARTTLS");
+    protocol.greet(&mut wire, target, deadline).await?;
+    let capabilities = protocol.capabilities(&mut wire, target, deadline).await?;
+    let offered = capabilities.iter().any(|c| c == protocol.starttls());
     if upgrade == Upgrade::No || (upgrade == Upgrade::IfOffered && !offered) {
         return Ok(Dialogue {
             wire,
@@ -236,25 +387,16 @@ pub async fn smtp_open(
         });
     }
     if !offered {
-        return Err(not_offered(target, "STARTTLS"));
-    }
-    send(&mut wire, "STARTTLS", Stage::StartTls, target, deadline).await?;
-    let (code, text) = smtp_reply(
-        &mut wire,
-        target,
-        "answer to STARTTLS",
-        Stage::StartTls,
-        Reason::ResponseTimeout,
-        deadline,
-    )
-    .await?;
-    if code != 220 {
         return Err(Failure::new(
             Stage::StartTls,
-            Reason::StartTlsRejected,
-            format!("{target} refused STARTTLS: {code} {}", text.join(" ")),
+            Reason::StartTlsNotOffered,
+            format!(
+                "{target} does not offer {0}: mail would travel unencrypted; enable TLS on the server, or a middlebox may strip {0}",
+                protocol.starttls()
+            ),
         ));
     }
+    protocol.request_tls(&mut wire, target, deadline).await?;
     Ok(Dialogue {
         wire,
         capabilities,
@@ -263,7 +405,7 @@ pub async fn smtp_open(
 }
 
 /// Sends EHLO and returns the keywords (AUTH mechanisms as `AUTH=MECH`).
-pub async fn smtp_ehlo(
+async fn smtp_ehlo(
     wire: &mut Wire,
     ehlo_name: &str,
     target: &str,
@@ -306,68 +448,6 @@ pub async fn smtp_ehlo(
     Ok(keywords)
 }
 
-pub async fn smtp_quit(wire: &mut Wire, target: &str, deadline: &Deadline) {
-    // Politeness only: the verdict is already known.
-    let _ = send(wire, "QUIT", Stage::Protocol, target, deadline).await;
-}
-
-/// IMAP: greeting, CAPABILITY, and STARTTLS when asked.
-pub async fn imap_open(
-    wire: Wire,
-    upgrade: Upgrade,
-    target: &str,
-    deadline: &Deadline,
-) -> Result<Dialogue, Failure> {
-    let mut wire = wire;
-    let greeting = line(
-        &mut wire,
-        Stage::Protocol,
-        Reason::BannerTimeout,
-        target,
-        "IMAP greeting",
-        deadline,
-    )
-    .await?;
-    if !(greeting.starts_with("* OK") || greeting.starts_with("* PREAUTH")) {
-        return Err(Failure::new(
-            Stage::Protocol,
-            Reason::BannerMismatch,
-            format!(
-                "{target} did not greet like an IMAP server: {:?}",
-                truncate(&greeting)
-            ),
-        ));
-    }
-    let capabilities = imap_capability(&mut wire, "a1", target, deadline).await?;
-    let offered = capabilities.iter().any(|c| c == "STARTTLS");
-    if upgrade == Upgrade::No || (upgrade == Upgrade::IfOffered && !offered) {
-        return Ok(Dialogue {
-            wire,
-            capabilities,
-            upgrade: false,
-        });
-    }
-    if !offered {
-        return Err(not_offered(target, "STARTTLS"));
-    }
-    send(&mut wire, "a2 STARTTLS", Stage::StartTls, target, deadline).await?;
-    let answer = imap_tagged(&mut wire, "a2", target, Stage::StartTls, deadline)
-        .await?
-        .0;
-    if !answer.starts_with("a2 OK") {
-        return Err(Failure::new(
-            Stage::StartTls,
-            Reason::StartTlsRejected,
-            format!("{target} refused STARTTLS: {}", truncate(&answer)),
-        ));
-    }
-    Ok(Dialogue {
-        wire,
-        capabilities,
-        upgrade: true,
-    })
-}
-
 /// Reads untagged lines until the tagged completion; returns it and the untagged lines.
 async fn imap_tagged(
     wire: &mut Wire,
@@ -401,22 +481,14 @@ async fn imap_tagged(
     }
 }
 
-pub async fn imap_capability(
+async fn imap_capability(
     wire: &mut Wire,
-    tag: &str,
     target: &str,
     deadline: &Deadline,
 ) -> Result<Vec<String>, Failure> {
-    send(
-        wire,
-        &format!("{tag} CAPABILITY"),
-        Stage::Protocol,
-        target,
-        deadline,
-    )
-    .await?;
-    let (done, untagged) = imap_tagged(wire, tag, target, Stage::Protocol, deadline).await?;
-    if !done.starts_with(&format!("{tag} OK")) {
+    send(wire, "a1 CAPABILITY", Stage::Protocol, target, deadline).await?;
+    let (done, untagged) = imap_tagged(wire, "a1", target, Stage::Protocol, deadline).await?;
+    if !done.starts_with("a1 OK") {
         return Err(Failure::new(
             Stage::Protocol,
             Reason::ProtocolError,
@@ -430,74 +502,7 @@ pub async fn imap_capability(
         .collect())
 }
 
-pub async fn imap_logout(wire: &mut Wire, target: &str, deadline: &Deadline) {
-    let _ = send(wire, "a9 LOGOUT", Stage::Protocol, target, deadline).await;
-}
-
-/// POP3: greeting, CAPA, and STLS when asked.
-pub async fn pop3_open(
-    wire: Wire,
-    upgrade: Upgrade,
-    target: &str,
-    deadline: &Deadline,
-) -> Result<Dialogue, Failure> {
-    let mut wire = wire;
-    let greeting = line(
-        &mut wire,
-        Stage::Protocol,
-        Reason::BannerTimeout,
-        target,
-        "POP3 greeting",
-        deadline,
-    )
-    .await?;
-    if !greeting.starts_with("+OK") {
-        return Err(Failure::new(
-            Stage::Protocol,
-            Reason::BannerMismatch,
-            format!(
-                "{target} did not greet like a POP3 server: {:?}",
-                truncate(&greeting)
-            ),
-        ));
-    }
-    let capabilities = pop3_capa(&mut wire, target, deadline).await?;
-    let offered = capabilities.iter().any(|c| c == "STLS");
-    if upgrade == Upgrade::No || (upgrade == Upgrade::IfOffered && !offered) {
-        return Ok(Dialogue {
-            wire,
-            capabilities,
-            upgrade: false,
-        });
-    }
-    if !offered {
-        return Err(not_offered(target, "STLS"));
-    }
-    send(&mut wire, "STLS", Stage::StartTls, target, deadline).await?;
-    let answer = line(
-        &mut wire,
-        Stage::StartTls,
-        Reason::ResponseTimeout,
-        target,
-        "answer to STLS",
-        deadline,
-    )
-    .await?;
-    if !answer.starts_with("+OK") {
-        return Err(Failure::new(
-            Stage::StartTls,
-            Reason::StartTlsRejected,
-            format!("{target} refused STLS: {}", truncate(&answer)),
-        ));
-    }
-    Ok(Dialogue {
-        wire,
-        capabilities,
-        upgrade: true,
-    })
-}
-
-pub async fn pop3_capa(
+async fn pop3_capa(
     wire: &mut Wire,
     target: &str,
     deadline: &Deadline,
@@ -539,10 +544,6 @@ pub async fn pop3_capa(
             ));
         }
     }
-}
-
-pub async fn pop3_quit(wire: &mut Wire, target: &str, deadline: &Deadline) {
-    let _ = send(wire, "QUIT", Stage::Protocol, target, deadline).await;
 }
 
 /// Checks that every expected item is among the offered ones (case-insensitive). POP3 CAPA
