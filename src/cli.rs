@@ -131,9 +131,21 @@ pub struct RenderArgs {
     /// YAML files or directories holding ConnectivityProfiles.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Flavors to render, comma-separated (case-insensitive).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub flavor: Vec<String>,
+    /// Flavors to render, comma-separated, case-insensitive: NetworkPolicy, Cilium,
+    /// CiliumEgressGateway, Calico, Istio, AdminNetworkPolicy, ClusterNetworkPolicy,
+    /// EgressFirewall, AllowlistCSV, AllowlistMarkdown.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<crate::emit::RenderFormat>()))]
+    pub flavor: Vec<crate::emit::RenderFormat>,
+    /// Resolve host names now (address-based flavors need addresses; without this, those in
+    /// the profiles' status are used).
+    #[arg(long)]
+    pub resolve: bool,
+    /// Nameserver for --resolve (IP or IP:port), instead of the profile's or the system's.
+    #[arg(long, value_name = "ADDR")]
+    pub nameserver: Vec<String>,
+    /// Fail (exit 1) when a flavor cannot express an endpoint, instead of warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,12 +177,7 @@ impl Args {
             Command::Crds(args) => run_crds(&args),
             Command::Check(args) => crate::probe::cli::run_check(args),
             Command::Probe(args) => crate::probe::cli::run_probe(&args),
-            Command::Render(args) => {
-                if let Err(code) = load_or_exit(&args.files) {
-                    return code;
-                }
-                not_yet_available("render", &args.flavor.join(","))
-            }
+            Command::Render(args) => crate::emit::cli::run_render(&args),
             Command::Run(args) => run_operator(args),
         }
     }
@@ -243,14 +250,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-}
-
-fn not_yet_available(command: &str, what: &str) -> ExitCode {
-    eprintln!(
-        "error: `netreach {command}` ({what}) is not available in this build yet; \
-         `netreach check` and `netreach crds` are"
-    );
-    ExitCode::from(EXIT_FAILED)
 }
 
 /// Loads the inputs, printing every error and returning exit code 2 on any.

@@ -90,6 +90,72 @@ pub struct PolicySpec {
     /// How often host names are re-resolved to refresh address-based policy. Default: 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<SpecDuration>,
+
+    /// Where cluster DNS runs, so emitted policies keep name resolution working. Default:
+    /// pods labelled `k8s-app: kube-dns` in `kube-system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<ClusterDns>,
+
+    /// CiliumEgressGateway: the gateway nodes and the source address they use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_gateway: Option<EgressGateway>,
+
+    /// Istio extras: route through `istio-egressgateway`, restrict the sidecar to the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioOptions>,
+
+    /// Calico Enterprise adds domain rules (`destination.domains`); OSS Calico has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calico_enterprise: Option<bool>,
+
+    /// Priority of the AdminNetworkPolicy / ClusterNetworkPolicy (0–1000, lower wins). Default: 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: Option<i32>,
+}
+
+/// The cluster DNS pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterDns {
+    /// Namespace of the DNS pods. Default: kube-system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Labels of the DNS pods. Default: `k8s-app: kube-dns`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Gateway nodes for CiliumEgressGatewayPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.egressIP) && has(self.interface))").message("set at most one of egressIP or interface").reason(Reason::FieldValueInvalid))]
+pub struct EgressGateway {
+    /// Labels of the gateway nodes.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Source IP the gateway uses (what the vendor allowlists).
+    #[serde(default, rename = "egressIP", skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isIP(self)").message("must be an IP address").reason(Reason::FieldValueInvalid))]
+    #[schemars(length(max = 64))]
+    pub egress_ip: Option<String>,
+    /// Interface whose first address is the source IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 15))]
+    pub interface: Option<String>,
+}
+
+/// Istio extras.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IstioOptions {
+    /// Also emit Gateway, VirtualService and DestinationRule that send TLS through
+    /// `istio-egressgateway` (passthrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_gateway: Option<bool>,
+    /// Also emit a Sidecar for the profile's pods with outboundTrafficPolicy REGISTRY_ONLY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_only: Option<bool>,
 }
 
 /// A policy format NetReach can emit.

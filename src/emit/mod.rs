@@ -1,0 +1,282 @@
+//! Policy emission: a profile and its resolved addresses in, the objects of one policy flavor
+//! out (no client). Every object allows exactly the declared endpoints and ports plus cluster
+//! DNS; what a flavor cannot express is reported, never widened.
+
+pub mod allowlist;
+pub mod cli;
+mod flavors;
+pub mod types;
+
+pub use flavors::merge_egress_firewall;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::Value;
+
+use crate::api::{ConnectivityProfileSpec, Flavor};
+
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "netreach");
+pub const PROFILE_LABEL: &str = "netreach.dev/profile";
+pub const PROFILE_NAMESPACE_ANNOTATION: &str = "netreach.dev/profile-namespace";
+
+/// What `netreach render` can produce: a policy flavor or an allowlist for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RenderFormat {
+    Policy(Flavor),
+    AllowlistCsv,
+    AllowlistMarkdown,
+}
+
+pub const FLAVORS: [Flavor; 8] = [
+    Flavor::NetworkPolicy,
+    Flavor::Cilium,
+    Flavor::CiliumEgressGateway,
+    Flavor::Calico,
+    Flavor::Istio,
+    Flavor::AdminNetworkPolicy,
+    Flavor::ClusterNetworkPolicy,
+    Flavor::EgressFirewall,
+];
+
+pub fn flavor_name(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::NetworkPolicy => "NetworkPolicy",
+        Flavor::Cilium => "Cilium",
+        Flavor::CiliumEgressGateway => "CiliumEgressGateway",
+        Flavor::Calico => "Calico",
+        Flavor::Istio => "Istio",
+        Flavor::AdminNetworkPolicy => "AdminNetworkPolicy",
+        Flavor::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+        Flavor::EgressFirewall => "EgressFirewall",
+    }
+}
+
+impl FromStr for RenderFormat {
+    type Err = String;
+
+    /// Case-insensitive, as in `spec.policy.flavors` and `--flavor`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wanted = text.trim();
+        if wanted.eq_ignore_ascii_case("AllowlistCSV") {
+            return Ok(RenderFormat::AllowlistCsv);
+        }
+        if wanted.eq_ignore_ascii_case("AllowlistMarkdown") {
+            return Ok(RenderFormat::AllowlistMarkdown);
+        }
+        FLAVORS
+            .into_iter()
+            .find(|f| flavor_name(*f).eq_ignore_ascii_case(wanted))
+            .map(RenderFormat::Policy)
+            .ok_or_else(|| {
+                let known: Vec<&str> = FLAVORS
+                    .iter()
+                    .map(|f| flavor_name(*f))
+                    .chain(["AllowlistCSV", "AllowlistMarkdown"])
+                    .collect();
+                format!("unknown flavor {text:?}; known: {}", known.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for RenderFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenderFormat::Policy(flavor) => f.write_str(flavor_name(*flavor)),
+            RenderFormat::AllowlistCsv => f.write_str("AllowlistCSV"),
+            RenderFormat::AllowlistMarkdown => f.write_str("AllowlistMarkdown"),
+        }
+    }
+}
+
+/// A profile to emit for.
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub spec: &'a ConnectivityProfileSpec,
+    /// Resolved addresses of host endpoints, by endpoint name.
+    pub addresses: &'a BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// One endpoint as policies see it: a name to match, or networks, and TCP ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    pub endpoint: String,
+    /// The declared host, when the endpoint has one.
+    pub host: Option<String>,
+    /// The declared CIDR, or the host's resolved addresses as /32 and /128.
+    pub nets: Vec<IpNet>,
+    /// Sorted, without duplicates.
+    pub ports: Vec<u16>,
+}
+
+impl Allow {
+    pub fn is_wildcard(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| h.starts_with("*."))
+    }
+}
+
+/// What the profile allows, endpoint by endpoint, in name order.
+pub fn allows(input: &Input<'_>) -> Vec<Allow> {
+    let mut allows: Vec<Allow> = input
+        .spec
+        .endpoints
+        .iter()
+        .map(|endpoint| {
+            let nets = match (&endpoint.cidr, &endpoint.host) {
+                (Some(cidr), _) => cidr
+                    .parse::<IpNet>()
+                    .or_else(|_| cidr.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| vec![n])
+                    .unwrap_or_default(),
+                (None, Some(_)) => {
+                    let mut nets: Vec<IpNet> = input
+                        .addresses
+                        .get(&endpoint.name)
+                        .into_iter()
+                        .flatten()
+                        .map(|ip| IpNet::from(*ip))
+                        .collect();
+                    nets.sort();
+                    nets.dedup();
+                    nets
+                }
+                (None, None) => Vec::new(),
+            };
+            let mut ports: Vec<u16> = endpoint.ports.iter().map(|p| p.port as u16).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            Allow {
+                endpoint: endpoint.name.clone(),
+                host: endpoint.host.clone(),
+                nets,
+                ports,
+            }
+        })
+        .collect();
+    allows.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+    allows
+}
+
+/// Something a flavor cannot express exactly, so it was left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub flavor: Flavor,
+    pub endpoint: String,
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: endpoint {}: {}",
+            flavor_name(self.flavor),
+            self.endpoint,
+            self.message
+        )
+    }
+}
+
+/// The objects of one flavor, and what was left out.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub objects: Vec<Value>,
+    pub notes: Vec<Note>,
+}
+
+/// Emits one flavor's objects for a profile.
+pub fn emit(flavor: Flavor, input: &Input<'_>) -> Output {
+    let mut output = match flavor {
+        Flavor::NetworkPolicy => flavors::network_policy(input),
+        Flavor::Cilium => flavors::cilium(input),
+        Flavor::CiliumEgressGateway => flavors::cilium_egress_gateway(input),
+        Flavor::Calico => flavors::calico(input),
+        Flavor::Istio => flavors::istio(input),
+        Flavor::AdminNetworkPolicy => flavors::admin_network_policy(input),
+        Flavor::ClusterNetworkPolicy => flavors::cluster_network_policy(input),
+        Flavor::EgressFirewall => flavors::egress_firewall(input),
+    };
+    output
+        .notes
+        .sort_by(|a, b| (&a.endpoint, &a.message).cmp(&(&b.endpoint, &b.message)));
+    output
+}
+
+/// `netreach-<profile>` for namespaced objects; cluster-scoped ones carry the namespace too.
+pub fn object_name(input: &Input<'_>, cluster_scoped: bool) -> String {
+    let name = if cluster_scoped {
+        format!("netreach-{}-{}", input.namespace, input.name)
+    } else {
+        format!("netreach-{}", input.name)
+    };
+    name.chars().take(253).collect()
+}
+
+/// Metadata every emitted object carries: managed by netreach, pointing back at its profile.
+pub fn metadata(input: &Input<'_>, name: String, cluster_scoped: bool) -> ObjectMeta {
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (
+            PROFILE_LABEL.to_owned(),
+            input.name.chars().take(63).collect(),
+        ),
+    ]);
+    let annotations = BTreeMap::from([(
+        PROFILE_NAMESPACE_ANNOTATION.to_owned(),
+        input.namespace.to_owned(),
+    )]);
+    ObjectMeta {
+        name: Some(name),
+        namespace: (!cluster_scoped).then(|| input.namespace.to_owned()),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The profile's pod selector labels (matchLabels only; expressions are refused by emitters
+/// that cannot carry them).
+pub fn pod_labels(input: &Input<'_>) -> BTreeMap<String, String> {
+    input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default()
+}
+
+/// Cluster DNS namespace and pod labels.
+pub fn cluster_dns(input: &Input<'_>) -> (String, BTreeMap<String, String>) {
+    let dns = input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.dns.clone())
+        .unwrap_or_default();
+    let namespace = dns.namespace.unwrap_or_else(|| "kube-system".into());
+    let labels = if dns.pod_labels.is_empty() {
+        BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())])
+    } else {
+        dns.pod_labels
+    };
+    (namespace, labels)
+}
+
+/// Serializes emitted objects as a deterministic multi-document YAML stream.
+pub fn to_yaml(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "---\n{}",
+                serde_norway::to_string(o).expect("emitted objects serialize")
+            )
+        })
+        .collect()
+}
