@@ -604,3 +604,192 @@ async fn five_hundred_rows_come_back_intact() {
     assert_eq!(names.len(), 500);
     operator.abort();
 }
+
+/// A DNS server on loopback answering A queries with whatever address the test sets.
+async fn scripted_dns(answer: std::sync::Arc<std::sync::Mutex<std::net::Ipv4Addr>>) -> String {
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata::A};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buffer).await {
+            let Ok(query) = Message::from_vec(&buffer[..n]) else {
+                continue;
+            };
+            let mut reply = Message::new(
+                query.metadata.id,
+                MessageType::Response,
+                query.metadata.op_code,
+            );
+            reply.metadata.authoritative = true;
+            reply.metadata.recursion_desired = query.metadata.recursion_desired;
+            reply.metadata.recursion_available = true;
+            for question in &query.queries {
+                reply.add_query(question.clone());
+                if question.query_type() == RecordType::A {
+                    let ip = *answer.lock().unwrap();
+                    reply.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        1,
+                        RData::A(A(ip)),
+                    ));
+                }
+            }
+            if let Ok(bytes) = reply.to_vec() {
+                let _ = socket.send_to(&bytes, from).await;
+            }
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dns_change_updates_the_network_policy_and_deletion_cleans_up() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("policy").await;
+    // The AdminNetworkPolicy CRD is installed; Cilium's is not.
+    if cluster.sim.is_some() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/upstream-crds/adminnetworkpolicy.yaml"),
+        )
+        .unwrap();
+        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
+        Api::<CustomResourceDefinition>::all(cluster.client.clone())
+            .create(&Default::default(), &crd)
+            .await
+            .unwrap();
+    }
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(std::net::Ipv4Addr::new(
+        203, 0, 113, 1,
+    )));
+    let dns = scripted_dns(answer.clone()).await;
+    let profile = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor}}\nspec:\n  dns: {{nameservers: [\"{dns}\"]}}\n  endpoints:\n    - {{name: api, host: api.vendor.test, ports: [{{port: 443, protocol: HTTPS}}]}}\n  policy:\n    podSelector: {{matchLabels: {{app: agent}}}}\n    flavors: [NetworkPolicy, AdminNetworkPolicy]\n    refreshInterval: 1s\n"
+    );
+    cluster.apply_yaml(&profile).await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    let policies = cluster.api::<NetworkPolicy>();
+    let cidrs = |policy: &NetworkPolicy| -> Vec<String> {
+        policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .egress
+            .as_ref()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.to.iter().flatten())
+            .filter_map(|p| p.ip_block.as_ref().map(|b| b.cidr.clone()))
+            .collect()
+    };
+    let first = eventually(WAIT, "the NetworkPolicy", || {
+        let policies = policies.clone();
+        async move { policies.get_opt("netreach-vendor").await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(cidrs(&first), ["203.0.113.1/32"]);
+    assert_eq!(
+        first.owner_references().first().map(|o| o.kind.as_str()),
+        Some("ConnectivityProfile")
+    );
+    let anps: Api<kube::api::DynamicObject> = Api::all_with(
+        cluster.client.clone(),
+        &kube::api::ApiResource {
+            group: "policy.networking.k8s.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "policy.networking.k8s.io/v1alpha1".into(),
+            kind: "AdminNetworkPolicy".into(),
+            plural: "adminnetworkpolicies".into(),
+        },
+    );
+    let anp_name = format!("netreach-{}-vendor", cluster.namespace);
+    assert!(
+        anps.get_opt(&anp_name).await.unwrap().is_some(),
+        "the cluster-scoped policy is applied"
+    );
+
+    *answer.lock().unwrap() = std::net::Ipv4Addr::new(203, 0, 113, 2);
+    let moved = eventually(WAIT, "the new address in the NetworkPolicy", || {
+        let policies = policies.clone();
+        async move {
+            policies
+                .get("netreach-vendor")
+                .await
+                .ok()
+                .filter(|p| cidrs(p).contains(&"203.0.113.2/32".to_owned()))
+        }
+    })
+    .await;
+    assert!(
+        cidrs(&moved).contains(&"203.0.113.1/32".to_owned()),
+        "the old address stays for its window: {:?}",
+        cidrs(&moved)
+    );
+    eventually(WAIT, "the old address to age out", || {
+        let policies = policies.clone();
+        async move {
+            policies
+                .get("netreach-vendor")
+                .await
+                .ok()
+                .filter(|p| cidrs(p) == ["203.0.113.2/32"])
+        }
+    })
+    .await;
+    let profiles = cluster.api::<ConnectivityProfile>();
+    let status = profiles.get("vendor").await.unwrap().status.unwrap();
+    let applied = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyApplied")
+        .unwrap();
+    assert_eq!(applied.status, "True", "{}", applied.message);
+    assert_eq!(status.policies.len(), 2);
+
+    // A flavor whose CRD is missing is a condition, not a crash loop.
+    profiles
+        .patch("vendor", &PatchParams::default(), &Patch::Merge(json!({"spec": {"policy": {"flavors": ["NetworkPolicy", "AdminNetworkPolicy", "Cilium"]}}})))
+        .await
+        .unwrap();
+    let missing = eventually(WAIT, "CRDNotInstalled", || {
+        let profiles = profiles.clone();
+        async move {
+            let status = profiles.get("vendor").await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "PolicyApplied" && c.reason == "CRDNotInstalled")
+        }
+    })
+    .await;
+    assert!(
+        missing.message.contains("CiliumNetworkPolicy"),
+        "{}",
+        missing.message
+    );
+
+    profiles
+        .delete("vendor", &Default::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the profile and its policies gone", || {
+        let (profiles, policies, anps, anp_name) = (
+            profiles.clone(),
+            policies.clone(),
+            anps.clone(),
+            anp_name.clone(),
+        );
+        async move {
+            let gone = profiles.get_opt("vendor").await.ok()?.is_none()
+                && policies.get_opt("netreach-vendor").await.ok()?.is_none()
+                && anps.get_opt(&anp_name).await.ok()?.is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+    operator.abort();
+}

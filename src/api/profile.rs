@@ -227,6 +227,19 @@ pub struct ResolvedEndpoint {
     /// Why resolution failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Addresses DNS stopped returning, still allowed until their window ends (two refresh
+    /// intervals), so a CDN rotation never drops live connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained: Vec<RetainedAddress>,
+}
+
+/// An address kept in policy after DNS stopped returning it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetainedAddress {
+    pub address: String,
+    /// When DNS last returned it.
+    pub last_seen: Time,
 }
 
 /// One emitted policy object.

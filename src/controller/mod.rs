@@ -4,6 +4,7 @@
 pub mod check;
 pub mod check_status;
 pub mod leader;
+pub mod policy;
 pub mod profile;
 pub mod run;
 
@@ -49,6 +50,8 @@ pub enum Error {
     },
     #[error("invalid spec: {0}")]
     Invalid(String),
+    #[error("cleanup failed: {0}")]
+    Cleanup(String),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Error::Read { .. } => "ReadFailed",
             Error::Write { .. } => "WriteFailed",
             Error::Invalid(_) => "InvalidSpec",
+            Error::Cleanup(_) => "CleanupFailed",
         }
     }
 }

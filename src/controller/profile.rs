@@ -1,7 +1,7 @@
 //! The ConnectivityProfile controller: validates what the schema cannot (Accepted), resolves
 //! host endpoints periodically (Resolved, addresses in status), and reports policy emission.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,15 +14,15 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::instrument;
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, policy};
 use crate::api::conditions::{reasons, types};
-use crate::api::profile::{ConnectivityProfileStatus, ResolvedEndpoint};
+use crate::api::profile::{ConnectivityProfileStatus, ResolvedEndpoint, RetainedAddress};
 use crate::api::{ConnectivityProfile, ConnectivityProfileSpec};
 use crate::probe::dns::parse_nameserver;
 use crate::probe::net::ProxyTarget;
 use crate::status::{conditions_equal_ignoring_time, set_condition, short_message};
 
-pub const MANAGER: &str = "netreach/connectivityprofile";
+pub use super::policy::MANAGER;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,7 +67,14 @@ fn same(a: &ConnectivityProfileStatus, b: &ConnectivityProfileStatus) -> bool {
     let strip = |s: &ConnectivityProfileStatus| {
         s.endpoints
             .iter()
-            .map(|e| (e.name.clone(), e.addresses.clone(), e.error.clone()))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    e.addresses.clone(),
+                    e.error.clone(),
+                    e.retained.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     a.observed_generation == b.observed_generation
@@ -89,12 +96,80 @@ pub async fn reconcile(profile: Arc<ConnectivityProfile>, ctx: Arc<Context>) -> 
     result
 }
 
+fn refresh_interval(spec: &ConnectivityProfileSpec) -> Duration {
+    spec.policy
+        .as_ref()
+        .and_then(|p| p.refresh_interval.as_ref())
+        .map(|d| d.as_duration())
+        .unwrap_or(DEFAULT_REFRESH)
+}
+
+/// Carries addresses DNS stopped returning for two refresh intervals.
+fn retain(
+    previous: Option<&ResolvedEndpoint>,
+    current: &[String],
+    now: &Time,
+    window: Duration,
+) -> Vec<RetainedAddress> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let window = window.as_secs() as i64;
+    let mut retained: Vec<RetainedAddress> = previous
+        .retained
+        .iter()
+        .filter(|r| {
+            !current.contains(&r.address) && now.0.as_second() - r.last_seen.0.as_second() < window
+        })
+        .cloned()
+        .collect();
+    for address in previous.addresses.iter().filter(|a| !current.contains(a)) {
+        if !retained.iter().any(|r| &r.address == address) {
+            retained.push(RetainedAddress {
+                address: address.clone(),
+                last_seen: now.clone(),
+            });
+        }
+    }
+    retained.sort_by(|a, b| a.address.cmp(&b.address));
+    retained
+}
+
 async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result<Action> {
     let now = Time(Timestamp::now());
     let generation = profile.metadata.generation;
     let old = profile.status.clone().unwrap_or_default();
     let mut status = old.clone();
     let spec = &profile.spec;
+    let write_error = |source| Error::Write {
+        what: format!("ConnectivityProfile {}", profile.name_any()),
+        source,
+    };
+
+    if profile.metadata.deletion_timestamp.is_some() {
+        if profile.finalizers().iter().any(|f| f == policy::FINALIZER) {
+            let failures = policy::cleanup(ctx, profile).await;
+            if !failures.is_empty() {
+                return Err(Error::Cleanup(failures.join("; ")));
+            }
+            policy::set_finalizer(ctx, profile, false)
+                .await
+                .map_err(write_error)?;
+        }
+        return Ok(Action::await_change());
+    }
+    let cluster_scoped_left = old
+        .policies
+        .iter()
+        .any(|p| p.namespace.is_none() || p.kind == "EgressFirewall");
+    policy::set_finalizer(
+        ctx,
+        profile,
+        policy::needs_finalizer(profile) || cluster_scoped_left,
+    )
+    .await
+    .map_err(write_error)?;
+
     status.observed_generation = generation;
     status.endpoint_count = Some(spec.endpoints.len() as i32);
     let problems = semantic_problems(spec);
@@ -119,6 +194,7 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
             &now,
         );
     }
+    let refresh = refresh_interval(spec);
     let nameservers = spec
         .dns
         .as_ref()
@@ -143,11 +219,13 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
                     Some(p) if p.addresses == addresses => p.resolved_at.clone(),
                     _ => Some(now.clone()),
                 };
+                let retained = retain(previous, &addresses, &now, refresh * 2);
                 ResolvedEndpoint {
                     name: endpoint.name.clone(),
                     addresses,
                     resolved_at,
                     error: None,
+                    retained,
                 }
             }
             Err(failure) => {
@@ -158,6 +236,7 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
                     addresses: previous.map(|p| p.addresses.clone()).unwrap_or_default(),
                     resolved_at: previous.and_then(|p| p.resolved_at.clone()),
                     error: Some(short_message(&failure.message)),
+                    retained: previous.map(|p| p.retained.clone()).unwrap_or_default(),
                 }
             }
         };
@@ -185,6 +264,22 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
             &now,
         );
     }
+
+    let addresses: BTreeMap<String, Vec<IpAddr>> = status
+        .endpoints
+        .iter()
+        .map(|e| {
+            let ips = e
+                .addresses
+                .iter()
+                .chain(e.retained.iter().map(|r| &r.address))
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            (e.name.clone(), ips)
+        })
+        .collect();
+    let applied = policy::apply(ctx, profile, &addresses, &old.policies).await;
+    status.policies = applied.policies.clone();
     match spec.policy.as_ref().filter(|p| !p.flavors.is_empty()) {
         None => set_condition(
             &mut status.conditions,
@@ -195,17 +290,33 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
             generation,
             &now,
         ),
-        Some(policy) => {
-            let flavors: Vec<String> = policy.flavors.iter().map(|f| format!("{f:?}")).collect();
+        Some(_) if !applied.failures.is_empty() => {
+            let reason = if applied.failures.iter().any(|f| f.contains("is not served")) {
+                "CRDNotInstalled"
+            } else {
+                "ApplyFailed"
+            };
             set_condition(
                 &mut status.conditions,
                 types::POLICY_APPLIED,
                 false,
-                "EmissionUnavailable",
-                format!(
-                    "policy emission ({}) is not available in this operator version; use `netreach render`",
-                    flavors.join(", ")
-                ),
+                reason,
+                short_message(&applied.failures.join("; ")),
+                generation,
+                &now,
+            );
+        }
+        Some(_) => {
+            let mut message = format!("applied {} object(s)", applied.policies.len());
+            if !applied.notes.is_empty() {
+                message.push_str(&format!("; left out: {}", applied.notes.join("; ")));
+            }
+            set_condition(
+                &mut status.conditions,
+                types::POLICY_APPLIED,
+                true,
+                "Applied",
+                short_message(&message),
                 generation,
                 &now,
             );
@@ -226,12 +337,6 @@ async fn reconcile_inner(profile: &ConnectivityProfile, ctx: &Context) -> Result
             source,
         })?;
     }
-    let refresh = spec
-        .policy
-        .as_ref()
-        .and_then(|p| p.refresh_interval.as_ref())
-        .map(|d| d.as_duration())
-        .unwrap_or(DEFAULT_REFRESH);
     Ok(Action::requeue(refresh))
 }
 

@@ -7,7 +7,7 @@ pub mod cli;
 mod flavors;
 pub mod types;
 
-pub use flavors::merge_egress_firewall;
+pub use flavors::{egress_firewall_denies, merge_egress_firewall};
 
 use std::collections::BTreeMap;
 use std::fmt;

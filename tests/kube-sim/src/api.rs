@@ -761,6 +761,8 @@ impl Api {
             .is_none_or(Vec::is_empty);
         if new["metadata"]["deletionTimestamp"].is_string() && finalizers_empty {
             let removed = self.remove(st, &ty, target.ns(), target.name_or_empty());
+            // Its dependents go now that it is gone.
+            self.collect_garbage(st);
             return removed.ok_or_else(|| ApiError::not_found(&ty.key(), target.name_or_empty()));
         }
         let stored = st.store.put(&ty.key(), new, EventType::Modified);
