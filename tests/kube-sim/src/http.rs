@@ -27,6 +27,8 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// Everything a request handler needs.
 pub struct Shared {
     pub api: Arc<Api>,
+    /// Every (user agent, verb, group, resource) requested, for RBAC checks.
+    pub audit: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>,
     pub faults: Arc<Faults>,
     pub kubelet: Arc<Kubelet>,
     pub address: String,
@@ -76,6 +78,12 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let agent = request
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
     let content_type = request
         .headers()
         .get("content-type")
@@ -106,6 +114,7 @@ pub async fn handle(
         raw_query.as_deref(),
         &accept,
         &content_type,
+        &agent,
         &body,
     )
     .await;
@@ -119,6 +128,7 @@ async fn route(
     raw_query: Option<&str>,
     accept: &str,
     content_type: &str,
+    agent: &str,
     body: &Bytes,
 ) -> ApiResult<Response<Body>> {
     let segments: Vec<String> = path
@@ -271,6 +281,16 @@ async fn route(
     let target = shared
         .api
         .target(group, version, plural, namespace, name, sub)?;
+    shared
+        .audit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((
+            agent.to_owned(),
+            verb.to_owned(),
+            group.to_owned(),
+            fault_resource.clone(),
+        ));
     if target.ty.namespaced
         && namespace.is_none()
         && !matches!(verb, "list" | "watch" | "deletecollection")

@@ -70,6 +70,7 @@ pub struct KubeSim {
     api: Arc<Api>,
     faults: Arc<Faults>,
     kubelet: Arc<Kubelet>,
+    audit: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>,
     tasks: JoinSet<()>,
     _scratch: tempfile::TempDir,
 }
@@ -101,6 +102,7 @@ impl KubeSim {
                 HashMap::new(),
                 PathBuf::new(),
             )),
+            audit: Arc::default(),
             tasks: JoinSet::new(),
             _scratch: scratch,
         };
@@ -122,6 +124,7 @@ impl KubeSim {
         ));
         let shared = Arc::new(Shared {
             api: self.api.clone(),
+            audit: self.audit.clone(),
             faults: self.faults.clone(),
             kubelet: self.kubelet.clone(),
             address: self.address.to_string(),
@@ -162,6 +165,17 @@ impl KubeSim {
 
     pub fn api(&self) -> &Arc<Api> {
         &self.api
+    }
+
+    /// Every (verb, API group, resource[/subresource]) the client with `user_agent` requested.
+    pub fn audit(&self, user_agent: &str) -> std::collections::BTreeSet<(String, String, String)> {
+        self.audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(agent, ..)| agent == user_agent)
+            .map(|(_, verb, group, resource)| (verb.clone(), group.clone(), resource.clone()))
+            .collect()
     }
 
     /// A kube-rs client configuration for this server.

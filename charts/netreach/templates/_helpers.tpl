@@ -1,0 +1,107 @@
+{{- define "netreach.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netreach.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "netreach.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "netreach.serviceAccountName" -}}
+{{- default (include "netreach.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "netreach.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The rules the operator needs in every watched namespace (or cluster-wide). */}}
+{{- define "netreach.rules" -}}
+- apiGroups: [netreach.dev]
+  resources: [connectivityprofiles, egresschecks]
+  verbs: [get, list, watch, patch]
+- apiGroups: [netreach.dev]
+  resources: [connectivityprofiles/status, egresschecks/status]
+  verbs: [patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- $flavors := .Values.policy.allowedFlavors }}
+{{- if has "NetworkPolicy" $flavors }}
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "Cilium" $flavors }}
+- apiGroups: [cilium.io]
+  resources: [ciliumnetworkpolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "Calico" $flavors }}
+- apiGroups: [projectcalico.org]
+  resources: [networkpolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "Istio" $flavors }}
+- apiGroups: [networking.istio.io]
+  resources: [serviceentries, gateways, virtualservices, destinationrules, sidecars]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "EgressFirewall" $flavors }}
+- apiGroups: [k8s.ovn.org]
+  resources: [egressfirewalls]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- end -}}
+
+{{/* Cluster-scoped kinds: always a ClusterRole. */}}
+{{- define "netreach.clusterRules" -}}
+{{- $flavors := .Values.policy.allowedFlavors }}
+{{- if has "CiliumEgressGateway" $flavors }}
+- apiGroups: [cilium.io]
+  resources: [ciliumegressgatewaypolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "Calico" $flavors }}
+- apiGroups: [projectcalico.org]
+  resources: [globalnetworksets]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "AdminNetworkPolicy" $flavors }}
+- apiGroups: [policy.networking.k8s.io]
+  resources: [adminnetworkpolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- if has "ClusterNetworkPolicy" $flavors }}
+- apiGroups: [policy.networking.k8s.io]
+  resources: [clusternetworkpolicies]
+  verbs: [get, patch, delete]
+{{- end }}
+{{- end -}}
