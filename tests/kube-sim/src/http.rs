@@ -24,11 +24,15 @@ use crate::table;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// (user agent, verb, API group, resource) of every request.
+pub type AuditLog =
+    Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>;
+
 /// Everything a request handler needs.
 pub struct Shared {
     pub api: Arc<Api>,
     /// Every (user agent, verb, group, resource) requested, for RBAC checks.
-    pub audit: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>,
+    pub audit: AuditLog,
     pub faults: Arc<Faults>,
     pub kubelet: Arc<Kubelet>,
     pub address: String,
@@ -107,30 +111,40 @@ pub async fn handle(
         }
     };
     tracing::debug!(%method, %path, query = raw_query.as_deref().unwrap_or_default(), %content_type, body = %String::from_utf8_lossy(&body[..body.len().min(2048)]), "request");
-    let response = route(
-        &shared,
-        &method,
-        &path,
-        raw_query.as_deref(),
-        &accept,
-        &content_type,
-        &agent,
-        &body,
-    )
-    .await;
+    let parts = Parts {
+        method: &method,
+        path: &path,
+        raw_query: raw_query.as_deref(),
+        accept: &accept,
+        content_type: &content_type,
+        agent: &agent,
+        body: &body,
+    };
+    let response = route(&shared, &parts).await;
     Ok(response.unwrap_or_else(|e| error_response(&e)))
 }
 
-async fn route(
-    shared: &Arc<Shared>,
-    method: &Method,
-    path: &str,
-    raw_query: Option<&str>,
-    accept: &str,
-    content_type: &str,
-    agent: &str,
-    body: &Bytes,
-) -> ApiResult<Response<Body>> {
+/// What routing needs of a request.
+struct Parts<'a> {
+    method: &'a Method,
+    path: &'a str,
+    raw_query: Option<&'a str>,
+    accept: &'a str,
+    content_type: &'a str,
+    agent: &'a str,
+    body: &'a Bytes,
+}
+
+async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Body>> {
+    let Parts {
+        method,
+        path,
+        raw_query,
+        accept,
+        content_type,
+        agent,
+        body,
+    } = *parts;
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')

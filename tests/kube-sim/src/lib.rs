@@ -70,7 +70,7 @@ pub struct KubeSim {
     api: Arc<Api>,
     faults: Arc<Faults>,
     kubelet: Arc<Kubelet>,
-    audit: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>,
+    audit: http::AuditLog,
     tasks: JoinSet<()>,
     _scratch: tempfile::TempDir,
 }
