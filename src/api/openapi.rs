@@ -3,7 +3,7 @@
 //! refused before it reaches a cluster. CEL rules are evaluated separately.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use regex::Regex;
 use serde_json::Value;
@@ -40,16 +40,20 @@ fn push(errors: &mut Vec<FieldError>, path: &str, message: String) {
     });
 }
 
-fn compiled_pattern(pattern: &str) -> Option<Regex> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Option<Regex>>>> = OnceLock::new();
+/// Compiled patterns, shared: a cloned `Regex` would start a fresh match cache each time.
+fn compiled_pattern(pattern: &str) -> Option<Arc<Regex>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<Regex>>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    cache
-        .entry(pattern.to_owned())
-        .or_insert_with(|| Regex::new(pattern).ok())
-        .clone()
+    // Look up by &str first: schemas hold few patterns, objects many strings.
+    if let Some(compiled) = cache.get(pattern) {
+        return compiled.clone();
+    }
+    let compiled = Regex::new(pattern).ok().map(Arc::new);
+    cache.insert(pattern.to_owned(), compiled.clone());
+    compiled
 }
 
 fn type_name(value: &Value) -> &'static str {

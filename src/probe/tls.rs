@@ -1,13 +1,13 @@
 //! The TLS stage: handshake with rustls while capturing the presented chain even when it does
 //! not verify, then judge it: trust, host name, expiry, expected issuer and SPKI pins.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use k8s_openapi::jiff::Timestamp;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -19,11 +19,14 @@ use super::plan::TlsPlan;
 use super::result::{Reason, Stage, TlsFacts};
 use crate::api::endpoint::{IssuerMatch, MismatchAction};
 
-/// Which roots the probe trusts.
+/// Which roots the probe trusts, and the client configuration built on them once.
 #[derive(Clone)]
 pub struct TrustRoots {
     store: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
+    verifier: Arc<WebPkiServerVerifier>,
+    config: Arc<rustls::ClientConfig>,
+    /// Configurations for endpoints with their own CA bundle, by bundle.
+    bundles: Arc<Mutex<HashMap<String, TrustRoots>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,66 +61,68 @@ impl TrustRoots {
                 return Err(RootsError::Empty { path: path.clone() });
             }
         }
-        Ok(Self {
-            store: Arc::new(store),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        })
+        Ok(Self::from_store(store))
     }
 
-    /// These roots plus an endpoint's own CA bundle.
-    pub fn with_bundle(&self, pem: &str) -> Self {
-        let mut store = (*self.store).clone();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .filter_map(Result::ok)
-            .collect();
-        store.add_parsable_certificates(certs);
+    fn from_store(store: RootCertStore) -> Self {
+        let store = Arc::new(store);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
+            .build()
+            .expect("a root store with the ring provider builds a verifier");
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(DeferredVerifier {
+                inner: verifier.clone(),
+            }))
+            .with_no_client_auth();
+        // Every probe must do the full handshake a fresh client does.
+        config.resumption = rustls::client::Resumption::disabled();
         Self {
-            store: Arc::new(store),
-            provider: self.provider.clone(),
+            store,
+            verifier,
+            config: Arc::new(config),
+            bundles: Arc::default(),
         }
     }
 
-    fn verifier(&self) -> Arc<WebPkiServerVerifier> {
-        WebPkiServerVerifier::builder_with_provider(self.store.clone(), self.provider.clone())
-            .build()
-            .expect("a root store with the ring provider builds a verifier")
+    /// These roots plus an endpoint's own CA bundle (built once per bundle).
+    pub fn with_bundle(&self, pem: &str) -> Self {
+        let mut bundles = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
+        bundles
+            .entry(pem.to_owned())
+            .or_insert_with(|| {
+                let mut store = (*self.store).clone();
+                let certs: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(pem.as_bytes())
+                        .filter_map(Result::ok)
+                        .collect();
+                store.add_parsable_certificates(certs);
+                Self::from_store(store)
+            })
+            .clone()
     }
 }
 
-/// What the verifier saw during the handshake.
-#[derive(Debug, Default)]
-struct Captured {
-    chain: Vec<CertificateDer<'static>>,
-    verdict: Option<Result<(), rustls::Error>>,
-}
-
-/// Verifies like the web PKI verifier but never aborts the handshake on the certificate, so
-/// the chain of an untrusted or intercepting server is captured and reported.
+/// Accepts any certificate during the handshake (signatures are still checked) so the chain
+/// of an untrusted or intercepting server can be read and reported; the web PKI verdict is
+/// taken right after the handshake, from the same verifier.
 #[derive(Debug)]
-struct RecordingVerifier {
+struct DeferredVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    captured: Mutex<Captured>,
 }
 
-impl ServerCertVerifier for RecordingVerifier {
+impl ServerCertVerifier for DeferredVerifier {
     fn verify_server_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map(|_| ());
-        let mut captured = self.captured.lock().unwrap_or_else(|p| p.into_inner());
-        captured.chain = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|c| c.clone().into_owned())
-            .collect();
-        captured.verdict = Some(verdict);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -180,16 +185,6 @@ pub async fn handshake(
         Some(pem) => roots.with_bundle(pem),
         None => roots.clone(),
     };
-    let verifier = Arc::new(RecordingVerifier {
-        inner: roots.verifier(),
-        captured: Mutex::default(),
-    });
-    let config = rustls::ClientConfig::builder_with_provider(roots.provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
     let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
         Failure::new(
             Stage::Tls,
@@ -197,14 +192,14 @@ pub async fn handshake(
             format!("{server_name:?} is not a valid TLS server name"),
         )
     })?;
-    let connector = TlsConnector::from(Arc::new(config));
+    let connector = TlsConnector::from(roots.config.clone());
     let tls = deadline
         .run(
             Stage::Tls,
             Reason::TlsTimeout,
             || format!("the TLS handshake with {target} did not finish: something in the path may hold TLS traffic"),
             async {
-                connector.connect(name, stream).await.map_err(|e| {
+                connector.connect(name.clone(), stream).await.map_err(|e| {
                     Failure::new(
                         Stage::Tls,
                         Reason::TlsHandshakeFailed,
@@ -214,8 +209,14 @@ pub async fn handshake(
             },
         )
         .await?;
-    let (version, suite) = {
+    let (version, suite, chain) = {
         let (_, connection) = tls.get_ref();
+        let chain: Vec<CertificateDer<'static>> = connection
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.clone().into_owned())
+            .collect();
         (
             connection
                 .protocol_version()
@@ -227,13 +228,18 @@ pub async fn handshake(
                 .and_then(|s| s.suite().as_str())
                 .unwrap_or("unknown")
                 .to_owned(),
+            chain,
         )
     };
-    let captured =
-        std::mem::take(&mut *verifier.captured.lock().unwrap_or_else(|p| p.into_inner()));
-    let verdict = captured.verdict.unwrap_or(Ok(()));
+    let verdict = match chain.split_first() {
+        Some((leaf, intermediates)) => roots
+            .verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .map(|_| ()),
+        None => Err(rustls::Error::NoCertificatesPresented),
+    };
     let now = Timestamp::now().as_second();
-    let mut facts = describe_chain(&captured.chain, now).ok_or_else(|| {
+    let mut facts = describe_chain(&chain, now).ok_or_else(|| {
         Failure::new(
             Stage::Tls,
             Reason::TlsHandshakeFailed,
@@ -245,7 +251,7 @@ pub async fn handshake(
     facts.trusted = verdict.is_ok();
     facts.verify_error = verdict.as_ref().err().map(ToString::to_string);
     facts.expected_issuer = plan.expected_issuer.as_ref().map(ToString::to_string);
-    let warning = match judge(&facts, &verdict, &captured.chain, plan, server_name, target) {
+    let warning = match judge(&facts, &verdict, &chain, plan, server_name, target) {
         Ok(warning) => warning,
         Err(failure) => {
             return Err(Rejected {
@@ -372,8 +378,12 @@ fn issuer_matches(expected: &IssuerMatch, facts: &TlsFacts) -> bool {
 /// Base64 SHA-256 of a certificate's SubjectPublicKeyInfo.
 pub fn spki_sha256(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(spki_of(&cert))
+}
+
+fn spki_of(cert: &X509Certificate<'_>) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
-    Some(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 fn pins_match(pins: &[String], chain: &[CertificateDer<'static>]) -> bool {
@@ -446,7 +456,7 @@ fn describe_chain(chain: &[CertificateDer<'static>], now: i64) -> Option<TlsFact
             .map(|t| t.to_string())
             .unwrap_or_default(),
         days_remaining: (not_after - now).div_euclid(86_400),
-        spki_sha256: spki_sha256(leaf_der).unwrap_or_default(),
+        spki_sha256: spki_of(&leaf),
         chain_length: chain.len() as i32,
         ..TlsFacts::default()
     })

@@ -24,9 +24,9 @@ use crate::table;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// (user agent, verb, API group, resource) of every request.
+/// How many requests each (user agent, verb, API group, resource) made.
 pub type AuditLog =
-    Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, String, String)>>>;
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String, String, String), u64>>>;
 
 /// Everything a request handler needs.
 pub struct Shared {
@@ -214,6 +214,14 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
             shared.faults.add(rule);
             return Ok(json_response(200, &json!({"status": "Success"})));
         }
+        ["kube-sim", "stats"] => {
+            let audit = shared.audit.lock().unwrap_or_else(|p| p.into_inner());
+            let rows: Vec<Value> = audit
+                .iter()
+                .map(|((agent, verb, group, resource), count)| json!({"agent": agent, "verb": verb, "group": group, "resource": resource, "count": count}))
+                .collect();
+            return Ok(json_response(200, &json!({"requests": rows})));
+        }
         ["kube-sim", "close-watches"] if method == Method::POST => {
             shared.faults.close_watches();
             return Ok(json_response(200, &json!({"status": "Success"})));
@@ -299,12 +307,14 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
         .audit
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert((
+        .entry((
             agent.to_owned(),
             verb.to_owned(),
             group.to_owned(),
             fault_resource.clone(),
-        ));
+        ))
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
     if target.ty.namespaced
         && namespace.is_none()
         && !matches!(verb, "list" | "watch" | "deletecollection")

@@ -172,7 +172,7 @@ impl KubeSim {
         self.audit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
+            .keys()
             .filter(|(agent, ..)| agent == user_agent)
             .map(|(_, verb, group, resource)| (verb.clone(), group.clone(), resource.clone()))
             .collect()
