@@ -234,3 +234,139 @@ fn probe_prints_framed_results_that_match_its_termination_message() {
         (Outcome::Fail, Reason::ConnectionRefused)
     );
 }
+
+/// A profile expecting the public test issuer on the HTTPS peer.
+fn write_issuer_profile(dir: &Path, tls: &str) -> std::path::PathBuf {
+    let peers = Peers::get();
+    let yaml = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor, namespace: test}}\nspec:\n  defaults: {{timeout: 3s}}\n  endpoints:\n    - name: mpnsv2\n      host: mpnsv2.m3.maas360.com\n      tls: {tls}\n      ports: [{{port: {}, protocol: HTTPS}}]\n",
+        peers.port("PEER_HTTPS_PORT")
+    );
+    let path = dir.join("vendor.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn only_row(stdout: &str) -> netreach::probe::result::ProbeResult {
+    let report: Report = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report.summary.total, 1, "{stdout}");
+    report.groups[0].results[0].clone()
+}
+
+#[test]
+fn check_passes_through_squid_and_reports_interception_through_mitmproxy() {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_issuer_profile(
+        dir.path(),
+        "{expectedIssuer: {organization: Test Public CA}}",
+    );
+    let squid = format!("http://127.0.0.1:{}", peers.port("PEER_SQUID_PORT"));
+    let (code, stdout, stderr) = check(&["-o", "json", "--proxy", &squid], &file);
+    assert_eq!(code, 0, "through squid: {stdout}{stderr}");
+    let row = only_row(&stdout);
+    assert_eq!(
+        (row.outcome, row.stage, row.reason),
+        (Outcome::Pass, Stage::Protocol, Reason::Reachable),
+        "{}",
+        row.message
+    );
+    assert!(
+        row.message.contains(&format!(
+            "through proxy 127.0.0.1:{}",
+            peers.port("PEER_SQUID_PORT")
+        )),
+        "{}",
+        row.message
+    );
+
+    let mitm = format!("http://127.0.0.1:{}", peers.port("PEER_MITM_PORT"));
+    let (code, stdout, stderr) = check(&["-o", "json", "--proxy", &mitm], &file);
+    assert_eq!(code, 1, "through mitmproxy: {stdout}{stderr}");
+    let row = only_row(&stdout);
+    assert_eq!(
+        (row.outcome, row.stage, row.reason),
+        (Outcome::Fail, Stage::Issuer, Reason::IssuerMismatch),
+        "{}",
+        row.message
+    );
+    assert!(row.intercepted);
+    for part in [
+        "CN=Web Proxy, O=Example Corp., OU=IT",
+        "instead of O=Test Public CA",
+        "exclude mpnsv2.m3.maas360.com from SSL decryption",
+    ] {
+        assert!(row.message.contains(part), "{part:?} in {}", row.message);
+    }
+}
+
+#[test]
+fn an_unusable_system_root_store_is_invalid_input_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_issuer_profile(dir.path(), "{}");
+    // rustls-native-certs reads only these when they are set: an empty store.
+    let empty = dir.path().join("no-certs.pem");
+    std::fs::write(&empty, "").unwrap();
+    let out = netreach()
+        .arg("check")
+        .arg(&file)
+        .arg("--system-roots")
+        .env("SSL_CERT_FILE", &empty)
+        .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("cannot verify certificates with the system root store (0 certificates")
+            && stderr.contains("drop --system-roots"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reads_a_ca_bundle_ref_from_the_secrets_dir_and_says_when_it_cannot() {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_issuer_profile(dir.path(), "{caBundleRef: {configMap: corp-ca}}");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("corp-ca")).unwrap();
+    std::fs::copy(peers.public_ca(), secrets.join("corp-ca").join("ca.crt")).unwrap();
+    // No --ca-file: the peers' CA is trusted only through the bundle.
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let out = netreach()
+            .arg("check")
+            .arg(&file)
+            .args(["--nameserver", &peers.dns(), "-o", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["--secrets-dir".as_ref(), secrets.as_os_str()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let row = only_row(&stdout);
+    assert_eq!(row.reason, Reason::Reachable, "{}", row.message);
+    assert!(row.tls.as_ref().unwrap().trusted);
+
+    let (code, stdout, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let row = only_row(&stdout);
+    assert_eq!(
+        (row.stage, row.reason),
+        (Stage::Tls, Reason::CaBundleUnavailable),
+        "{}",
+        row.message
+    );
+    assert!(
+        row.message
+            .contains("pass --secrets-dir DIR holding DIR/corp-ca/ca.crt"),
+        "{}",
+        row.message
+    );
+}

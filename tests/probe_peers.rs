@@ -901,3 +901,403 @@ async fn spki_pins_pass_when_a_chain_key_matches_and_flag_interception_otherwise
     );
     assert!(results[1].intercepted);
 }
+
+/// A listener on `[::1]` only, whose port nothing listens on at 127.0.0.1: a host answering A
+/// 127.0.0.1 and AAAA ::1 then has a dead first address and a working second one.
+async fn ipv6_only_listener() -> tokio::net::TcpListener {
+    loop {
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Binding the IPv4 side proves it free; dropping it leaves it refusing.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return listener;
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_first_address_only_a_dead_first_address_before_a_working_one_passes() {
+    let listener = ipv6_only_listener().await;
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    // maas360.com answers A 127.0.0.1 then AAAA ::1 (from the peers' dnsmasq).
+    let endpoints = format!(
+        "    - name: v4-dead\n      host: maas360.com\n      ports: [{{port: {port}, protocol: TCP}}]\n"
+    );
+    let every = probe_endpoints(&endpoints, Options::default()).await;
+    assert_row(
+        &every[0],
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::ConnectionRefused,
+    );
+    let first_only = probe_endpoints(
+        &endpoints,
+        Options {
+            first_address_only: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let row = &first_only[0];
+    assert_row(row, Outcome::Pass, Stage::Connect, Reason::Reachable);
+    let tried: Vec<(&str, Outcome, Reason)> = row
+        .addresses
+        .iter()
+        .map(|a| (a.address.as_str(), a.outcome, a.reason))
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("127.0.0.1", Outcome::Fail, Reason::ConnectionRefused),
+            ("::1", Outcome::Pass, Reason::Reachable)
+        ],
+        "the row lists every address tried"
+    );
+    assert!(
+        row.message
+            .contains("::1 is the first address that works, after 1 that failed"),
+        "{}",
+        row.message
+    );
+
+    // Nothing works: the failure of the attempts.
+    let closed =
+        "    - name: closed\n      host: maas360.com\n      ports: [{port: 1, protocol: TCP}]\n";
+    let none = probe_endpoints(
+        closed,
+        Options {
+            first_address_only: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_row(
+        &none[0],
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::ConnectionRefused,
+    );
+    assert_eq!(none[0].addresses.len(), 2);
+}
+
+#[tokio::test]
+async fn an_inherited_tls_mode_never_applies_to_a_protocol_it_does_not_fit() {
+    let peers = Peers::get();
+    // defaults Disabled must not strip TLS from HTTPS; StartTLS on an endpoint must not make
+    // IMAPS plaintext; Implicit on an endpoint must not wrap plain HTTP in TLS. Each would
+    // still "pass" against these servers (nginx answers 400 to plain HTTP on its TLS port),
+    // so the TLS facts tell what really happened.
+    let yaml_endpoints = format!(
+        r#"    - name: https
+      host: mpnsv2.m3.maas360.com
+      ports: [{{port: {https}, protocol: HTTPS}}]
+    - name: imaps
+      host: mail.example.com
+      tls: {{mode: StartTLS}}
+      ports: [{{port: {imaps}, protocol: IMAPS}}, {{port: {imap}, protocol: IMAP}}]
+    - name: http
+      host: maas360.com
+      tls: {{mode: Implicit}}
+      ports: [{{port: {http}, protocol: HTTP}}]
+"#,
+        https = peers.port("PEER_HTTPS_PORT"),
+        imaps = peers.port("PEER_IMAPS_PORT"),
+        imap = peers.port("PEER_IMAP_PORT"),
+        http = peers.port("PEER_HTTP_PORT"),
+    );
+    install_provider();
+    let yaml = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  defaults: {{timeout: 3s, tls: {{mode: Disabled}}}}\n  dns: {{nameservers: [\"{}\"]}}\n  endpoints:\n{yaml_endpoints}",
+        peers.dns()
+    );
+    let loaded = load_str(Path::new("modes.yaml"), &yaml).unwrap();
+    let targets: Vec<_> = plan_documents(&loaded)
+        .unwrap()
+        .into_iter()
+        .flat_map(|g| g.targets)
+        .collect();
+    let extra = vec![(
+        "public".to_owned(),
+        std::fs::read(peers.public_ca()).unwrap(),
+    )];
+    let ctx = ProbeContext::new(TrustRoots::new(false, &extra).unwrap());
+    let results = probe_all(&targets, Arc::new(ctx), 4, None).await;
+    for result in &results {
+        assert_eq!(
+            result.outcome,
+            Outcome::Pass,
+            "{}: {}",
+            result.target(),
+            result.message
+        );
+    }
+    let https = results[0]
+        .tls
+        .as_ref()
+        .expect("HTTPS did TLS despite defaults Disabled");
+    assert_eq!(https.issuer_organization.as_deref(), Some("Test Public CA"));
+    assert_eq!(results[0].detail.as_deref(), Some("HTTP 404 Not Found"));
+    assert!(
+        results[1].tls.is_some(),
+        "IMAPS did implicit TLS despite the endpoint's StartTLS"
+    );
+    assert!(
+        results[2].tls.is_some(),
+        "IMAP upgraded with the endpoint's StartTLS, which fits it"
+    );
+    assert!(
+        results[3].tls.is_none(),
+        "plain HTTP got no TLS from the endpoint's Implicit"
+    );
+}
+
+/// A middlebox that relays to `upstream` and rewrites every STARTTLS/STLS the server
+/// announces into X's, as STARTTLS-stripping firewalls do.
+async fn stripping_relay(upstream: u16) -> u16 {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    raw_server(move |client| async move {
+        let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+            return;
+        };
+        let (client_read, mut client_write) = client.into_split();
+        let (server_read, mut server_write) = server.into_split();
+        let upward = tokio::spawn(async move {
+            let mut client_read = client_read;
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        });
+        let mut lines = BufReader::new(server_read);
+        let mut line = Vec::new();
+        while matches!(lines.read_until(b'\n', &mut line).await, Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line)
+                .replace("STARTTLS", "XXXXXXXX")
+                .replace("STLS", "XXXX");
+            if client_write.write_all(text.as_bytes()).await.is_err() {
+                break;
+            }
+            line.clear();
+        }
+        upward.abort();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stripped_starttls_fails_where_an_issuer_or_pin_is_expected() {
+    let peers = Peers::get();
+    let smtp = stripping_relay(peers.port("PEER_SMTP_PORT")).await;
+    let imap = stripping_relay(peers.port("PEER_IMAP_PORT")).await;
+    let pop3 = stripping_relay(peers.port("PEER_POP3_PORT")).await;
+    let pin = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let endpoints = format!(
+        r#"    - name: smtp-issuer
+      host: mail.example.com
+      tls: {{expectedIssuer: {{organization: Test Public CA}}}}
+      ports: [{{port: {smtp}, protocol: SMTP}}]
+    - name: imap-issuer
+      host: mail.example.com
+      tls: {{expectedIssuer: {{organization: Test Public CA}}}}
+      ports: [{{port: {imap}, protocol: IMAP}}]
+    - name: pop3-pin
+      host: mail.example.com
+      tls: {{spkiPins: ["{pin}"]}}
+      ports: [{{port: {pop3}, protocol: POP3}}]
+    - name: smtp-plain-ok
+      host: mail.example.com
+      ports: [{{port: {smtp}, protocol: SMTP}}]
+    - name: smtp-direct
+      host: mail.example.com
+      tls: {{expectedIssuer: {{organization: Test Public CA}}}}
+      ports: [{{port: {direct}, protocol: SMTP}}]
+"#,
+        direct = peers.port("PEER_SMTP_PORT"),
+    );
+    let results = probe_endpoints(&endpoints, Options::default()).await;
+    for (row, command, why) in [
+        (
+            &results[0],
+            "STARTTLS",
+            "an issuer is expected (O=Test Public CA)",
+        ),
+        (
+            &results[1],
+            "STARTTLS",
+            "an issuer is expected (O=Test Public CA)",
+        ),
+        (&results[2], "STLS", "SPKI pins are expected"),
+    ] {
+        assert_row(
+            row,
+            Outcome::Fail,
+            Stage::StartTls,
+            Reason::StartTlsNotOffered,
+        );
+        assert!(row.tls.is_none());
+        for part in [
+            format!("mail.example.com:{}", row.port),
+            format!("TLS was expected because {why}"),
+            format!("a middlebox stripping {command}"),
+        ] {
+            assert!(row.message.contains(&part), "{part:?} in {}", row.message);
+        }
+    }
+    // Without an expectation the opportunistic upgrade may stay plain.
+    assert_row(
+        &results[3],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(results[3].tls.is_none());
+    // Without the middlebox, the same expectation upgrades and checks the issuer.
+    assert_row(
+        &results[4],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(results[4].tls.is_some());
+}
+
+#[tokio::test]
+async fn a_ca_bundle_ref_is_read_from_the_secrets_directory_or_reported_missing() {
+    let peers = Peers::get();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("peers-ca")).unwrap();
+    std::fs::copy(
+        peers.public_ca(),
+        secrets.path().join("peers-ca").join("ca.crt"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(secrets.path().join("empty-ca")).unwrap();
+    std::fs::write(
+        secrets.path().join("empty-ca").join("bundle.pem"),
+        "nothing",
+    )
+    .unwrap();
+    let endpoints = format!(
+        r#"    - name: bundle
+      host: mpnsv2.m3.maas360.com
+      tls: {{caBundleRef: {{configMap: peers-ca}}}}
+      ports: [{{port: {https}, protocol: HTTPS}}]
+    - name: no-bundle
+      host: mpnsv2.m3.maas360.com
+      ports: [{{port: {https}, protocol: HTTPS}}]
+    - name: secret-bundle
+      host: mpnsv2.m3.maas360.com
+      ports: [{{port: {https}, protocol: HTTPS, tls: {{caBundleRef: {{secret: empty-ca, key: bundle.pem}}}}}}]
+"#,
+        https = peers.port("PEER_HTTPS_PORT"),
+    );
+    // Only the web PKI roots: the peers' CA comes from the bundle or not at all.
+    let with_dir = probe_endpoints(
+        &endpoints,
+        Options {
+            extra_ca: Vec::new(),
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_row(
+        &with_dir[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(with_dir[0].tls.as_ref().unwrap().trusted);
+    assert_row(
+        &with_dir[1],
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::UntrustedIssuer,
+    );
+    assert_row(
+        &with_dir[2],
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::CaBundleUnavailable,
+    );
+    assert!(
+        with_dir[2]
+            .message
+            .contains("CA bundle Secret empty-ca (key bundle.pem) holds no usable PEM certificate"),
+        "{}",
+        with_dir[2].message
+    );
+
+    let without_dir = probe_endpoints(
+        &endpoints,
+        Options {
+            extra_ca: Vec::new(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let row = &without_dir[0];
+    assert_row(row, Outcome::Fail, Stage::Tls, Reason::CaBundleUnavailable);
+    for part in [
+        "mpnsv2.m3.maas360.com:",
+        "key ca.crt of ConfigMap peers-ca",
+        "pass --secrets-dir DIR holding DIR/peers-ca/ca.crt",
+    ] {
+        assert!(row.message.contains(part), "{part:?} in {}", row.message);
+    }
+}
+
+#[tokio::test]
+async fn messages_name_host_port_and_a_next_step() {
+    let endpoints = "    - name: nx\n      host: does-not-exist.invalid\n      ports: [{port: 443, protocol: HTTPS}]\n    - name: wildcard\n      host: \"*.maas360.com\"\n      ports: [{port: 443, protocol: HTTPS}]\n    - name: proxy-creds\n      host: mpnsv2.m3.maas360.com\n      ports: [{port: 443, protocol: HTTPS}]\n";
+    install_provider();
+    let peers = Peers::get();
+    let yaml = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  dns: {{nameservers: [\"{}\"]}}\n  endpoints:\n{endpoints}",
+        peers.dns()
+    );
+    let loaded = load_str(Path::new("m.yaml"), &yaml).unwrap();
+    let mut targets: Vec<_> = plan_documents(&loaded)
+        .unwrap()
+        .into_iter()
+        .flat_map(|g| g.targets)
+        .collect();
+    targets[2].proxy = Some(netreach::api::endpoint::ProxySpec {
+        url: "http://127.0.0.1:3128".into(),
+        credentials_secret_ref: Some(netreach::api::endpoint::SecretRef {
+            name: "proxy-auth".into(),
+        }),
+    });
+    let ctx = ProbeContext::new(TrustRoots::new(false, &[]).unwrap());
+    let results = probe_all(&targets, Arc::new(ctx), 3, None).await;
+    assert_row(&results[0], Outcome::Fail, Stage::Dns, Reason::NxDomain);
+    assert!(
+        results[0].message.starts_with(
+            "does-not-exist.invalid:443: does-not-exist.invalid does not exist in DNS"
+        ),
+        "{}",
+        results[0].message
+    );
+    assert!(results[0].message.contains("check the host name"));
+    assert_row(&results[1], Outcome::Warn, Stage::Dns, Reason::WildcardHost);
+    assert!(
+        results[1]
+            .message
+            .starts_with("*.maas360.com:443 is a wildcard")
+            && results[1].message.contains("such as www.maas360.com"),
+        "{}",
+        results[1].message
+    );
+    assert_row(
+        &results[2],
+        Outcome::Fail,
+        Stage::Proxy,
+        Reason::CredentialsUnavailable,
+    );
+    assert!(
+        results[2].message.contains("mpnsv2.m3.maas360.com:443")
+            && results[2]
+                .message
+                .contains("pass --secrets-dir DIR holding DIR/proxy-auth/username"),
+        "{}",
+        results[2].message
+    );
+}

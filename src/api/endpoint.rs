@@ -54,7 +54,8 @@ pub struct Endpoint {
     pub timeout: Option<SpecDuration>,
 
     /// TLS expectations for every TLS-capable port of this endpoint (a port's own `tls`
-    /// overrides field by field).
+    /// overrides field by field). A `mode` set here applies only to the ports whose protocol
+    /// it fits; the other ports keep the defaults' mode, else their protocol's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsExpectation>,
 }
@@ -203,7 +204,19 @@ impl FromStr for Protocol {
     }
 }
 
-/// How TLS is reached on a port.
+/// How TLS is reached on a port. Default: Implicit for TLS, HTTPS, SMTPS, IMAPS, POP3S and
+/// LDAPS; Opportunistic for SMTP, IMAP and POP3; Disabled for TCP, HTTP and LDAP.
+///
+/// On a port, the mode must fit its protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS,
+/// POP3S and LDAPS; StartTLS and Opportunistic with SMTP, IMAP, POP3 and LDAP; Disabled with
+/// TCP, HTTP, SMTP, IMAP, POP3 and LDAP. On an endpoint or in `defaults`, the mode applies
+/// only to the ports it fits and the others keep their own: an implicit-TLS protocol always
+/// does TLS, and HTTP or TCP never gets TLS from an inherited mode.
+///
+/// Opportunistic upgrades when the server offers STARTTLS and stays plain otherwise, unless
+/// `expectedIssuer` or `spkiPins` is set: those can only be checked over TLS, so a server
+/// that does not offer STARTTLS (or a middlebox stripping it) fails the port with
+/// StartTLSNotOffered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum TlsMode {
     /// No TLS: the plain protocol only.
@@ -217,12 +230,33 @@ pub enum TlsMode {
     Opportunistic,
 }
 
+impl TlsMode {
+    /// Whether this mode makes sense for `protocol`: the table of the port-level CEL rule.
+    /// Implicit-TLS protocols only ever do TLS, plain protocols without an upgrade never do.
+    pub fn fits(self, protocol: Protocol) -> bool {
+        use Protocol as P;
+        match self {
+            TlsMode::Implicit => matches!(
+                protocol,
+                P::Tls | P::Https | P::Smtps | P::Imaps | P::Pop3s | P::Ldaps
+            ),
+            TlsMode::Disabled => matches!(
+                protocol,
+                P::Tcp | P::Http | P::Smtp | P::Imap | P::Pop3 | P::Ldap
+            ),
+            TlsMode::StartTls | TlsMode::Opportunistic => {
+                matches!(protocol, P::Smtp | P::Imap | P::Pop3 | P::Ldap)
+            }
+        }
+    }
+}
+
 /// What the presented TLS certificate must look like.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsExpectation {
-    /// How TLS is reached. Default: Implicit for TLS protocols, Opportunistic for SMTP, IMAP and
-    /// POP3, Disabled for TCP, HTTP and LDAP.
+    /// How TLS is reached; the defaults and inheritance rules are on [`TlsMode`], whose
+    /// description is what the CRD schema shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<TlsMode>,
 
@@ -251,7 +285,9 @@ pub struct TlsExpectation {
     #[schemars(range(min = 0, max = 3650))]
     pub min_days_valid: Option<i32>,
 
-    /// Extra CA certificates (PEM) to trust besides the public web PKI roots.
+    /// Extra CA certificates (PEM) to trust besides the public web PKI roots. The operator
+    /// reads them from the ConfigMap or Secret; `netreach check` reads them from
+    /// `--secrets-dir DIR` as `DIR/<name>/<key>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_ref: Option<CaBundleRef>,
 }
@@ -395,7 +431,8 @@ pub struct EndpointDefaults {
     /// Deadline per endpoint×port, all stages included. Default: 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<SpecDuration>,
-    /// TLS expectations for every TLS-capable port.
+    /// TLS expectations for every TLS-capable port. A `mode` set here applies only to the
+    /// ports whose protocol it fits; the other ports keep their protocol's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsExpectation>,
     /// Whether endpoints are required unless they say otherwise. Default: true.
@@ -431,3 +468,23 @@ pub struct DnsSpec {
 
 /// Labels, as Kubernetes writes them.
 pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implicit_tls_protocols_fit_only_implicit_and_plain_ones_never_get_tls() {
+        for protocol in Protocol::ALL {
+            assert!(
+                protocol.default_tls_mode().fits(protocol),
+                "{protocol}: its default mode fits"
+            );
+        }
+        assert!(!TlsMode::Disabled.fits(Protocol::Https));
+        assert!(!TlsMode::StartTls.fits(Protocol::Imaps));
+        assert!(!TlsMode::Implicit.fits(Protocol::Http));
+        assert!(!TlsMode::Opportunistic.fits(Protocol::Tcp));
+        assert!(TlsMode::Disabled.fits(Protocol::Smtp));
+    }
+}

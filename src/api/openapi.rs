@@ -68,12 +68,42 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
+/// A value as error messages quote it: at most 80 characters, cut on a character boundary
+/// (user input may be any UTF-8), URL credentials masked.
 fn short(value: &Value) -> String {
-    let text = value.to_string();
-    if text.len() > 80 {
-        format!("{}…", &text[..77])
+    let text = shown(&value.to_string());
+    if text.chars().count() > 80 {
+        format!("{}…", text.chars().take(77).collect::<String>())
     } else {
         text
+    }
+}
+
+/// A string as error messages quote it: a URL's userinfo (`http://user:pass@proxy`) is
+/// masked, because the message lands in terminals, CI logs and Events.
+fn shown(text: &str) -> String {
+    if text.contains("://") && text.contains('@') {
+        redact_userinfo(text)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `url` with any userinfo masked (`http://user:***@host:port`), for messages: proxy
+/// credentials written into a URL never reach a status, an event or a log. Everything before
+/// the last `@` of the authority counts as userinfo, so a password holding `/` or `@` stays
+/// hidden too; only a user name before a `:` is kept.
+pub fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) if !user.contains('/') => format!("{scheme}{user}:***@{host}"),
+        _ => format!("{scheme}***@{host}"),
     }
 }
 
@@ -168,7 +198,8 @@ fn check_string(
             errors,
             path,
             format!(
-                "Invalid value: \"{text}\": {path} in body should be at least {min} chars long"
+                "Invalid value: \"{}\": {path} in body should be at least {min} chars long",
+                shown(text)
             ),
         );
     }
@@ -177,7 +208,10 @@ fn check_string(
             Some(re) if !re.is_match(text) => push(
                 errors,
                 path,
-                format!("Invalid value: \"{text}\": {path} in body should match '{pattern}'"),
+                format!(
+                    "Invalid value: \"{}\": {path} in body should match '{pattern}'",
+                    shown(text)
+                ),
             ),
             Some(_) => {}
             None => push(
@@ -410,6 +444,61 @@ mod tests {
         assert!(
             joined.contains("spec.items[1]: Duplicate value"),
             "{joined}"
+        );
+    }
+
+    #[test]
+    fn long_multibyte_values_are_cut_on_a_character_boundary() {
+        // 100 three-byte characters: byte 77 falls inside one.
+        let long = "€".repeat(100);
+        let errors = check(&schema(), &json!({"port": 1, "protocol": long}), "spec");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let message = &errors[0].message;
+        assert!(
+            message.contains(&format!("\"{}…", "€".repeat(76))),
+            "{message}"
+        );
+        // Up to 80 characters (quotes included) are quoted whole.
+        let fits = "ü".repeat(78);
+        assert_eq!(short(&json!(fits)), format!("\"{fits}\""));
+    }
+
+    #[test]
+    fn userinfo_is_masked_in_proxy_urls() {
+        assert_eq!(
+            redact_userinfo("http://alice:s3cret@proxy.corp:3128/"),
+            "http://alice:***@proxy.corp:3128/"
+        );
+        // A password holding `@` or `/` stays hidden; a bare token is hidden whole.
+        assert_eq!(
+            redact_userinfo("http://alice:p@ss/w@proxy:1"),
+            "http://alice:***@proxy:1"
+        );
+        assert_eq!(
+            redact_userinfo("http://tok3n@proxy:1"),
+            "http://***@proxy:1"
+        );
+        assert_eq!(redact_userinfo("alice:s3cret@proxy:1"), "alice:***@proxy:1");
+        assert_eq!(redact_userinfo("http://proxy:1"), "http://proxy:1");
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_never_quoted() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"url": {"type": "string", "pattern": "^http://[^\\s/@]+$"}}
+        });
+        let errors = check(
+            &schema,
+            &json!({"url": "http://alice:s3cret@proxy.corp:3128"}),
+            "spec.proxy",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let message = &errors[0].message;
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(
+            message.contains("http://alice:***@proxy.corp:3128"),
+            "{message}"
         );
     }
 

@@ -77,7 +77,7 @@ impl Resolvers {
         options.cache_size = 0;
         let resolver = builder.build().map_err(|e| DnsFailure {
             reason: Reason::DnsError,
-            message: format!("cannot set up the resolver: {e}"),
+            message: format!("cannot set up the resolver: {e}; check the nameservers"),
         })?;
         cache.insert(nameservers.to_vec(), resolver.clone());
         Ok(resolver)
@@ -152,13 +152,15 @@ fn classify(host: &str, via: &str, timeout: Duration, error: &NetError) -> DnsFa
         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => DnsFailure {
             reason: Reason::ServFail,
             message: format!(
-                "DNS server failure (SERVFAIL) resolving {host} via {via}; the resolver cannot reach the zone's nameservers"
+                "DNS server failure (SERVFAIL) resolving {host} via {via}: the resolver cannot get an answer from the zone's nameservers; check the resolver's upstream access, or the zone's nameservers and DNSSEC"
             ),
         },
         NetError::Timeout => timeout_failure(host, via, timeout),
         other => DnsFailure {
             reason: Reason::DnsError,
-            message: format!("resolving {host} via {via} failed: {other}"),
+            message: format!(
+                "resolving {host} via {via} failed: {other}; check that DNS (UDP and TCP 53) is allowed and the nameserver is up"
+            ),
         },
     }
 }

@@ -48,20 +48,54 @@ impl ProbeContext {
         }
     }
 
-    /// Reads one key of a mounted Secret.
-    fn secret(&self, secret: &str, key: &str) -> Result<String, String> {
+    /// Reads one key of a mounted Secret that probing `target` needs.
+    fn secret(&self, secret: &str, key: &str, target: &str) -> Result<String, String> {
+        self.mounted("Secret", secret, key, target)
+            .map(|v| v.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    /// Reads one key of a mounted Secret or ConfigMap (`kind`), as a pod mounts them:
+    /// `DIR/<name>/<key>`. Messages never hold the value.
+    fn mounted(&self, kind: &str, name: &str, key: &str, target: &str) -> Result<String, String> {
         let Some(dir) = &self.secrets_dir else {
             return Err(format!(
-                "Secret {secret} is needed (key {key}) but no secrets directory is set; pass --secrets-dir DIR holding DIR/{secret}/{key}"
+                "probing {target} needs key {key} of {kind} {name}, but no secrets directory is set; pass --secrets-dir DIR holding DIR/{name}/{key}"
             ));
         };
-        let path = dir.join(secret).join(key);
-        std::fs::read_to_string(&path)
-            .map(|v| v.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| {
-                format!(
-                    "cannot read key {key} of Secret {secret} at {}: {e}",
-                    path.display()
+        let path = dir.join(name).join(key);
+        std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "probing {target} needs key {key} of {kind} {name}, which cannot be read at {}: {e}; check that {kind} {name} exists with key {key} and is mounted there",
+                path.display()
+            )
+        })
+    }
+
+    /// The PEM text of a target's `caBundleRef` when the plan names one the operator has not
+    /// already read in (`netreach check` reads it from the secrets directory); None when
+    /// there is nothing to read.
+    fn ca_bundle(&self, target: &Target) -> Result<Option<String>, Failure> {
+        let Some(reference) = &target.tls.ca_bundle_ref else {
+            return Ok(None);
+        };
+        if target.tls.ca_bundle_pem.is_some() {
+            return Ok(None);
+        }
+        let key = reference.key.as_deref().unwrap_or(tls::DEFAULT_BUNDLE_KEY);
+        let (kind, name) = match (&reference.config_map, &reference.secret) {
+            (Some(name), _) => ("ConfigMap", name),
+            (None, Some(name)) => ("Secret", name),
+            (None, None) => return Ok(None),
+        };
+        self.mounted(kind, name, key, &target.display())
+            .map(Some)
+            .map_err(|message| {
+                Failure::new(
+                    Stage::Tls,
+                    Reason::CaBundleUnavailable,
+                    format!(
+                        "{message} (caBundleRef: without it the issuer it vouches for is reported as untrusted)"
+                    ),
                 )
             })
     }
@@ -98,20 +132,25 @@ pub async fn probe(target: &Target, ctx: &ProbeContext) -> ProbeResult {
     let guard = target.timeout() + GUARD_MARGIN;
     let mut result = match tokio::time::timeout(guard, probe_inner(target, ctx)).await {
         Ok(result) => result,
-        Err(_) => row(
-            target,
-            Outcome::Fail,
-            Stage::Connect,
-            Reason::DeadlineExceeded,
-            format!(
-                "probing {} did not finish within {:?}",
-                target.display(),
-                target.timeout()
-            ),
-        ),
+        Err(_) => deadline_exceeded(target),
     };
     result.latency.total_ms = Some(started.elapsed().as_millis() as u64);
     result
+}
+
+/// The row of a probe the outer guard had to cut off.
+fn deadline_exceeded(target: &Target) -> ProbeResult {
+    row(
+        target,
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::DeadlineExceeded,
+        format!(
+            "probing {} did not finish within its timeout of {:?}: the server or something in the path holds the exchange open; check the path to it, or raise the endpoint's timeout if the server is just slow",
+            target.display(),
+            target.timeout()
+        ),
+    )
 }
 
 fn row(
@@ -172,16 +211,45 @@ async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeResult {
     let deadline = Deadline::after(target.timeout());
     let shown = target.display();
     if let Some(host) = target.host.as_deref().filter(|h| h.starts_with("*.")) {
+        let example = host.replacen('*', "www", 1);
         return row(
             target,
             Outcome::Warn,
             Stage::Dns,
             Reason::WildcardHost,
             format!(
-                "{host} is a wildcard used for policy only and cannot be probed; add a concrete host name to probe it"
+                "{shown} is a wildcard used for policy only and cannot be probed; to probe port {} add an endpoint with a concrete host name under {}, such as {example}",
+                target.port,
+                &host[2..]
             ),
         );
     }
+    // A Secret or ConfigMap the TLS stage needs: read it now, so a missing one is told
+    // apart from an untrusted issuer.
+    let bundle = if target.tls.mode == TlsMode::Disabled {
+        Ok(None)
+    } else {
+        ctx.ca_bundle(target)
+    };
+    let with_bundle;
+    let target = match bundle {
+        Ok(None) => target,
+        Ok(Some(pem)) => {
+            let mut read = target.clone();
+            read.tls.ca_bundle_pem = Some(pem);
+            with_bundle = read;
+            &with_bundle
+        }
+        Err(failure) => {
+            return row(
+                target,
+                Outcome::Fail,
+                failure.stage,
+                failure.reason,
+                failure.message,
+            );
+        }
+    };
     // Host name for SNI and verification: the override, else the host, else the IP.
     let peer_host = target.host.clone().or_else(|| {
         target
@@ -196,23 +264,23 @@ async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeResult {
             Outcome::Fail,
             Stage::Dns,
             Reason::DnsError,
-            format!("{shown} has no host or address"),
+            format!("{shown} has no host or address to probe; set the endpoint's host or cidr"),
         );
     };
-    let proxy = match ctx
-        .proxy
-        .clone()
-        .map(Ok)
-        .or_else(|| target.proxy.as_ref().map(|p| proxy_from_spec(p, ctx)))
-    {
+    let proxy = match ctx.proxy.clone().map(Ok).or_else(|| {
+        target
+            .proxy
+            .as_ref()
+            .map(|p| proxy_from_spec(p, ctx, &shown))
+    }) {
         Some(Ok(proxy)) => Some(proxy),
-        Some(Err(message)) => {
+        Some(Err(failure)) => {
             return row(
                 target,
                 Outcome::Fail,
-                Stage::Proxy,
-                Reason::CredentialsUnavailable,
-                message,
+                failure.stage,
+                failure.reason,
+                failure.message,
             );
         }
         None => None,
@@ -273,7 +341,7 @@ async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeResult {
                         Outcome::Fail,
                         Stage::Dns,
                         failure.reason,
-                        failure.message,
+                        format!("{shown}: {}", failure.message),
                     );
                     result.latency = latency;
                     return result;
@@ -310,7 +378,7 @@ async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeResult {
         });
         futures::future::join_all(all).await
     };
-    aggregate(target, sessions)
+    aggregate(target, sessions, ctx.first_address_only)
 }
 
 async fn address_session(
@@ -347,11 +415,24 @@ fn probe_address(cidr: &str) -> Option<IpAddr> {
 fn proxy_from_spec(
     spec: &crate::api::endpoint::ProxySpec,
     ctx: &ProbeContext,
-) -> Result<ProxyTarget, String> {
-    let mut proxy = ProxyTarget::parse(&spec.url)?;
+    shown: &str,
+) -> Result<ProxyTarget, Failure> {
+    let mut proxy = ProxyTarget::parse(&spec.url).map_err(|message| {
+        Failure::new(
+            Stage::Proxy,
+            Reason::ProxyError,
+            format!("cannot probe {shown} through the proxy: {message}"),
+        )
+    })?;
     if let Some(secret) = &spec.credentials_secret_ref {
-        let user = ctx.secret(&secret.name, "username")?;
-        let pass = ctx.secret(&secret.name, "password")?;
+        let unavailable =
+            |message| Failure::new(Stage::Proxy, Reason::CredentialsUnavailable, message);
+        let user = ctx
+            .secret(&secret.name, "username", shown)
+            .map_err(unavailable)?;
+        let pass = ctx
+            .secret(&secret.name, "password", shown)
+            .map_err(unavailable)?;
         proxy.credentials = Some((user, pass));
     }
     Ok(proxy)
@@ -618,16 +699,22 @@ async fn application(
                         conn = LdapConn::new(stream);
                     }
                     Err(failure) if mode == TlsMode::StartTls => return Err(failure),
-                    // Opportunistic: the refusal leaves the plain session usable.
-                    Err(_) => {}
+                    // Opportunistic: the refusal leaves the plain session usable, unless an
+                    // issuer or pin would then go unchecked.
+                    Err(_) => {
+                        if let Some(why) = tls_expected(target) {
+                            return Err(stripped("StartTLS", &shown, &why));
+                        }
+                    }
                 }
             }
             let ldap = target.ldap.as_ref();
             let (dn, password) = match ldap.and_then(|l| l.bind_secret_ref.as_ref()) {
                 Some(secret) => {
-                    let creds = ctx
-                        .secret(&secret.name, "bindDN")
-                        .and_then(|dn| ctx.secret(&secret.name, "password").map(|pw| (dn, pw)));
+                    let creds = ctx.secret(&secret.name, "bindDN", &shown).and_then(|dn| {
+                        ctx.secret(&secret.name, "password", &shown)
+                            .map(|pw| (dn, pw))
+                    });
                     match creds {
                         Ok(creds) => creds,
                         Err(message) => {
@@ -676,13 +763,25 @@ async fn mail_session(
         target.protocol,
         Protocol::Smtps | Protocol::Imaps | Protocol::Pop3s
     );
-    let policy = if implicit {
-        Upgrade::No
-    } else {
-        upgrade_policy(target.tls.mode)
+    let expected = tls_expected(target);
+    let policy = match (implicit, upgrade_policy(target.tls.mode)) {
+        (true, _) => Upgrade::No,
+        // An issuer or pin can only be checked over TLS: a server that stays plain (or a
+        // middlebox that strips STARTTLS from its capabilities) must not pass unchecked.
+        (false, Upgrade::IfOffered) if expected.is_some() => Upgrade::Required,
+        (false, policy) => policy,
     };
-    let dialogue =
-        protocols::open_mail(protocol, Wire::new(stream), policy, &shown, deadline).await?;
+    let dialogue = protocols::open_mail(protocol, Wire::new(stream), policy, &shown, deadline)
+        .await
+        .map_err(|failure| match &expected {
+            Some(why)
+                if failure.reason == Reason::StartTlsNotOffered
+                    && target.tls.mode == TlsMode::Opportunistic =>
+            {
+                stripped(protocol.starttls(), &shown, why)
+            }
+            _ => failure,
+        })?;
     let (mut wire, capabilities) = if dialogue.upgrade {
         let stream = dialogue
             .wire
@@ -696,6 +795,28 @@ async fn mail_session(
     };
     protocol.close(&mut wire, &shown, deadline).await;
     Ok(capabilities)
+}
+
+/// Why a port must reach TLS even when its mode would settle for plain: the expectation that
+/// only a certificate can satisfy.
+fn tls_expected(target: &Target) -> Option<String> {
+    match (&target.tls.expected_issuer, target.tls.spki_pins.is_empty()) {
+        (Some(issuer), _) => Some(format!("an issuer is expected ({issuer})")),
+        (None, false) => Some("SPKI pins are expected".to_owned()),
+        (None, true) => None,
+    }
+}
+
+/// The failure of an opportunistic upgrade that had to happen: the plain session would leave
+/// the expected issuer or pins unchecked.
+fn stripped(command: &str, shown: &str, why: &str) -> Failure {
+    Failure::new(
+        Stage::StartTls,
+        Reason::StartTlsNotOffered,
+        format!(
+            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked; make sure the server offers {command} and that nothing in the path removes it (or set tls.mode: Disabled if this port is meant to stay plain)"
+        ),
+    )
 }
 
 fn starttls_injection(target: &str, detail: String) -> Failure {
@@ -750,9 +871,16 @@ fn from_session(target: &Target, session: Session) -> ProbeResult {
     }
 }
 
-/// One row from the per-address sessions: the worst address decides, and the message says
-/// how many addresses failed, because one dead address behind a name is exactly what to catch.
-fn aggregate(target: &Target, sessions: Vec<(IpAddr, Session)>) -> ProbeResult {
+/// One row from the per-address sessions. Every address probed: the worst address decides,
+/// and the message says how many failed, because one dead address behind a name is exactly
+/// what to catch. `first_working` (`--first-address-only`, addresses tried in order until one
+/// works): the address that works decides, else the failure of the attempts; the addresses
+/// list still shows every attempt.
+fn aggregate(
+    target: &Target,
+    sessions: Vec<(IpAddr, Session)>,
+    first_working: bool,
+) -> ProbeResult {
     let addresses: Vec<AddressResult> = sessions
         .iter()
         .map(|(address, s)| AddressResult {
@@ -777,20 +905,35 @@ fn aggregate(target: &Target, sessions: Vec<(IpAddr, Session)>) -> ProbeResult {
         .iter()
         .filter(|(_, s)| s.outcome == Outcome::Fail)
         .count();
-    let worst = sessions
-        .into_iter()
-        .max_by_key(|(_, s)| (s.outcome, s.intercepted));
-    let Some((address, worst)) = worst else {
+    let working = sessions
+        .iter()
+        .position(|(_, s)| s.outcome != Outcome::Fail)
+        .filter(|_| first_working);
+    let verdict = match working {
+        Some(index) => sessions.into_iter().nth(index),
+        None => sessions
+            .into_iter()
+            .max_by_key(|(_, s)| (s.outcome, s.intercepted)),
+    };
+    let Some((address, verdict)) = verdict else {
         return row(
             target,
             Outcome::Fail,
             Stage::Dns,
             Reason::NoAnswer,
-            format!("{} has no address to probe", target.display()),
+            format!(
+                "{} has no address to probe; check the host's A and AAAA records",
+                target.display()
+            ),
         );
     };
-    let mut result = from_session(target, worst);
-    if total > 1 && failed > 0 && failed < total {
+    let mut result = from_session(target, verdict);
+    if working.is_some() && failed > 0 {
+        result.message = format!(
+            "{}; {address} is the first address that works, after {failed} that failed (only the first working address counts with --first-address-only)",
+            result.message
+        );
+    } else if total > 1 && failed > 0 && failed < total {
         result.message = format!(
             "{failed} of {total} addresses fail; {address}: {}",
             result.message
@@ -803,6 +946,117 @@ fn aggregate(target: &Target, sessions: Vec<(IpAddr, Session)>) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::endpoint::MismatchAction;
+    use crate::probe::plan::TlsPlan;
+
+    fn target() -> Target {
+        Target {
+            endpoint: "vendor".into(),
+            host: Some("vendor.example.com".into()),
+            cidr: None,
+            port: 8443,
+            protocol: Protocol::Https,
+            required: true,
+            timeout_ms: 2000,
+            tls: TlsPlan {
+                mode: TlsMode::Implicit,
+                expected_issuer: None,
+                on_mismatch: MismatchAction::Fail,
+                spki_pins: Vec::new(),
+                server_name: None,
+                min_days_valid: 14,
+                ca_bundle_pem: None,
+                ca_bundle_ref: None,
+            },
+            http: None,
+            smtp: None,
+            mail: None,
+            ldap: None,
+            proxy: None,
+            dns: None,
+        }
+    }
+
+    fn session(outcome: Outcome, reason: Reason, message: &str) -> Session {
+        Session {
+            outcome,
+            stage: Stage::Connect,
+            reason,
+            message: message.into(),
+            intercepted: false,
+            tls: None,
+            detail: None,
+            latency: Latency::default(),
+        }
+    }
+
+    #[test]
+    fn with_first_address_only_the_first_working_address_decides() {
+        let tried = || {
+            vec![
+                (
+                    "127.0.0.1".parse().unwrap(),
+                    session(Outcome::Fail, Reason::ConnectionRefused, "refused"),
+                ),
+                (
+                    "::1".parse().unwrap(),
+                    session(Outcome::Pass, Reason::Reachable, "reachable"),
+                ),
+            ]
+        };
+        let first = aggregate(&target(), tried(), true);
+        assert_eq!(
+            (first.outcome, first.reason),
+            (Outcome::Pass, Reason::Reachable)
+        );
+        assert!(
+            first
+                .message
+                .contains("::1 is the first address that works, after 1 that failed"),
+            "{}",
+            first.message
+        );
+        let outcomes: Vec<Outcome> = first.addresses.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Fail, Outcome::Pass],
+            "every attempt is listed"
+        );
+        // Every address probed: the dead one fails the row.
+        let all = aggregate(&target(), tried(), false);
+        assert_eq!(all.outcome, Outcome::Fail);
+        // Nothing works: the failure of the attempts.
+        let none = aggregate(
+            &target(),
+            vec![(
+                "127.0.0.1".parse().unwrap(),
+                session(Outcome::Fail, Reason::ConnectionRefused, "refused"),
+            )],
+            true,
+        );
+        assert_eq!(
+            (none.outcome, none.reason),
+            (Outcome::Fail, Reason::ConnectionRefused)
+        );
+    }
+
+    #[test]
+    fn a_probe_cut_off_by_the_guard_names_host_port_and_a_next_step() {
+        let row = deadline_exceeded(&target());
+        assert_eq!(row.reason, Reason::DeadlineExceeded);
+        assert!(
+            row.message.starts_with(
+                "probing vendor.example.com:8443 did not finish within its timeout of 2s"
+            ),
+            "{}",
+            row.message
+        );
+        assert!(
+            row.message.contains("raise the endpoint's timeout"),
+            "{}",
+            row.message
+        );
+    }
 
     #[test]
     fn cidrs_are_probed_at_their_first_host() {

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::result::{Reason, Stage};
+use crate::api::openapi::redact_userinfo;
 
 /// Any bidirectional byte stream a protocol can run over (plain TCP, or TLS on top).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -123,11 +124,15 @@ pub struct ProxyTarget {
 }
 
 impl ProxyTarget {
-    /// Parses `http://[user:pass@]host[:port][/]`.
+    /// Parses `http://[user:pass@]host[:port][/]`. Errors quote the URL with its userinfo
+    /// masked: they end up in status conditions, Events and logs.
     pub fn parse(url: &str) -> Result<Self, String> {
+        let shown = redact_userinfo(url);
         let rest = url
             .strip_prefix("http://")
-            .ok_or_else(|| format!("proxy URL {url:?} must start with http://"))?
+            .ok_or_else(|| {
+                format!("proxy URL {shown:?} must start with http:// (an HTTP CONNECT proxy); fix the URL")
+            })?
             .trim_end_matches('/');
         let (credentials, authority) = match rest.rsplit_once('@') {
             Some((userinfo, authority)) => {
@@ -139,13 +144,16 @@ impl ProxyTarget {
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
                 host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse::<u16>()
-                    .map_err(|_| format!("proxy URL {url:?} has an invalid port"))?,
+                port.parse::<u16>().map_err(|_| {
+                    format!("proxy URL {shown:?} has an invalid port; use a port from 1 to 65535")
+                })?,
             ),
             _ => (authority, 3128),
         };
         if host.is_empty() || host.contains('/') {
-            return Err(format!("proxy URL {url:?} has no host"));
+            return Err(format!(
+                "proxy URL {shown:?} has no host; write it as http://host:port"
+            ));
         }
         Ok(Self {
             host: host.to_owned(),
@@ -366,5 +374,19 @@ mod tests {
         );
         assert!(ProxyTarget::parse("https://proxy:1").is_err());
         assert!(ProxyTarget::parse("http://:1").is_err());
+    }
+
+    #[test]
+    fn proxy_url_errors_never_quote_the_password() {
+        for url in [
+            "https://alice:s3cret@proxy.corp:3128",
+            "http://alice:s3cret@proxy.corp:99999",
+            "http://alice:s3cret@:3128",
+            "http://alice:s3cret@proxy.corp:port",
+        ] {
+            let error = ProxyTarget::parse(url).unwrap_err();
+            assert!(!error.contains("s3cret"), "{url}: {error}");
+            assert!(error.contains("alice:***@"), "{url}: {error}");
+        }
     }
 }

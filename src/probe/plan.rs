@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::endpoint::{
-    DnsSpec, Endpoint, EndpointDefaults, HttpExpectation, IssuerMatch, LdapExpectation,
-    MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
+    CaBundleRef, DnsSpec, Endpoint, EndpointDefaults, HttpExpectation, IssuerMatch,
+    LdapExpectation, MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
 };
 use crate::api::{ConnectivityProfileSpec, EgressCheckSpec, Protocol, TlsMode};
 use crate::load::{Document, Loaded};
@@ -57,10 +57,14 @@ pub struct TlsPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     pub min_days_valid: i32,
-    /// Extra CA bundle: `configMap/<name>/<key>` or `secret/<name>/<key>` (resolved by the
-    /// runner into PEM text before probing).
+    /// The extra CA bundle as PEM text, filled in by the operator from the ConfigMap or
+    /// Secret before a probe pod runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_pem: Option<String>,
+    /// Where the extra CA bundle lives, when set; the engine reads it from the secrets
+    /// directory when `ca_bundle_pem` has not been filled in (`netreach check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_ref: Option<CaBundleRef>,
 }
 
 impl Target {
@@ -132,11 +136,12 @@ impl<'a> EndpointSource<'a> {
                 .unwrap_or(DEFAULT_TIMEOUT);
             let required = endpoint.required.or(defaults.required).unwrap_or(true);
             for port in &endpoint.ports {
-                let tls = merge_tls(&[
+                let layers = [
                     port.tls.as_ref(),
                     endpoint.tls.as_ref(),
                     defaults.tls.as_ref(),
-                ]);
+                ];
+                let tls = merge_tls(&layers);
                 targets.push(Target {
                     endpoint: endpoint.name.clone(),
                     host: endpoint.host.clone(),
@@ -146,13 +151,14 @@ impl<'a> EndpointSource<'a> {
                     required,
                     timeout_ms: timeout.as_millis() as u64,
                     tls: TlsPlan {
-                        mode: tls.mode.unwrap_or_else(|| port.protocol.default_tls_mode()),
+                        mode: tls_mode(&layers, port.protocol),
                         expected_issuer: tls.expected_issuer,
                         on_mismatch: tls.on_mismatch.unwrap_or(MismatchAction::Fail),
                         spki_pins: tls.spki_pins,
                         server_name: tls.server_name,
                         min_days_valid: tls.min_days_valid.unwrap_or(DEFAULT_MIN_DAYS_VALID),
                         ca_bundle_pem: None,
+                        ca_bundle_ref: tls.ca_bundle_ref,
                     },
                     http: port.http.clone(),
                     smtp: port.smtp.clone(),
@@ -167,11 +173,27 @@ impl<'a> EndpointSource<'a> {
     }
 }
 
-/// Field-by-field merge, first set value wins.
+/// The TLS mode of one port. The port's own mode is taken as written (the schema's CEL rule
+/// makes it fit the protocol); an endpoint's or the defaults' mode is inherited only where it
+/// fits, because `defaults.tls.mode: Disabled` must not strip TLS from HTTPS, nor `StartTLS`
+/// on an endpoint turn IMAPS into plaintext, nor `Implicit` wrap plain HTTP in TLS.
+fn tls_mode(layers: &[Option<&TlsExpectation>; 3], protocol: Protocol) -> TlsMode {
+    let [port, inherited @ ..] = layers;
+    port.and_then(|t| t.mode)
+        .or_else(|| {
+            inherited
+                .iter()
+                .flatten()
+                .filter_map(|t| t.mode)
+                .find(|mode| mode.fits(protocol))
+        })
+        .unwrap_or_else(|| protocol.default_tls_mode())
+}
+
+/// Field-by-field merge, first set value wins (the mode aside: see [`tls_mode`]).
 fn merge_tls(layers: &[Option<&TlsExpectation>]) -> TlsExpectation {
     let mut merged = TlsExpectation::default();
     for layer in layers.iter().flatten() {
-        merged.mode = merged.mode.or(layer.mode);
         merged.expected_issuer = merged
             .expected_issuer
             .take()
@@ -272,4 +294,115 @@ pub fn plan_documents(documents: &[Loaded]) -> Result<Vec<PlanGroup>, MissingPro
         }
     }
     Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::load::load_str;
+
+    fn targets(defaults: &str, endpoint_tls: &str, ports: &str) -> Vec<Target> {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  defaults: {defaults}\n  endpoints:\n    - name: e\n      host: example.com\n      tls: {endpoint_tls}\n      ports: {ports}\n"
+        );
+        let loaded = load_str(Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        plan_documents(&loaded).unwrap().remove(0).targets
+    }
+
+    fn modes(targets: &[Target]) -> Vec<(Protocol, TlsMode)> {
+        targets.iter().map(|t| (t.protocol, t.tls.mode)).collect()
+    }
+
+    #[test]
+    fn an_inherited_tls_mode_applies_only_to_the_protocols_it_fits() {
+        let all = "[{port: 1, protocol: HTTPS}, {port: 2, protocol: HTTP}, {port: 3, protocol: IMAPS}, {port: 4, protocol: IMAP}, {port: 5, protocol: LDAPS}, {port: 6, protocol: TCP}]";
+        let disabled = targets("{tls: {mode: Disabled}}", "{}", all);
+        assert_eq!(
+            modes(&disabled),
+            [
+                (Protocol::Https, TlsMode::Implicit),
+                (Protocol::Http, TlsMode::Disabled),
+                (Protocol::Imaps, TlsMode::Implicit),
+                (Protocol::Imap, TlsMode::Disabled),
+                (Protocol::Ldaps, TlsMode::Implicit),
+                (Protocol::Tcp, TlsMode::Disabled),
+            ]
+        );
+        let starttls = targets("{}", "{mode: StartTLS}", all);
+        assert_eq!(
+            modes(&starttls),
+            [
+                (Protocol::Https, TlsMode::Implicit),
+                (Protocol::Http, TlsMode::Disabled),
+                (Protocol::Imaps, TlsMode::Implicit),
+                (Protocol::Imap, TlsMode::StartTls),
+                (Protocol::Ldaps, TlsMode::Implicit),
+                (Protocol::Tcp, TlsMode::Disabled),
+            ]
+        );
+        let implicit = targets("{}", "{mode: Implicit}", all);
+        assert_eq!(
+            modes(&implicit),
+            [
+                (Protocol::Https, TlsMode::Implicit),
+                (Protocol::Http, TlsMode::Disabled),
+                (Protocol::Imaps, TlsMode::Implicit),
+                (Protocol::Imap, TlsMode::Opportunistic),
+                (Protocol::Ldaps, TlsMode::Implicit),
+                (Protocol::Tcp, TlsMode::Disabled),
+            ]
+        );
+        // The endpoint's mode does not fit IMAP, the defaults' does: the next layer applies.
+        let layered = targets(
+            "{tls: {mode: StartTLS}}",
+            "{mode: Implicit}",
+            "[{port: 1, protocol: IMAP}, {port: 2, protocol: IMAPS}]",
+        );
+        assert_eq!(
+            modes(&layered),
+            [
+                (Protocol::Imap, TlsMode::StartTls),
+                (Protocol::Imaps, TlsMode::Implicit)
+            ]
+        );
+        // A port's own mode wins over every inherited one.
+        let own = targets(
+            "{tls: {mode: StartTLS}}",
+            "{}",
+            "[{port: 1, protocol: SMTP, tls: {mode: Disabled}}]",
+        );
+        assert_eq!(modes(&own), [(Protocol::Smtp, TlsMode::Disabled)]);
+    }
+
+    #[test]
+    fn fits_agrees_with_the_port_level_schema_rule() {
+        for protocol in Protocol::ALL {
+            for (mode, name) in [
+                (TlsMode::Disabled, "Disabled"),
+                (TlsMode::Implicit, "Implicit"),
+                (TlsMode::StartTls, "StartTLS"),
+                (TlsMode::Opportunistic, "Opportunistic"),
+            ] {
+                let yaml = format!(
+                    "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{{port: 1, protocol: {protocol}, tls: {{mode: {name}}}}}]}}\n"
+                );
+                let accepted = load_str(Path::new("t.yaml"), &yaml).is_ok();
+                assert_eq!(accepted, mode.fits(protocol), "{protocol} with {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ca_bundle_reference_reaches_the_plan() {
+        let planned = targets(
+            "{tls: {caBundleRef: {configMap: corp-ca}}}",
+            "{}",
+            "[{port: 443, protocol: HTTPS}]",
+        );
+        let reference = planned[0].tls.ca_bundle_ref.as_ref().unwrap();
+        assert_eq!(reference.config_map.as_deref(), Some("corp-ca"));
+        assert_eq!(planned[0].tls.ca_bundle_pem, None);
+    }
 }

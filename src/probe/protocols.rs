@@ -198,7 +198,7 @@ pub enum MailProtocol<'a> {
 
 impl MailProtocol<'_> {
     /// The upgrade command, as servers advertise it.
-    fn starttls(self) -> &'static str {
+    pub fn starttls(self) -> &'static str {
         match self {
             MailProtocol::Pop3 => "STLS",
             _ => "STARTTLS",

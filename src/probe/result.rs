@@ -128,6 +128,9 @@ pub enum Reason {
     BindFailed,
     SearchFailed,
     CredentialsUnavailable,
+    /// The `caBundleRef` of the port cannot be read or holds no certificate.
+    #[serde(rename = "CABundleUnavailable")]
+    CaBundleUnavailable,
     DeadlineExceeded,
 }
 
@@ -171,6 +174,7 @@ impl Reason {
             Reason::BindFailed => "BindFailed",
             Reason::SearchFailed => "SearchFailed",
             Reason::CredentialsUnavailable => "CredentialsUnavailable",
+            Reason::CaBundleUnavailable => "CABundleUnavailable",
             Reason::DeadlineExceeded => "DeadlineExceeded",
         }
     }

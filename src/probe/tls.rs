@@ -17,7 +17,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use super::net::{BoxStream, Deadline, Failure};
 use super::plan::TlsPlan;
 use super::result::{Reason, Stage, TlsFacts};
-use crate::api::endpoint::{IssuerMatch, MismatchAction};
+use crate::api::endpoint::{CaBundleRef, IssuerMatch, MismatchAction};
+
+/// The key of a `caBundleRef` that names none.
+pub const DEFAULT_BUNDLE_KEY: &str = "ca.crt";
 
 /// Which roots the probe trusts, and the client configuration built on them once.
 #[derive(Clone)]
@@ -39,6 +42,24 @@ pub enum RootsError {
     },
     #[error("CA file {path} holds no usable PEM certificate")]
     Empty { path: String },
+    #[error("{name} holds no usable PEM certificate")]
+    EmptyBundle { name: String },
+    /// The root store cannot verify anything, e.g. `--system-roots` on a machine whose system
+    /// store is empty or unreadable.
+    #[error(
+        "cannot verify certificates with {roots}; drop --system-roots to use the built-in web PKI roots, or pass --ca-file with the CA to trust"
+    )]
+    Verifier {
+        roots: String,
+        #[source]
+        source: rustls::client::VerifierBuilderError,
+    },
+    #[error("cannot set up the TLS client with {roots}")]
+    Config {
+        roots: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 impl TrustRoots {
@@ -46,12 +67,19 @@ impl TrustRoots {
     /// bundles (path, contents).
     pub fn new(system: bool, extra_pem: &[(String, Vec<u8>)]) -> Result<Self, RootsError> {
         let mut store = RootCertStore::empty();
-        if system {
+        let mut roots = if system {
             let loaded = rustls_native_certs::load_native_certs();
-            store.add_parsable_certificates(loaded.certs);
+            let (added, _) = store.add_parsable_certificates(loaded.certs);
+            let mut roots = format!("the system root store ({added} certificates");
+            if let Some(error) = loaded.errors.first() {
+                roots.push_str(&format!("; {error}"));
+            }
+            roots.push(')');
+            roots
         } else {
             store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        }
+            "the built-in web PKI roots".to_owned()
+        };
         for (path, pem) in extra_pem {
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
                 .filter_map(Result::ok)
@@ -60,19 +88,24 @@ impl TrustRoots {
             if added == 0 {
                 return Err(RootsError::Empty { path: path.clone() });
             }
+            roots.push_str(&format!(" and {path}"));
         }
-        Ok(Self::from_store(store))
+        Self::from_store(store, roots)
     }
 
-    fn from_store(store: RootCertStore) -> Self {
+    /// The verifier and client configuration over `store`; `roots` names the store in errors.
+    fn from_store(store: RootCertStore, roots: String) -> Result<Self, RootsError> {
         let store = Arc::new(store);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
             .build()
-            .expect("a root store with the ring provider builds a verifier");
+            .map_err(|source| RootsError::Verifier {
+                roots: roots.clone(),
+                source,
+            })?;
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
+            .map_err(|source| RootsError::Config { roots, source })?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(DeferredVerifier {
                 inner: verifier.clone(),
@@ -80,29 +113,34 @@ impl TrustRoots {
             .with_no_client_auth();
         // Every probe must do the full handshake a fresh client does.
         config.resumption = rustls::client::Resumption::disabled();
-        Self {
+        Ok(Self {
             store,
             verifier,
             config: Arc::new(config),
             bundles: Arc::default(),
-        }
+        })
     }
 
-    /// These roots plus an endpoint's own CA bundle (built once per bundle).
-    pub fn with_bundle(&self, pem: &str) -> Self {
+    /// These roots plus an endpoint's own CA bundle (built once per bundle); `name` says
+    /// where the bundle comes from, for errors.
+    pub fn with_bundle(&self, pem: &str, name: &str) -> Result<Self, RootsError> {
         let mut bundles = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
-        bundles
-            .entry(pem.to_owned())
-            .or_insert_with(|| {
-                let mut store = (*self.store).clone();
-                let certs: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_slice_iter(pem.as_bytes())
-                        .filter_map(Result::ok)
-                        .collect();
-                store.add_parsable_certificates(certs);
-                Self::from_store(store)
-            })
-            .clone()
+        if let Some(built) = bundles.get(pem) {
+            return Ok(built.clone());
+        }
+        let mut store = (*self.store).clone();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = store.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(RootsError::EmptyBundle {
+                name: name.to_owned(),
+            });
+        }
+        let built = Self::from_store(store, format!("the probe's roots and {name}"))?;
+        bundles.insert(pem.to_owned(), built.clone());
+        Ok(built)
     }
 }
 
@@ -182,7 +220,23 @@ pub async fn handshake(
     deadline: &Deadline,
 ) -> Result<Handshake, Rejected> {
     let roots = match &plan.ca_bundle_pem {
-        Some(pem) => roots.with_bundle(pem),
+        Some(pem) => {
+            let name = plan
+                .ca_bundle_ref
+                .as_ref()
+                .map(describe_bundle)
+                .unwrap_or_else(|| "the caBundleRef bundle".to_owned());
+            roots.with_bundle(pem, &name).map_err(|e| {
+                Failure::new(
+                    Stage::Tls,
+                    Reason::CaBundleUnavailable,
+                    format!(
+                        "TLS to {target}: {}; put PEM certificates in the bundle",
+                        crate::cli::error_chain(&e)
+                    ),
+                )
+            })?
+        }
         None => roots.clone(),
     };
     let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
@@ -360,6 +414,16 @@ fn judge(
     Ok(warning)
 }
 
+/// `ConfigMap corp-ca (key ca.crt)` or `Secret …`, for messages.
+pub fn describe_bundle(reference: &CaBundleRef) -> String {
+    let key = reference.key.as_deref().unwrap_or(DEFAULT_BUNDLE_KEY);
+    match (&reference.config_map, &reference.secret) {
+        (Some(name), _) => format!("CA bundle ConfigMap {name} (key {key})"),
+        (None, Some(name)) => format!("CA bundle Secret {name} (key {key})"),
+        (None, None) => "an empty caBundleRef".to_owned(),
+    }
+}
+
 fn issuer_matches(expected: &IssuerMatch, facts: &TlsFacts) -> bool {
     let same = |want: &Option<String>, got: &Option<String>| match want {
         None => true,
@@ -460,4 +524,41 @@ fn describe_chain(chain: &[CertificateDer<'static>], now: i64) -> Option<TlsFact
         chain_length: chain.len() as i32,
         ..TlsFacts::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_root_store_is_an_error_not_a_panic() {
+        let error = match TrustRoots::from_store(
+            RootCertStore::empty(),
+            "the system root store (0 certificates)".into(),
+        ) {
+            Ok(_) => panic!("an empty store cannot verify anything"),
+            Err(error) => error,
+        };
+        assert!(matches!(error, RootsError::Verifier { .. }), "{error:?}");
+        let text = crate::cli::error_chain(&error);
+        assert!(
+            text.starts_with(
+                "cannot verify certificates with the system root store (0 certificates); drop --system-roots"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_refused() {
+        let roots = TrustRoots::new(false, &[]).unwrap();
+        let error = match roots.with_bundle("not PEM", "CA bundle ConfigMap corp-ca (key ca.crt)") {
+            Ok(_) => panic!("a bundle without certificates adds nothing"),
+            Err(error) => error,
+        };
+        assert_eq!(
+            error.to_string(),
+            "CA bundle ConfigMap corp-ca (key ca.crt) holds no usable PEM certificate"
+        );
+    }
 }
