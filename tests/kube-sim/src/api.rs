@@ -5,13 +5,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, ApiResult};
+use crate::formats;
 use crate::openapi_check;
 use crate::patch::{self, ApplyRequest, Shape};
 use crate::registry::{Registry, ResourceType};
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::{FieldLabels, FieldSelector, LabelSelector};
 use crate::store::{EventType, Store};
 
 /// Query parameters the verbs understand.
@@ -107,6 +109,9 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Objects of a list with their stored JSON encodings, and the list's metadata.
+type Page = (Vec<(Arc<Value>, Bytes)>, Value);
+
 /// What a request addresses.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -169,9 +174,12 @@ fn valid_label(name: &str) -> bool {
     name.len() <= 63 && !name.contains('.') && valid_subdomain(name)
 }
 
+/// How many changes the store keeps for watches to resume from.
+pub const HISTORY_LIMIT: usize = 50_000;
+
 impl Default for Api {
     fn default() -> Self {
-        Self::new(Registry::with_builtins(), Store::new(50_000))
+        Self::new(Registry::with_builtins(), Store::new(HISTORY_LIMIT))
     }
 }
 
@@ -286,8 +294,9 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(&target.ty.key(), target.name_or_empty()))
     }
 
-    /// A list object with selectors and pagination applied.
-    pub fn list(&self, target: &Target, query: &Query) -> ApiResult<Value> {
+    /// One page of a list: the matching objects (with their JSON encodings) and the list's
+    /// metadata, selectors and pagination applied.
+    fn page(&self, target: &Target, query: &Query) -> ApiResult<Page> {
         let st = self.lock();
         let rv = st.store.resource_version();
         let (offset, list_rv) = match &query.continue_token {
@@ -305,31 +314,73 @@ impl Api {
             }
             None => (0, rv),
         };
-        let matching: Vec<Arc<Value>> = st
-            .store
-            .list(&target.ty.key(), target.namespace.as_deref())
-            .into_iter()
-            .filter(|o| query.label_selector.as_ref().is_none_or(|s| s.matches(o)))
-            .filter(|o| query.field_selector.as_ref().is_none_or(|s| s.matches(o)))
-            .collect();
-        let end = query
-            .limit
-            .map_or(matching.len(), |l| (offset + l).min(matching.len()));
-        let items: Vec<Value> = matching[offset.min(matching.len())..end]
-            .iter()
-            .map(|o| (**o).clone())
-            .collect();
-        let mut metadata = json!({"resourceVersion": list_rv.to_string()});
-        if end < matching.len() {
-            metadata["continue"] = Value::String(format!("{list_rv}:{end}"));
-            metadata["remainingItemCount"] = json!(matching.len() - end);
+        // A list "not older than" a version the store never reached cannot be served; the
+        // API server waits for its cache briefly, then answers this.
+        if query.continue_token.is_none()
+            && let Some(wanted) = query
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+            && wanted > rv
+        {
+            return Err(ApiError::too_large_resource_version(wanted, rv));
         }
+        let matching: Vec<(Arc<Value>, Bytes)> = st
+            .store
+            .list_encoded(&target.ty.key(), target.namespace.as_deref())
+            .filter(|(o, _)| query.label_selector.as_ref().is_none_or(|s| s.matches(o)))
+            .filter(|(o, _)| query.field_selector.as_ref().is_none_or(|s| s.matches(o)))
+            .map(|(o, json)| (o.clone(), json.clone()))
+            .collect();
+        drop(st);
+        let total = matching.len();
+        let end = query.limit.map_or(total, |l| (offset + l).min(total));
+        let mut metadata = json!({"resourceVersion": list_rv.to_string()});
+        if end < total {
+            metadata["continue"] = Value::String(format!("{list_rv}:{end}"));
+            metadata["remainingItemCount"] = json!(total - end);
+        }
+        let mut matching = matching;
+        matching.truncate(end);
+        matching.drain(..offset.min(end));
+        Ok((matching, metadata))
+    }
+
+    /// A list object with selectors and pagination applied.
+    pub fn list(&self, target: &Target, query: &Query) -> ApiResult<Value> {
+        let (items, metadata) = self.page(target, query)?;
+        let items: Vec<Value> = items.iter().map(|(o, _)| (**o).clone()).collect();
         Ok(json!({
             "apiVersion": target.ty.api_version(),
             "kind": format!("{}List", target.ty.kind),
             "metadata": metadata,
             "items": items,
         }))
+    }
+
+    /// The same list, encoded: the stored encodings are concatenated, nothing is cloned or
+    /// encoded again (a list of 10,000 objects must stay well under a second).
+    pub fn list_json(&self, target: &Target, query: &Query) -> ApiResult<Bytes> {
+        let (items, metadata) = self.page(target, query)?;
+        let head = json!({
+            "apiVersion": target.ty.api_version(),
+            "kind": format!("{}List", target.ty.kind),
+            "metadata": metadata,
+        });
+        let head = serde_json::to_vec(&head).expect("values serialize");
+        let size: usize = items.iter().map(|(_, json)| json.len() + 1).sum();
+        let mut out = Vec::with_capacity(head.len() + size + 16);
+        // `{...head fields...,"items":[a,b,c]}`
+        out.extend_from_slice(&head[..head.len() - 1]);
+        out.extend_from_slice(b",\"items\":[");
+        for (i, (_, json)) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(Bytes::from(out))
     }
 
     /// Creates an object (also the path of server-side apply to a missing object).
@@ -452,7 +503,7 @@ impl Api {
         {
             obj.remove("status");
         }
-        let mut body = admit(&ty, body, query)?;
+        let mut body = admit(&ty, body, query, None)?;
         if let Some(manager) = &query.field_manager {
             patch::track_update(
                 &json!({"metadata": {}}),
@@ -491,6 +542,22 @@ impl Api {
             .store
             .get(&target.ty.key(), target.ns(), target.name_or_empty())
             .ok_or_else(|| ApiError::not_found(&target.ty.key(), target.name_or_empty()))?;
+        // Custom resources allow no unconditional update: a PUT must say which version it
+        // replaces. (Built-in kinds allow it, and so does this emulator for them.)
+        let rv_missing = body["metadata"]["resourceVersion"]
+            .as_str()
+            .is_none_or(str::is_empty);
+        if target.ty.crd.is_some() && rv_missing {
+            return Err(ApiError::invalid(
+                &target.ty.plural,
+                &target.ty.group,
+                target.name_or_empty(),
+                &[(
+                    "metadata.resourceVersion".into(),
+                    "Invalid value: 0: must be specified for an update".into(),
+                )],
+            ));
+        }
         if let Some(rv) = body["metadata"]["resourceVersion"]
             .as_str()
             .filter(|rv| !rv.is_empty())
@@ -710,7 +777,7 @@ impl Api {
         }
         new["apiVersion"] = json!(ty.api_version());
         new["kind"] = json!(ty.kind);
-        let mut new = admit(&ty, new, query)?;
+        let mut new = admit(&ty, new, query, Some(old))?;
         if ty.tracks_generation() && spec_of(old) != spec_of(&new) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
@@ -1262,8 +1329,14 @@ fn check_type_meta(ty: &ResourceType, body: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-/// Validates, prunes and defaults an object about to be stored.
-fn admit(ty: &ResourceType, mut body: Value, query: &Query) -> ApiResult<Value> {
+/// Validates, prunes and defaults an object about to be stored; `old` is the object it
+/// replaces (for CEL transition rules, which use `oldSelf`).
+fn admit(
+    ty: &ResourceType,
+    mut body: Value,
+    query: &Query,
+    old: Option<&Value>,
+) -> ApiResult<Value> {
     body["apiVersion"] = json!(ty.api_version());
     body["kind"] = json!(ty.kind);
     let name = body["metadata"]["name"]
@@ -1275,26 +1348,32 @@ fn admit(ty: &ResourceType, mut body: Value, query: &Query) -> ApiResult<Value> 
         let mut unknown = Vec::new();
         prune(&crd.schema, &mut body, "", &mut unknown, true);
         if strict && !unknown.is_empty() {
-            let listed: Vec<String> = unknown
-                .iter()
-                .map(|u| format!("unknown field \"{u}\""))
-                .collect();
-            return Err(ApiError::bad_request(format!(".{}", listed.join(", "))));
+            return Err(strict_decoding_error(&unknown));
         }
         body = kube::core::cel::apply_defaults(&crd.schema, &body);
-        let errors = openapi_check::check(&crd.schema, &body, "");
-        let mut causes: Vec<(String, String)> =
-            errors.into_iter().map(|e| (e.path, e.message)).collect();
-        if causes.is_empty()
+        let mut causes: Vec<(String, String)> = openapi_check::check(&crd.schema, &body, "")
+            .into_iter()
+            .map(|e| (e.path, e.message))
+            .collect();
+        causes.extend(formats::check(&crd.schema, &body, ""));
+        // The API server evaluates x-kubernetes-validations unless a schema error "blocks"
+        // them (wrong type, missing, unsupported, too long, too many), and says so then.
+        let blocked = causes.iter().any(|(_, message)| blocks_cel(message));
+        if crd.has_rules && blocked {
+            causes.push((
+                formats::NO_FIELD.to_owned(),
+                "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_owned(),
+            ));
+        } else if crd.has_rules
             && let Err(cel_errors) =
-                kube::core::cel::Validator::new().validate_compiled(&crd.compiled, &body, None)
+                kube::core::cel::Validator::new().validate_compiled(&crd.compiled, &body, old)
         {
-            causes.extend(cel_errors.into_vec().into_iter().map(|e| {
-                (
-                    e.field_path.clone(),
-                    format!("Invalid value: \"object\": {}", e.message),
-                )
-            }));
+            causes.extend(
+                cel_errors
+                    .into_vec()
+                    .into_iter()
+                    .map(|e| cel_cause(&crd.schema, e)),
+            );
         }
         if !causes.is_empty() {
             return Err(ApiError::invalid(&ty.kind, &ty.group, &name, &causes));
@@ -1316,20 +1395,75 @@ fn admit(ty: &ResourceType, mut body: Value, query: &Query) -> ApiResult<Value> 
         let unknown = check(&body)
             .map_err(|e| ApiError::bad_request(format!("error decoding {}: {e}", ty.kind)))?;
         if strict && !unknown.is_empty() {
-            let listed: Vec<String> = unknown
-                .iter()
-                .map(|u| format!("unknown field \"{u}\""))
-                .collect();
-            return Err(ApiError::bad_request(format!(
-                "strict decoding error: {}",
-                listed.join(", ")
-            )));
+            return Err(strict_decoding_error(&unknown));
         }
         for path in unknown {
             remove_dotted(&mut body, &path);
         }
     }
     Ok(body)
+}
+
+/// What the API server answers a `fieldValidation=Strict` write with unknown fields.
+fn strict_decoding_error(unknown: &[String]) -> ApiError {
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("unknown field \"{u}\""))
+        .collect();
+    ApiError::bad_request(format!("strict decoding error: {}", listed.join(", ")))
+}
+
+/// Schema errors after which the API server does not evaluate CEL rules: its field error
+/// types Required, NotSupported, TooLong, TooMany and TypeInvalid (wrong type, bad format,
+/// null where not nullable).
+fn blocks_cel(message: &str) -> bool {
+    [
+        "Required value",
+        "Unsupported value",
+        "Too long",
+        "Too many",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
+        || message.contains(" in body must be of type ")
+        || message.ends_with("must not be null")
+}
+
+/// A failed CEL rule as the API server words it: by the rule's reason, an invalid value
+/// quoted as the schema type of the field the rule sits on.
+fn cel_cause(schema: &Value, error: kube::core::cel::ValidationError) -> (String, String) {
+    let message = match error.reason.as_deref() {
+        Some("FieldValueRequired") => format!("Required value: {}", error.message),
+        Some("FieldValueForbidden") => format!("Forbidden: {}", error.message),
+        Some("FieldValueDuplicate") => format!("Duplicate value: {}", error.message),
+        _ => format!(
+            "Invalid value: \"{}\": {}",
+            schema_type_at(schema, &error.field_path).unwrap_or("object"),
+            error.message
+        ),
+    };
+    (error.field_path, message)
+}
+
+/// The `type` of the schema node at a field path like `spec.endpoints[0].ports`.
+fn schema_type_at<'a>(schema: &'a Value, path: &str) -> Option<&'a str> {
+    let mut node = schema;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (field, indices) = match part.find('[') {
+            Some(i) => (&part[..i], part[i..].matches('[').count()),
+            None => (part, 0),
+        };
+        if !field.is_empty() {
+            node = node
+                .get("properties")
+                .and_then(|p| p.get(field))
+                .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))?;
+        }
+        for _ in 0..indices {
+            node = node.get("items")?;
+        }
+    }
+    node.get("type").and_then(Value::as_str)
 }
 
 fn remove_dotted(value: &mut Value, path: &str) {
@@ -1422,8 +1556,8 @@ fn on_create_defaults(ty: &ResourceType, body: &mut Value) {
             if spec["serviceAccountName"].is_null() {
                 spec["serviceAccountName"] = json!("default");
             }
-            if let Some(containers) = spec["containers"].as_array_mut() {
-                for c in containers {
+            for list in ["initContainers", "containers"] {
+                for c in spec[list].as_array_mut().into_iter().flatten() {
                     if c["terminationMessagePath"].is_null() {
                         c["terminationMessagePath"] = json!("/dev/termination-log");
                     }
@@ -1488,6 +1622,78 @@ pub fn counts(st: &State) -> HashMap<String, usize> {
         *counts.entry(key.clone()).or_insert(0) += 1;
     }
     counts
+}
+
+/// The field labels the API server lets clients select a kind by (its field label
+/// conversion), each with where it is in the object; other labels get a 400.
+pub fn field_labels(ty: &ResourceType) -> FieldLabels {
+    const UNSUPPORTED: &str = "field label not supported: {label}";
+    if let Some(crd) = &ty.crd {
+        let mut labels = vec!["metadata.name"];
+        if ty.namespaced {
+            labels.push("metadata.namespace");
+        }
+        labels.extend(crd.selectable_fields.iter().map(String::as_str));
+        return FieldLabels::of(&labels, UNSUPPORTED);
+    }
+    let meta = ["metadata.name", "metadata.namespace"];
+    let with = |extra: &[&str]| {
+        let labels: Vec<&str> = meta.iter().chain(extra).copied().collect();
+        FieldLabels::of(&labels, UNSUPPORTED)
+    };
+    match ty.key().as_str() {
+        "pods" => with(&[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ])
+        .mapped(
+            "spec.schedulerName",
+            "spec.schedulerName",
+            "default-scheduler",
+        )
+        .mapped("spec.hostNetwork", "spec.hostNetwork", "false")
+        .mapped("status.podIPs", "status.podIP", "")
+        // What old clients send for spec.nodeName.
+        .mapped("spec.host", "spec.nodeName", ""),
+        "events" => with(&[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "type",
+        ])
+        .mapped("source", "source.component", ""),
+        "events.events.k8s.io" => with(&[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ]),
+        "namespaces" => FieldLabels::of(&["metadata.name", "status.phase"], UNSUPPORTED),
+        "secrets" => with(&["type"]),
+        "services" => with(&["spec.clusterIP", "spec.type"]),
+        "jobs.batch" => FieldLabels::of(
+            &meta,
+            r#"field label "{label}" not supported for batchv1.Job"#,
+        )
+        .mapped("status.successful", "status.succeeded", "0"),
+        _ => FieldLabels::metadata_only(),
+    }
 }
 
 /// Builds an empty metadata map for objects made inside the emulator.

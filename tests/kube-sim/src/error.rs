@@ -93,6 +93,20 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// What the API server answers a read "not older than" a version it does not have yet.
+    pub fn too_large_resource_version(wanted: u64, current: u64) -> Self {
+        let mut e = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+        );
+        e.details = json!({
+            "retryAfterSeconds": 1,
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+        });
+        e
+    }
+
     pub fn to_status(&self) -> Value {
         let mut status = json!({
             "kind": "Status",
@@ -123,6 +137,9 @@ fn cause_reason(message: &str) -> &'static str {
         "FieldValueTooMany"
     } else if message.starts_with("Forbidden") {
         "FieldValueForbidden"
+    } else if message.contains(" in body must be of type ") {
+        // kube-openapi's type and format errors, which the API server reports as TypeInvalid.
+        "FieldValueTypeInvalid"
     } else {
         "FieldValueInvalid"
     }

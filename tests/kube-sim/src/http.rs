@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::faults::{FaultRule, Faults};
 use crate::kubelet::Kubelet;
 use crate::openapi_docs;
-use crate::store::EventType;
+use crate::store::{EventType, Since};
 use crate::table;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -51,7 +51,12 @@ fn json_response(code: u16, value: &Value) -> Response<Body> {
 }
 
 fn error_response(error: &ApiError) -> Response<Body> {
-    json_response(error.code, &error.to_status())
+    let mut response = json_response(error.code, &error.to_status());
+    // The API server turns a status's retry delay into the header clients wait by.
+    if let Some(delay) = error.details["retryAfterSeconds"].as_u64() {
+        response.headers_mut().insert("retry-after", delay.into());
+    }
+    response
 }
 
 /// Which verb a request is, for fault rules and discovery.
@@ -303,6 +308,11 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
     let target = shared
         .api
         .target(group, version, plural, namespace, name, sub)?;
+    if let Some(selector) = &mut query.field_selector {
+        selector
+            .resolve(&crate::api::field_labels(&target.ty))
+            .map_err(ApiError::bad_request)?;
+    }
     shared
         .audit
         .lock()
@@ -315,16 +325,23 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
         ))
         .and_modify(|n| *n += 1)
         .or_insert(1);
-    if target.ty.namespaced
-        && namespace.is_none()
-        && !matches!(verb, "list" | "watch" | "deletecollection")
-        && method != Method::POST
-    {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+    // The all-namespaces path of a namespaced type serves only list and watch: other
+    // methods on it are 405, a name under it is no path at all (404).
+    if target.ty.namespaced && namespace.is_none() {
+        if name.is_some() {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+        if !matches!(verb, "list" | "watch") {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            ));
+        }
     }
     let include = raw_query
         .unwrap_or_default()
@@ -353,21 +370,23 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
             }
             Ok(json_response(200, &object))
         }
-        (&Method::GET, _) => {
+        (&Method::GET, _) if query.as_table => {
             let list = shared.api.list(&target, &query)?;
-            if query.as_table {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                let rv = list["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default();
-                let mut table = table::table(&target.ty, &items, rv, &include);
-                if let Some(token) = list["metadata"].get("continue") {
-                    table["metadata"]["continue"] = token.clone();
-                }
-                return Ok(json_response(200, &table));
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let rv = list["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            let mut table = table::table(&target.ty, &items, rv, &include);
+            if let Some(token) = list["metadata"].get("continue") {
+                table["metadata"]["continue"] = token.clone();
             }
-            Ok(json_response(200, &list))
+            Ok(json_response(200, &table))
         }
+        (&Method::GET, _) => Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(full(shared.api.list_json(&target, &query)?))
+            .expect("valid response")),
         (&Method::POST, None) => {
             let created = shared.api.create(&target, parse_body()?, &query)?;
             Ok(json_response(201, &created))
@@ -521,14 +540,24 @@ fn watch(shared: &Arc<Shared>, target: Target, query: Query) -> Response<Body> {
             .as_deref()
             .and_then(|rv| rv.parse::<u64>().ok())
             .filter(|rv| *rv > 0);
-        let initial: Result<Vec<(String, Value)>, u64> = match since {
+        // A version the store cannot resume from ends the watch with 410 at once. Too old is
+        // what the API server says too; too new (a version from before a restart that lost the
+        // store) it answers with a 504 "Too large resource version", which clients retry with
+        // the same version forever. 410 makes them relist, which is the recovery that works.
+        let initial: Result<Vec<(String, Value)>, ApiError> = match since {
             Some(rv) if !query.send_initial_events => match st.store.events_since(rv) {
-                Some(events) => Ok(events
+                Since::Events(events) => Ok(events
                     .iter()
                     .filter(|e| e.key == key && matches(&e.object))
                     .map(|e| (e.kind.as_str().to_owned(), (*e.object).clone()))
                     .collect()),
-                None => Err(rv),
+                Since::TooOld => Err(ApiError::gone(format!(
+                    "too old resource version: {rv} ({})",
+                    st.store.compacted()
+                ))),
+                Since::TooLarge => Err(ApiError::gone(format!(
+                    "Too large resource version: {rv}, current: {current}"
+                ))),
             },
             _ => Ok(st
                 .store
@@ -567,8 +596,7 @@ fn watch(shared: &Arc<Shared>, target: Target, query: Query) -> Response<Body> {
         };
         let mut last_rv = start_rv;
         match initial {
-            Err(rv) => {
-                let gone = ApiError::gone(format!("too old resource version: {rv} ({start_rv})"));
+            Err(gone) => {
                 let _ = tx.send(watch_line("ERROR", &gone.to_status())).await;
                 return;
             }

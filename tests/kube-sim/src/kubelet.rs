@@ -64,14 +64,31 @@ impl Kubelet {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
 
-    /// Kills every container process (on shutdown).
-    pub fn stop_all(&self) {
+    /// Kills every container process at once, without waiting (for `Drop`).
+    pub fn kill_all(&self) -> Vec<i32> {
         let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
-        for pgid in running.values().flatten() {
+        let groups: Vec<i32> = running.into_values().flatten().collect();
+        for pgid in &groups {
             // SAFETY: signalling a process group we started.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
             }
+        }
+        groups
+    }
+
+    /// Kills every container process and waits up to two seconds until each process group is
+    /// gone (their pod tasks reap them), so a stopped emulator leaves no process behind.
+    pub async fn stop_all(&self) {
+        let groups = self.kill_all();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        // SAFETY: signal 0 only asks whether the group still has a process.
+        while groups
+            .iter()
+            .any(|pgid| unsafe { libc::kill(-pgid, 0) } == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -156,41 +173,65 @@ impl Kubelet {
             .unwrap_or_default()
             .to_owned();
         let pod_dir = self.pod_dir(&uid);
-        let containers = pod["spec"]["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let prepared = self.prepare(&pod, &pod_dir, &containers);
-        let plans = match prepared {
+        let list = |key: &str| pod["spec"][key].as_array().cloned().unwrap_or_default();
+        let (init, containers) = (list("initContainers"), list("containers"));
+        // Sidecars (init containers that keep running) would need restarts, which kube-sim
+        // does not do: refuse them visibly rather than run them as plain init containers.
+        if let Some(sidecar) = init.iter().find(|c| c["restartPolicy"] == json!("Always")) {
+            self.set_waiting(
+                &pod,
+                "CreateContainerConfigError",
+                &format!(
+                    "init container {} has restartPolicy Always (a sidecar), which kube-sim does not run",
+                    sidecar["name"]
+                ),
+            );
+            return;
+        }
+        let all: Vec<Value> = init.iter().chain(&containers).cloned().collect();
+        let mut plans = match self.prepare(&pod, &pod_dir, &all) {
             Ok(plans) => plans,
             Err((reason, message)) => {
                 self.set_waiting(&pod, &reason, &message);
                 return;
             }
         };
+        let main = plans.split_off(init.len());
+        // Init containers run one after another, each to completion, before any container.
+        let mut init_statuses: Vec<Value> = Vec::new();
+        for (container, mut command) in plans {
+            let started_at = now();
+            let Some((child, pid)) = self.spawn(&pod, &uid, &pod_dir, &container, &mut command)
+            else {
+                return;
+            };
+            self.update_status(&pod, |status| {
+                status["startTime"] = json!(started_at);
+                let mut statuses = init_statuses.clone();
+                statuses.push(json!({
+                    "name": container["name"], "image": container["image"], "imageID": container["image"], "containerID": format!("kube-sim://{pid}"),
+                    "ready": false, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started_at}},
+                }));
+                status["initContainerStatuses"] = json!(statuses);
+            });
+            let code = exit_code(child).await;
+            init_statuses.push(self.terminated(&pod_dir, &container, pid, code, &started_at));
+            if code != 0 {
+                self.finish(&uid, &pod, "Failed", Some(&init_statuses), Vec::new());
+                return;
+            }
+            if !self.still_running(&uid) {
+                return;
+            }
+        }
         let started_at = now();
         let mut children = Vec::new();
-        for (container, mut command) in plans {
-            match command.spawn() {
-                Ok(child) => {
-                    let pid = child.id().map(|p| p as i32).unwrap_or_default();
-                    self.running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(uid.clone())
-                        .or_default()
-                        .push(pid);
-                    children.push((container, child, pid));
-                }
-                Err(e) => {
-                    self.set_waiting(
-                        &pod,
-                        "RunContainerError",
-                        &format!("starting the container process failed: {e}"),
-                    );
-                    return;
-                }
-            }
+        for (container, mut command) in main {
+            let Some((child, pid)) = self.spawn(&pod, &uid, &pod_dir, &container, &mut command)
+            else {
+                return;
+            };
+            children.push((container, child, pid));
         }
         let running: Vec<Value> = children
             .iter()
@@ -203,48 +244,123 @@ impl Kubelet {
             .collect();
         self.update_status(&pod, |status| {
             status["phase"] = json!("Running");
-            status["startTime"] = json!(started_at);
+            if status["startTime"].is_null() {
+                status["startTime"] = json!(started_at);
+            }
             status["hostIP"] = json!("127.0.0.1");
             status["podIP"] = json!("127.0.0.1");
             status["podIPs"] = json!([{"ip": "127.0.0.1"}]);
             status["containerStatuses"] = json!(running);
+            if !init_statuses.is_empty() {
+                status["initContainerStatuses"] = json!(init_statuses);
+            }
             status["conditions"] = conditions(true);
         });
         let mut terminated = Vec::new();
         let mut all_succeeded = true;
-        for (container, mut child, pid) in children {
-            let exit = child.wait().await;
-            let code = match exit {
-                Ok(status) => status.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)
-                }),
-                Err(_) => 128,
-            };
+        for (container, child, pid) in children {
+            let code = exit_code(child).await;
             all_succeeded &= code == 0;
-            let name = container["name"].as_str().unwrap_or_default();
-            let message = self.termination_message(&pod_dir, name, &container, code);
-            let mut state = json!({
-                "exitCode": code,
-                "reason": if code == 0 { "Completed" } else { "Error" },
-                "startedAt": started_at,
-                "finishedAt": now(),
-                "containerID": format!("kube-sim://{pid}"),
-            });
-            if !message.is_empty() {
-                state["message"] = json!(message);
-            }
-            terminated.push(json!({
-                "name": name, "image": container["image"], "imageID": container["image"], "containerID": format!("kube-sim://{pid}"),
-                "ready": false, "started": false, "restartCount": 0, "state": {"terminated": state},
-            }));
+            terminated.push(self.terminated(&pod_dir, &container, pid, code, &started_at));
         }
+        let phase = if all_succeeded { "Succeeded" } else { "Failed" };
+        let init = (!init_statuses.is_empty()).then_some(&init_statuses);
+        self.finish(&uid, &pod, phase, init, terminated);
+    }
+
+    /// Starts one container process and registers it to be killed with its pod; on failure
+    /// the pod's containers wait with RunContainerError.
+    fn spawn(
+        &self,
+        pod: &Value,
+        uid: &str,
+        pod_dir: &Path,
+        container: &Value,
+        command: &mut tokio::process::Command,
+    ) -> Option<(tokio::process::Child, i32)> {
+        match command.spawn() {
+            Ok(child) => {
+                let name = container["name"].as_str().unwrap_or_default();
+                let _ = std::fs::rename(
+                    pod_dir.join(format!("{name}.log.pending")),
+                    pod_dir.join(format!("{name}.log")),
+                );
+                let pid = child.id().map(|p| p as i32).unwrap_or_default();
+                self.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(uid.to_owned())
+                    .or_default()
+                    .push(pid);
+                Some((child, pid))
+            }
+            Err(e) => {
+                self.set_waiting(
+                    pod,
+                    "RunContainerError",
+                    &format!("starting the container process failed: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether the pod's processes are still wanted (it was not deleted or stopped).
+    fn still_running(&self, uid: &str) -> bool {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
-        self.update_status(&pod, |status| {
-            status["phase"] = json!(if all_succeeded { "Succeeded" } else { "Failed" });
-            status["containerStatuses"] = json!(terminated);
+            .contains_key(uid)
+    }
+
+    /// A container's terminated status.
+    fn terminated(
+        &self,
+        pod_dir: &Path,
+        container: &Value,
+        pid: i32,
+        code: i32,
+        started_at: &str,
+    ) -> Value {
+        let name = container["name"].as_str().unwrap_or_default();
+        let message = self.termination_message(pod_dir, name, container, code);
+        let mut state = json!({
+            "exitCode": code,
+            "reason": if code == 0 { "Completed" } else { "Error" },
+            "startedAt": started_at,
+            "finishedAt": now(),
+            "containerID": format!("kube-sim://{pid}"),
+        });
+        if !message.is_empty() {
+            state["message"] = json!(message);
+        }
+        json!({
+            "name": name, "image": container["image"], "imageID": container["image"], "containerID": format!("kube-sim://{pid}"),
+            "ready": false, "started": false, "restartCount": 0, "state": {"terminated": state},
+        })
+    }
+
+    /// Records the pod's end: its phase and final container statuses.
+    fn finish(
+        &self,
+        uid: &str,
+        pod: &Value,
+        phase: &str,
+        init: Option<&Vec<Value>>,
+        containers: Vec<Value>,
+    ) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+        self.update_status(pod, |status| {
+            status["phase"] = json!(phase);
+            if let Some(init) = init {
+                status["initContainerStatuses"] = json!(init);
+            }
+            if !containers.is_empty() {
+                status["containerStatuses"] = json!(containers);
+            }
             status["conditions"] = conditions(false);
         });
     }
@@ -388,7 +504,9 @@ impl Kubelet {
                 ));
             }
             let env = self.environment(pod, container).map_err(config_error)?;
-            let log_path = pod_dir.join(format!("{name}.log"));
+            // The log is opened now and named `{name}.log` once the process starts: `pods/log`
+            // of a container that never started says so instead of showing an empty log.
+            let log_path = pod_dir.join(format!("{name}.log.pending"));
             let log = std::fs::File::create(&log_path)
                 .map_err(|e| config_error(format!("cannot create the log: {e}")))?;
             let log_err = log.try_clone().map_err(|e| config_error(e.to_string()))?;
@@ -438,7 +556,7 @@ impl Kubelet {
                 ));
             }
             let read_only_root = security["readOnlyRootFilesystem"] == json!(true);
-            let (program, args) = command_line(container, executable);
+            let (program, args) = command_line(container, executable, &env);
             let mut command = tokio::process::Command::new(&program);
             command
                 .args(&args)
@@ -467,6 +585,8 @@ impl Kubelet {
         Ok(plans)
     }
 
+    /// The container's environment: `envFrom` sources first, then `env` (which wins), each
+    /// `env` value with `$(VAR)` expanded from what is defined before it.
     fn environment(&self, pod: &Value, container: &Value) -> Result<Vec<(String, String)>, String> {
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let mut env = vec![
@@ -479,10 +599,50 @@ impl Kubelet {
                     .to_owned(),
             ),
         ];
+        let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+            env.retain(|(n, _)| *n != name);
+            env.push((name, value));
+        };
+        for source in container["envFrom"].as_array().into_iter().flatten() {
+            let prefix = source["prefix"].as_str().unwrap_or_default();
+            let (reference, secret) = if source["secretRef"].is_object() {
+                (&source["secretRef"], true)
+            } else {
+                (&source["configMapRef"], false)
+            };
+            let object_name = reference["name"].as_str().unwrap_or_default();
+            let key = if secret { "secrets" } else { "configmaps" };
+            let object = self.api.lock().store.get(key, namespace, object_name);
+            match object {
+                Some(object) => {
+                    for (name, bytes) in object_files(&object, secret) {
+                        let name = format!("{prefix}{name}");
+                        // The kubelet skips keys that are no valid variable names.
+                        if valid_env_name(&name) {
+                            set(&mut env, name, String::from_utf8_lossy(&bytes).into_owned());
+                        }
+                    }
+                }
+                None if reference["optional"] == json!(true) => {}
+                None => {
+                    return Err(format!(
+                        "{} \"{object_name}\" not found",
+                        if secret { "secret" } else { "configmap" }
+                    ));
+                }
+            }
+        }
         for var in container["env"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().unwrap_or_default().to_owned();
             let value = if let Some(value) = var["value"].as_str() {
-                value.to_owned()
+                let defined = env.clone();
+                expand(value, &|n: &str| {
+                    defined
+                        .iter()
+                        .rev()
+                        .find(|(d, _)| d == n)
+                        .map(|(_, v)| v.clone())
+                })
             } else if let Some(from) = var["valueFrom"].as_object() {
                 if let Some(field) = from.get("fieldRef") {
                     field_value(pod, field["fieldPath"].as_str().unwrap_or_default())
@@ -511,12 +671,14 @@ impl Kubelet {
                         }
                     }
                 } else {
-                    continue;
+                    return Err(format!(
+                        "env {name}: only fieldRef, secretKeyRef and configMapKeyRef are supported by kube-sim"
+                    ));
                 }
             } else {
                 String::new()
             };
-            env.push((name, value));
+            set(&mut env, name, value);
         }
         Ok(env)
     }
@@ -560,6 +722,16 @@ impl Kubelet {
     }
 }
 
+/// Waits for a container process; a signal death reads as 128 + the signal, as in a runtime.
+async fn exit_code(mut child: tokio::process::Child) -> i32 {
+    match child.wait().await {
+        Ok(status) => status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)
+        }),
+        Err(_) => 128,
+    }
+}
+
 fn conditions(ready: bool) -> Value {
     let time = now();
     let ready = if ready { "True" } else { "False" };
@@ -596,6 +768,15 @@ fn object_files(object: &Value, secret: bool) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// A C identifier-like name, as environment variable names from `envFrom` must be.
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
 fn field_value(pod: &Value, path: &str) -> String {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     if let Some(label) = path
@@ -623,13 +804,24 @@ fn field_value(pod: &Value, path: &str) -> String {
 }
 
 /// The program and arguments: the image's executable is the entrypoint; `command` replaces it
-/// (its first word naming the image's executable maps to it), `args` follow.
-fn command_line(container: &Value, executable: &Path) -> (PathBuf, Vec<String>) {
+/// (its first word naming the image's executable maps to it), `args` follow. `$(VAR)` in
+/// either is expanded from the container's environment, as the kubelet does.
+fn command_line(
+    container: &Value,
+    executable: &Path,
+    env: &[(String, String)],
+) -> (PathBuf, Vec<String>) {
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .into_iter()
             .flatten()
-            .filter_map(|s| s.as_str().map(str::to_owned))
+            .filter_map(|s| s.as_str().map(|s| expand(s, &lookup)))
             .collect()
     };
     let command = strings(&container["command"]);
@@ -646,6 +838,39 @@ fn command_line(container: &Value, executable: &Path) -> (PathBuf, Vec<String>) 
         }
         None => (executable.to_owned(), args),
     }
+}
+
+/// Kubernetes' `$(VAR)` expansion: a defined variable is replaced, an undefined reference is
+/// kept as written, `$$` is a literal `$`, any other `$` stays.
+fn expand(input: &str, lookup: &impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = escaped;
+        } else if let Some(reference) = after.strip_prefix('(')
+            && let Some(end) = reference.find(')')
+        {
+            let name = &reference[..end];
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &reference[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn c_path(path: &Path) -> CString {
@@ -742,7 +967,7 @@ mod tests {
     #[test]
     fn command_maps_the_image_entrypoint() {
         let exe = Path::new("/build/netreach");
-        let (program, args) = command_line(&json!({"args": ["probe", "--spec", "/x"]}), exe);
+        let (program, args) = command_line(&json!({"args": ["probe", "--spec", "/x"]}), exe, &[]);
         assert_eq!(
             (program, args),
             (
@@ -753,13 +978,28 @@ mod tests {
         let (program, args) = command_line(
             &json!({"command": ["netreach", "probe"], "args": ["-v"]}),
             exe,
+            &[],
         );
         assert_eq!(
             (program, args),
             (exe.to_owned(), vec!["probe".to_owned(), "-v".into()])
         );
-        let (program, _) = command_line(&json!({"command": ["/bin/sh", "-c", "true"]}), exe);
+        let (program, _) = command_line(&json!({"command": ["/bin/sh", "-c", "true"]}), exe, &[]);
         assert_eq!(program, PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn variables_expand_like_the_kubelet_does() {
+        let env = [
+            ("A".to_owned(), "x".to_owned()),
+            ("B".to_owned(), "y".to_owned()),
+        ];
+        let (_, args) = command_line(
+            &json!({"args": ["$(A)-$(B)", "$$(A)", "$(MISSING)", "$(A", "cost: $5"]}),
+            Path::new("/bin/true"),
+            &env,
+        );
+        assert_eq!(args, ["x-y", "$(A)", "$(MISSING)", "$(A", "cost: $5"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod error;
 pub mod faults;
+pub mod formats;
 pub mod http;
 pub mod jobs;
 pub mod kubelet;
@@ -37,6 +38,8 @@ use crate::faults::Faults;
 use crate::http::Shared;
 use crate::jobs::JobController;
 use crate::kubelet::Kubelet;
+use crate::registry::Registry;
+use crate::store::Store;
 
 /// How to start the emulator.
 #[derive(Clone, Debug)]
@@ -71,8 +74,12 @@ pub struct KubeSim {
     faults: Arc<Faults>,
     kubelet: Arc<Kubelet>,
     audit: http::AuditLog,
-    tasks: JoinSet<()>,
-    _scratch: tempfile::TempDir,
+    /// The HTTP server: what `restart` stops and starts again.
+    server: JoinSet<()>,
+    /// The kubelet and the Job controller. They outlive an API server restart that keeps the
+    /// store, as a node's kubelet and the controller manager outlive one in a cluster.
+    controllers: JoinSet<()>,
+    scratch: tempfile::TempDir,
 }
 
 impl KubeSim {
@@ -91,37 +98,40 @@ impl KubeSim {
             .kubeconfig
             .clone()
             .unwrap_or_else(|| scratch.path().join("kubeconfig"));
+        let kubelet = Self::kubelet_for(&options, &scratch, &api);
         let mut sim = Self {
             address,
             kubeconfig,
             options,
             api,
             faults: Arc::new(Faults::default()),
-            kubelet: Arc::new(Kubelet::new(
-                Arc::new(Api::default()),
-                HashMap::new(),
-                PathBuf::new(),
-            )),
+            kubelet,
             audit: Arc::default(),
-            tasks: JoinSet::new(),
-            _scratch: scratch,
+            server: JoinSet::new(),
+            controllers: JoinSet::new(),
+            scratch,
         };
+        sim.start_controllers();
         sim.serve(listener);
         write_kubeconfig(&sim.kubeconfig, address)?;
         Ok(sim)
     }
 
-    fn serve(&mut self, listener: TcpListener) {
-        let data_dir = self
-            .options
+    fn kubelet_for(options: &Options, scratch: &tempfile::TempDir, api: &Arc<Api>) -> Arc<Kubelet> {
+        let data_dir = options
             .data_dir
             .clone()
-            .unwrap_or_else(|| self._scratch.path().join("data"));
-        self.kubelet = Arc::new(Kubelet::new(
-            self.api.clone(),
-            self.options.images.clone(),
-            data_dir,
-        ));
+            .unwrap_or_else(|| scratch.path().join("data"));
+        Arc::new(Kubelet::new(api.clone(), options.images.clone(), data_dir))
+    }
+
+    fn start_controllers(&mut self) {
+        self.controllers.spawn(self.kubelet.clone().run());
+        self.controllers
+            .spawn(JobController::new(self.api.clone()).run());
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
         let shared = Arc::new(Shared {
             api: self.api.clone(),
             audit: self.audit.clone(),
@@ -129,9 +139,7 @@ impl KubeSim {
             kubelet: self.kubelet.clone(),
             address: self.address.to_string(),
         });
-        self.tasks.spawn(self.kubelet.clone().run());
-        self.tasks.spawn(JobController::new(self.api.clone()).run());
-        self.tasks.spawn(async move {
+        self.server.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
@@ -194,13 +202,27 @@ impl KubeSim {
         self.api.lock().store.compact();
     }
 
-    /// Stops serving (connections and watches drop, pods are killed) and serves again on the
-    /// same address, keeping the store or starting empty.
+    /// Stops serving (connections and watches drop) and serves again on the same address.
+    ///
+    /// Keeping the store is an API server restart: pods keep running and their kubelet keeps
+    /// reporting, as in a cluster. Losing it is a cluster whose store was wiped: the pods no
+    /// longer exist, so the kubelet stops their processes (what a kubelet does with pods the
+    /// API server no longer has), and versions continue after the old store's, so every
+    /// version a client holds is answered with 410 and it relists.
     pub async fn restart(&mut self, keep_store: bool) -> anyhow::Result<()> {
-        self.tasks.shutdown().await;
-        self.kubelet.stop_all();
+        self.server.shutdown().await;
+        // Watch streams run in tasks of their own; end them with their connections.
+        self.faults.close_watches();
         if !keep_store {
-            self.api = Arc::new(Api::default());
+            self.controllers.shutdown().await;
+            self.kubelet.stop_all().await;
+            let previous = self.api.lock().store.resource_version();
+            self.api = Arc::new(Api::new(
+                Registry::with_builtins(),
+                Store::starting_after(previous, api::HISTORY_LIMIT),
+            ));
+            self.kubelet = Self::kubelet_for(&self.options, &self.scratch, &self.api);
+            self.start_controllers();
         }
         // The old listener is gone with its task; the port may linger briefly.
         let mut attempt = 0;
@@ -219,17 +241,19 @@ impl KubeSim {
         Ok(())
     }
 
-    /// Stops serving and kills every pod process.
+    /// Stops serving and kills every pod process, waiting (briefly) until they are gone.
     pub async fn stop(mut self) {
-        self.tasks.shutdown().await;
-        self.kubelet.stop_all();
+        self.server.shutdown().await;
+        self.controllers.shutdown().await;
+        self.kubelet.stop_all().await;
     }
 }
 
 impl Drop for KubeSim {
     fn drop(&mut self) {
-        self.tasks.abort_all();
-        self.kubelet.stop_all();
+        self.server.abort_all();
+        self.controllers.abort_all();
+        self.kubelet.kill_all();
     }
 }
 

@@ -23,6 +23,20 @@ pub struct CrdInfo {
     pub schema: Value,
     pub compiled: CompiledSchema,
     pub printer_columns: Vec<Value>,
+    /// `selectableFields` of the served version, as field labels (`spec.color`).
+    pub selectable_fields: Vec<String>,
+    /// Whether the schema has any `x-kubernetes-validations` (CEL rules).
+    pub has_rules: bool,
+}
+
+fn has_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => {
+            map.contains_key("x-kubernetes-validations") || map.values().any(has_rules)
+        }
+        Value::Array(items) => items.iter().any(has_rules),
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for CrdInfo {
@@ -445,6 +459,7 @@ impl Registry {
                 .is_some(),
             extra_subresources: vec![],
             crd: Some(CrdInfo {
+                has_rules: has_rules(&schema),
                 crd_name: name,
                 schema,
                 compiled,
@@ -453,6 +468,12 @@ impl Registry {
                     .iter()
                     .flatten()
                     .map(|c| serde_json::to_value(c).expect("column serializes"))
+                    .collect(),
+                selectable_fields: version
+                    .selectable_fields
+                    .iter()
+                    .flatten()
+                    .map(|f| f.json_path.trim_start_matches('.').to_owned())
                     .collect(),
             }),
             typed: None,

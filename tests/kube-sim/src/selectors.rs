@@ -87,8 +87,56 @@ impl LabelSelector {
     }
 }
 
+/// One `field=value` or `field!=value` term.
+#[derive(Clone, Debug, PartialEq)]
+struct FieldTerm {
+    /// The field label as the client wrote it.
+    label: String,
+    /// Where the value is in the object (the label, unless the kind maps it).
+    path: String,
+    equal: bool,
+    value: String,
+    /// What an absent field reads as (`false` for a bool, `0` for a count).
+    missing: &'static str,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<FieldTerm>);
+
+/// The fields one kind can be selected by, as the API server's field label conversion for
+/// that kind decides, with where each is in the object.
+pub struct FieldLabels {
+    /// (label, path in the object, value when absent)
+    pub fields: Vec<(String, String, &'static str)>,
+    /// The API server's message for any other label (`{label}` is replaced).
+    pub refusal: &'static str,
+}
+
+impl FieldLabels {
+    /// What a kind without a conversion of its own accepts: the name and namespace.
+    pub fn metadata_only() -> Self {
+        Self::of(
+            &["metadata.name", "metadata.namespace"],
+            r#""{label}" is not a known field selector: only "metadata.name", "metadata.namespace""#,
+        )
+    }
+
+    /// Labels that are their own paths.
+    pub fn of(labels: &[&str], refusal: &'static str) -> Self {
+        Self {
+            fields: labels
+                .iter()
+                .map(|l| (l.to_string(), l.to_string(), ""))
+                .collect(),
+            refusal,
+        }
+    }
+
+    pub fn mapped(mut self, label: &str, path: &str, missing: &'static str) -> Self {
+        self.fields.push((label.into(), path.into(), missing));
+        self
+    }
+}
 
 impl FieldSelector {
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -103,23 +151,43 @@ impl FieldSelector {
             } else {
                 return Err(format!("invalid field selector term {term:?}"));
             };
-            terms.push((path.trim().to_owned(), equal, value.trim().to_owned()));
+            terms.push(FieldTerm {
+                label: path.trim().to_owned(),
+                path: path.trim().to_owned(),
+                equal,
+                value: value.trim().to_owned(),
+                missing: "",
+            });
         }
         Ok(Self(terms))
     }
 
+    /// Refuses labels the kind does not support (the API server's 400) and maps the others to
+    /// where they are in the object.
+    pub fn resolve(&mut self, labels: &FieldLabels) -> Result<(), String> {
+        for term in &mut self.0 {
+            let Some((_, path, missing)) = labels.fields.iter().find(|(l, ..)| *l == term.label)
+            else {
+                return Err(labels.refusal.replace("{label}", &term.label));
+            };
+            term.path = path.clone();
+            term.missing = missing;
+        }
+        Ok(())
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
-        self.0.iter().all(|(path, equal, wanted)| {
+        self.0.iter().all(|term| {
             let mut node = object;
-            for part in path.split('.') {
+            for part in term.path.split('.') {
                 node = &node[part];
             }
             let actual = match node {
                 Value::String(s) => s.clone(),
-                Value::Null => String::new(),
+                Value::Null => term.missing.to_owned(),
                 other => other.to_string(),
             };
-            (actual == *wanted) == *equal
+            (actual == term.value) == term.equal
         })
     }
 }
@@ -150,6 +218,21 @@ mod tests {
             );
         }
         assert!(LabelSelector::parse("app in web").is_err());
+    }
+
+    #[test]
+    fn field_selectors_refuse_labels_the_kind_does_not_support() {
+        let labels =
+            FieldLabels::metadata_only().mapped("status.successful", "status.succeeded", "0");
+        let mut selector = FieldSelector::parse("metadata.name=a,status.successful=0").unwrap();
+        selector.resolve(&labels).unwrap();
+        assert!(selector.matches(&json!({"metadata": {"name": "a"}, "status": {}})));
+        assert!(!selector.matches(&json!({"metadata": {"name": "a"}, "status": {"succeeded": 1}})));
+        let mut unknown = FieldSelector::parse("spec.x=1").unwrap();
+        assert_eq!(
+            unknown.resolve(&labels).unwrap_err(),
+            r#""spec.x" is not a known field selector: only "metadata.name", "metadata.namespace""#
+        );
     }
 
     #[test]

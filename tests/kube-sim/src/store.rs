@@ -1,9 +1,11 @@
 //! Object storage with a global resourceVersion, a bounded event history for watch resumption,
-//! and a broadcast of every change to live watchers.
+//! and a broadcast of every change to live watchers. Each object is kept with its JSON
+//! encoding, so a list of 10,000 objects is a concatenation rather than 10,000 encodings.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -35,9 +37,26 @@ pub struct Event {
     pub object: Arc<Value>,
 }
 
+/// A stored object and its JSON encoding (made once per write, reused by every list).
+struct Entry {
+    object: Arc<Value>,
+    json: Bytes,
+}
+
+/// Where a watch or list asked to start, relative to what the store has.
+#[derive(Debug)]
+pub enum Since {
+    /// The changes after the version, in order.
+    Events(Vec<Arc<Event>>),
+    /// Older than the history kept (or from before a restart that lost the store).
+    TooOld,
+    /// Newer than any version the store has handed out.
+    TooLarge,
+}
+
 pub struct Store {
     rv: u64,
-    objects: BTreeMap<String, BTreeMap<(String, String), Arc<Value>>>,
+    objects: BTreeMap<String, BTreeMap<(String, String), Entry>>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     /// Events at or below this version are no longer kept: watching from there gets 410.
@@ -47,13 +66,20 @@ pub struct Store {
 
 impl Store {
     pub fn new(history_limit: usize) -> Self {
+        Self::starting_after(0, history_limit)
+    }
+
+    /// An empty store whose versions continue after `previous` (the last version of a store
+    /// that was lost): every version a client still holds from before is then too old (410,
+    /// so it relists) instead of naming some unrelated change of the new store.
+    pub fn starting_after(previous: u64, history_limit: usize) -> Self {
         let (tx, _) = broadcast::channel(65_536);
         Self {
-            rv: 1,
+            rv: previous + 1,
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             history_limit,
-            compacted: 1,
+            compacted: previous + 1,
             tx,
         }
     }
@@ -74,29 +100,36 @@ impl Store {
         self.objects
             .get(key)
             .and_then(|m| m.get(&(namespace.to_owned(), name.to_owned())))
-            .cloned()
+            .map(|e| e.object.clone())
     }
 
     /// Objects of a type, in one namespace or all, ordered by namespace and name.
     pub fn list(&self, key: &str, namespace: Option<&str>) -> Vec<Arc<Value>> {
-        let Some(objects) = self.objects.get(key) else {
-            return Vec::new();
-        };
-        match namespace {
-            Some(ns) => objects
-                .range((ns.to_owned(), String::new())..)
-                .take_while(|((n, _), _)| n == ns)
-                .map(|(_, v)| v.clone())
-                .collect(),
-            None => objects.values().cloned().collect(),
-        }
+        self.list_encoded(key, namespace)
+            .map(|(object, _)| object.clone())
+            .collect()
+    }
+
+    /// Like `list`, with each object's JSON encoding.
+    pub fn list_encoded<'a>(
+        &'a self,
+        key: &str,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a Arc<Value>, &'a Bytes)> + 'a {
+        let objects = self.objects.get(key);
+        let start = (namespace.unwrap_or_default().to_owned(), String::new());
+        objects
+            .into_iter()
+            .flat_map(move |m| m.range(start.clone()..))
+            .take_while(move |((n, _), _)| namespace.is_none_or(|ns| n == ns))
+            .map(|(_, e)| (&e.object, &e.json))
     }
 
     /// Every stored object with its type key.
     pub fn all(&self) -> impl Iterator<Item = (&String, &Arc<Value>)> {
         self.objects
             .iter()
-            .flat_map(|(key, m)| m.values().map(move |v| (key, v)))
+            .flat_map(|(key, m)| m.values().map(move |e| (key, &e.object)))
     }
 
     /// Stores `object` (its resourceVersion set to a new version) and tells watchers.
@@ -111,11 +144,15 @@ impl Store {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        let json = Bytes::from(serde_json::to_vec(&object).expect("values serialize"));
         let object = Arc::new(object);
-        self.objects
-            .entry(key.to_owned())
-            .or_default()
-            .insert((namespace.clone(), name), object.clone());
+        self.objects.entry(key.to_owned()).or_default().insert(
+            (namespace.clone(), name),
+            Entry {
+                object: object.clone(),
+                json,
+            },
+        );
         self.record(key, namespace, kind, object.clone());
         object
     }
@@ -127,7 +164,7 @@ impl Store {
             .get_mut(key)
             .and_then(|m| m.remove(&(namespace.to_owned(), name.to_owned())))?;
         self.rv += 1;
-        let mut last = (*removed).clone();
+        let mut last = (*removed.object).clone();
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let last = Arc::new(last);
         self.record(key, namespace.to_owned(), EventType::Deleted, last.clone());
@@ -152,12 +189,17 @@ impl Store {
         let _ = self.tx.send(event);
     }
 
-    /// Events after `since`, or None when `since` is older than the history kept.
-    pub fn events_since(&self, since: u64) -> Option<Vec<Arc<Event>>> {
-        if since < self.compacted {
-            return None;
+    /// The events after `since`, if the store can tell them. A version newer than the store's
+    /// is refused rather than answered with nothing: a client holding one (from before a
+    /// restart that lost the store) would otherwise wait for versions that mean nothing here.
+    pub fn events_since(&self, since: u64) -> Since {
+        if since > self.rv {
+            return Since::TooLarge;
         }
-        Some(
+        if since < self.compacted {
+            return Since::TooOld;
+        }
+        Since::Events(
             self.history
                 .iter()
                 .filter(|e| e.rv > since)
