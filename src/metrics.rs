@@ -1,6 +1,8 @@
 //! Prometheus metrics: per-endpoint reachability, interception and certificate expiry, probe
-//! latency, and reconcile counts, errors and durations.
+//! latency, and reconcile counts, errors and durations. A check's series live as long as the
+//! check and its endpoints do.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -22,7 +24,7 @@ pub struct EndpointLabels {
     pub protocol: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CheckLabels {
     pub namespace: String,
     pub check: String,
@@ -49,6 +51,9 @@ pub struct Metrics {
     reconciles: Family<ControllerLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// The endpoint series each check has, so the ones it no longer has can be removed
+    /// (a metric family cannot list its series).
+    endpoints: Mutex<HashMap<CheckLabels, HashSet<EndpointLabels>>>,
 }
 
 impl Default for Metrics {
@@ -113,18 +118,21 @@ impl Default for Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            endpoints: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Records a finished run's rows.
+    /// Records a finished run's rows; series of endpoints the run no longer has are removed,
+    /// and so is the expiry of a row that presented no certificate this time.
     pub fn record_run(&self, namespace: &str, check: &str, rows: &[ProbeResult], finished_at: f64) {
         let check_labels = CheckLabels {
             namespace: namespace.into(),
             check: check.into(),
         };
         self.last_run.get_or_create(&check_labels).set(finished_at);
+        let mut current = HashSet::new();
         for row in rows {
             let labels = EndpointLabels {
                 namespace: namespace.into(),
@@ -139,24 +147,42 @@ impl Metrics {
             self.tls_intercepted
                 .get_or_create(&labels)
                 .set(i64::from(row.intercepted));
-            if let Some(expiry) = row
+            match row
                 .tls
                 .as_ref()
                 .and_then(|t| t.not_after.parse::<k8s_openapi::jiff::Timestamp>().ok())
             {
-                self.cert_expiry
-                    .get_or_create(&labels)
-                    .set(expiry.as_second() as f64);
+                Some(expiry) => {
+                    self.cert_expiry
+                        .get_or_create(&labels)
+                        .set(expiry.as_second() as f64);
+                }
+                // A last-known expiry would keep alerting on a certificate nobody presents now.
+                None => {
+                    self.cert_expiry.remove(&labels);
+                }
             }
             if let Some(ms) = row.latency.total_ms {
                 self.probe_latency
                     .get_or_create(&check_labels)
                     .observe(ms as f64 / 1000.0);
             }
+            current.insert(labels);
+        }
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = endpoints.insert(check_labels, current.clone());
+        for gone in previous.iter().flatten().filter(|l| !current.contains(*l)) {
+            self.remove_endpoint(gone);
         }
     }
 
-    /// Drops the series of a deleted check.
+    fn remove_endpoint(&self, labels: &EndpointLabels) {
+        self.endpoint_up.remove(labels);
+        self.tls_intercepted.remove(labels);
+        self.cert_expiry.remove(labels);
+    }
+
+    /// Drops every series of a check (deleted, or no longer ours to report).
     pub fn forget_check(&self, namespace: &str, check: &str) {
         let check_labels = CheckLabels {
             namespace: namespace.into(),
@@ -164,6 +190,46 @@ impl Metrics {
         };
         self.last_run.remove(&check_labels);
         self.probe_latency.remove(&check_labels);
+        let removed = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&check_labels);
+        for labels in removed.iter().flatten() {
+            self.remove_endpoint(labels);
+        }
+    }
+
+    /// The checks that have series, as (namespace, name).
+    pub fn checks(&self) -> Vec<(String, String)> {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut checks: Vec<(String, String)> = endpoints
+            .keys()
+            .map(|c| (c.namespace.clone(), c.check.clone()))
+            .collect();
+        checks.sort();
+        checks
+    }
+
+    /// Drops the series of every check `keep` says no to.
+    pub fn retain_checks(&self, keep: impl Fn(&str, &str) -> bool) {
+        for (namespace, check) in self.checks() {
+            if !keep(&namespace, &check) {
+                self.forget_check(&namespace, &check);
+            }
+        }
+    }
+
+    /// Creates a controller's error series at zero, so they exist before the first failure
+    /// (a series that appears only with its first increment hides that increase from rate()).
+    pub fn expect_errors(&self, controller: &str, reasons: &[&str]) {
+        for reason in reasons {
+            // Creating the series is the point; the guard is not needed.
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
+                controller: controller.into(),
+                reason: (*reason).into(),
+            });
+        }
     }
 
     pub fn reconciled(&self, controller: &str, seconds: f64, error: Option<&str>) {
@@ -191,5 +257,78 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Protocol;
+    use crate::probe::result::{Latency, Reason, Stage, TlsFacts};
+
+    fn row(endpoint: &str, tls: bool) -> ProbeResult {
+        ProbeResult {
+            endpoint: endpoint.into(),
+            host: None,
+            cidr: Some("127.0.0.1".into()),
+            port: 443,
+            protocol: Protocol::Https,
+            required: true,
+            outcome: Outcome::Pass,
+            stage: Stage::Protocol,
+            reason: Reason::Reachable,
+            message: "m".into(),
+            intercepted: false,
+            addresses: vec![],
+            latency: Latency {
+                total_ms: Some(12),
+                ..Latency::default()
+            },
+            tls: tls.then(|| TlsFacts {
+                not_after: "2030-01-01T00:00:00Z".into(),
+                ..TlsFacts::default()
+            }),
+            detail: None,
+            last_transition_time: None,
+        }
+    }
+
+    fn series(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains('{'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_gone_from_the_results_lose_their_series() {
+        let metrics = Metrics::default();
+        metrics.record_run("ns", "c", &[row("a", true), row("b", true)], 1.0);
+        assert_eq!(series(&metrics, "netreach_endpoint_up").len(), 2);
+        assert_eq!(
+            series(&metrics, "netreach_endpoint_cert_expiry_timestamp_seconds").len(),
+            2
+        );
+        // "b" left the profile, "a" no longer presents a certificate.
+        metrics.record_run("ns", "c", &[row("a", false)], 2.0);
+        let up = series(&metrics, "netreach_endpoint_up");
+        assert_eq!(up.len(), 1, "{up:?}");
+        assert!(up[0].contains("endpoint=\"a\""));
+        assert!(series(&metrics, "netreach_endpoint_tls_intercepted").len() == 1);
+        assert!(series(&metrics, "netreach_endpoint_cert_expiry_timestamp_seconds").is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_check_has_no_series_left_and_others_keep_theirs() {
+        let metrics = Metrics::default();
+        metrics.record_run("ns", "gone", &[row("a", true)], 1.0);
+        metrics.record_run("ns", "kept", &[row("a", true)], 1.0);
+        metrics.retain_checks(|_, check| check == "kept");
+        let text = metrics.encode();
+        assert!(!text.contains("check=\"gone\""), "{text}");
+        assert!(text.contains("netreach_endpoint_up{") && text.contains("check=\"kept\""));
+        assert_eq!(metrics.checks(), [("ns".to_owned(), "kept".to_owned())]);
     }
 }

@@ -3,29 +3,43 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use netreach::api::EgressCheck;
 use netreach::probe::result::{Outcome, Reason};
 use serde_json::json;
 use support::Peers;
-use support::cluster::{Cluster, eventually};
+use support::cluster::{BROKEN_PROBE_IMAGE, Cluster, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A plain HTTP server on loopback answering 204; dropping the handle stops it.
+/// A plain HTTP server on loopback answering 204; aborting the handle stops it.
 async fn http_endpoint() -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_endpoint_on(0, Arc::default()).await
+}
+
+/// A plain HTTP server on `port` (0: any) answering 204, or, while `hang` is set, accepting
+/// and never answering.
+async fn http_endpoint_on(port: u16, hang: Arc<AtomicBool>) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = tokio::spawn(async move {
+        let mut held = Vec::new();
         while let Ok((mut stream, _)) = listener.accept().await {
+            if hang.load(Ordering::SeqCst) {
+                held.push(stream);
+                continue;
+            }
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 let _ = stream.read(&mut buffer).await;
@@ -112,7 +126,7 @@ fn check_yaml(name: &str, profile: &str, extra: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_check_becomes_ready_then_a_stopped_endpoint_flips_it_with_one_event() {
+async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_one_event_each() {
     let cluster = Cluster::start("ready-then-down").await;
     peers_ca(&cluster).await;
     let (port, server) = http_endpoint().await;
@@ -177,6 +191,31 @@ async fn a_check_becomes_ready_then_a_stopped_endpoint_flips_it_with_one_event()
             .contains("api (127.0.0.1:")
     );
     assert!(ctx.status_writes.load(Ordering::Relaxed) > 0);
+
+    // The endpoint comes back on its port: Ready again, with one EndpointRecovered event.
+    let (_, _server) = http_endpoint_on(port, Arc::default()).await;
+    let up = wait_condition(&cluster, "vendor", "Ready", "True").await;
+    assert_eq!(condition(&up, "Reachable").unwrap().0, "True");
+    let recovered = eventually(WAIT, "an EndpointRecovered event", || {
+        let cluster = &cluster;
+        async move {
+            let found = events(cluster, "EndpointRecovered").await;
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await;
+    assert!(
+        recovered[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("api (127.0.0.1:"),
+        "{recovered:?}"
+    );
+    // More passing runs add no events of either kind.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(events(&cluster, "EndpointRecovered").await.len(), 1);
+    assert_eq!(events(&cluster, "EndpointUnreachable").await.len(), 1);
     operator.abort();
 }
 
@@ -792,4 +831,634 @@ async fn a_dns_change_updates_the_network_policy_and_deletion_cleans_up() {
     })
     .await;
     operator.abort();
+}
+
+/// events.k8s.io events of `reason` (the Recorder folds repeats into one event's series, so
+/// counting objects alone would miss them).
+async fn reported(cluster: &Cluster, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    cluster
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+/// How many times events of `reason` were published, repeats included.
+async fn published(cluster: &Cluster, reason: &str) -> i32 {
+    reported(cluster, reason)
+        .await
+        .iter()
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
+}
+
+fn run_of(job: &Job) -> i64 {
+    job.labels()
+        .get("netreach.dev/run")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn job_state(job: &Job) -> Option<&str> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .map(|c| c.type_.as_str())
+}
+
+/// Waits until a run numbered `run` or later of `check` has finished.
+async fn finished_run(cluster: &Cluster, check: &str, run: i64) {
+    eventually(
+        WAIT,
+        &format!("run {run} of {check} finished"),
+        || async move {
+            jobs(cluster, check)
+                .await
+                .iter()
+                .any(|j| run_of(j) >= run && job_state(j).is_some())
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again() {
+    let cluster = Cluster::start("job-deleted").await;
+    peers_ca(&cluster).await;
+    let hang = Arc::new(AtomicBool::new(false));
+    let (port, _server) = http_endpoint_on(0, hang.clone()).await;
+    cluster
+        .apply_yaml(&profile_yaml(
+            "vendor",
+            &format!("    - {{name: api, cidr: 127.0.0.1, timeout: 20s, ports: [{{port: {port}, protocol: HTTP}}]}}\n"),
+        ))
+        .await;
+    cluster
+        .apply_yaml(&check_yaml("vendor", "vendor", "  interval: 1s\n"))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    wait_condition(&cluster, "vendor", "Ready", "True").await;
+
+    // A periodic run hangs on the silent endpoint, and someone deletes its Job.
+    hang.store(true, Ordering::SeqCst);
+    let job = eventually(WAIT, "a periodic run in flight", || {
+        let cluster = &cluster;
+        async move {
+            jobs(cluster, "vendor").await.into_iter().find(|j| {
+                job_state(j).is_none()
+                    && j.annotations()
+                        .get("netreach.dev/trigger")
+                        .map(String::as_str)
+                        == Some("Interval")
+            })
+        }
+    })
+    .await;
+    let (deleted, run) = (job.name_any(), run_of(&job));
+    cluster
+        .api::<Job>()
+        .delete(&deleted, &DeleteParams::background())
+        .await
+        .unwrap();
+    hang.store(false, Ordering::SeqCst);
+
+    // Reported as the run it was: a failed run in the history, one RunFailed event.
+    let api = cluster.api::<EgressCheck>();
+    let reported_run = eventually(WAIT, "the deleted run in the history", || {
+        let (api, deleted) = (api.clone(), deleted.clone());
+        async move {
+            api.get("vendor")
+                .await
+                .ok()?
+                .status?
+                .history
+                .into_iter()
+                .find(|r| r.job_name.as_deref() == Some(deleted.as_str()))
+        }
+    })
+    .await;
+    assert_eq!(reported_run.state.as_deref(), Some("Failed"));
+    assert_eq!(reported_run.run, Some(run));
+    assert!(
+        reported_run
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("was deleted"),
+        "{reported_run:?}"
+    );
+
+    // Later runs carry on under new numbers and pass; the deleted one never comes back.
+    let recovered = eventually(WAIT, "a later run passing", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("vendor").await.ok()?;
+            let last = check.status.as_ref()?.last_run.clone()?;
+            (last.run? > run
+                && last.state.as_deref() == Some("Succeeded")
+                && condition(&check, "Ready")?.0 == "True")
+                .then_some(check)
+        }
+    })
+    .await;
+    assert_eq!(
+        condition(&recovered, "Ready").unwrap().1,
+        "AllRequiredEndpointsPass"
+    );
+    for _ in 0..15 {
+        let names: Vec<(String, i64)> = jobs(&cluster, "vendor")
+            .await
+            .iter()
+            .map(|j| (j.name_any(), run_of(j)))
+            .collect();
+        assert!(
+            names.iter().all(|(name, n)| *name != deleted && *n != run),
+            "the deleted run was started again: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(published(&cluster, "RunFailed").await, 1);
+    let event = reported(&cluster, "RunFailed").await.remove(0);
+    assert!(
+        event.note.as_deref().unwrap().contains(&deleted),
+        "{event:?}"
+    );
+    assert!(
+        cluster
+            .api::<ConfigMap>()
+            .get_opt(&deleted)
+            .await
+            .unwrap()
+            .is_none(),
+        "the deleted run's probe spec is cleaned up"
+    );
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_probe_pod_sets_ready_false_with_one_run_failed_event_even_across_a_restart() {
+    let cluster = Cluster::start("pod-fails").await;
+    peers_ca(&cluster).await;
+    let (port, _server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&profile_yaml(
+            "vendor",
+            &format!(
+                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+            ),
+        ))
+        .await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: broken}}\nspec:\n  profileRef: {{name: vendor}}\n  interval: 1s\n  runner: {{image: \"{BROKEN_PROBE_IMAGE}\"}}\n"
+        ))
+        .await;
+    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    let api = cluster.api::<EgressCheck>();
+    let failed = eventually(WAIT, "Ready=False for a failed run", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("broken").await.ok()?;
+            let (status, reason, _) = condition(&check, "Ready")?;
+            (status == "False" && reason == "RunFailed").then_some(check)
+        }
+    })
+    .await;
+    let (_, _, message) = condition(&failed, "Ready").unwrap();
+    assert!(message.contains("exited with"), "{message}");
+    let last = failed.status.as_ref().unwrap().last_run.clone().unwrap();
+    assert_eq!(last.state.as_deref(), Some("Failed"));
+    let first_failed = last.run.unwrap();
+
+    // Failing the same way again writes nothing and publishes nothing.
+    let writes = ctx.status_writes.load(Ordering::Relaxed);
+    finished_run(&cluster, "broken", first_failed + 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ctx.status_writes.load(Ordering::Relaxed), writes);
+    assert_eq!(published(&cluster, "RunFailed").await, 1);
+
+    // A restarted operator knows from the status that this failure was reported.
+    operator.abort();
+    let (_ctx, operator) = cluster.operator(cluster.settings("two"));
+    finished_run(&cluster, "broken", first_failed + 6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(published(&cluster, "RunFailed").await, 1);
+    let check = api.get("broken").await.unwrap();
+    assert_eq!(condition(&check, "Ready").unwrap().1, "RunFailed");
+
+    // The right image brings it back.
+    api.patch(
+        "broken",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"runner": {"image": null}}})),
+    )
+    .await
+    .unwrap();
+    let ready = wait_condition(&cluster, "broken", "Ready", "True").await;
+    assert_eq!(
+        ready.status.unwrap().last_run.unwrap().state.as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(published(&cluster, "RunFailed").await, 1);
+    operator.abort();
+}
+
+/// The profile CRD as an earlier release could have had it: `defaults.timeout` a number of
+/// seconds rather than a duration string.
+fn profile_crd_before_durations() -> serde_json::Value {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(netreach::api::ConnectivityProfile::crd()).unwrap();
+    let timeout = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/defaults/properties/timeout")
+        .expect("defaults.timeout in the schema");
+    *timeout = json!({"type": "integer", "description": "Seconds per endpoint×port."});
+    crd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let cluster = Cluster::start("undecodable").await;
+    peers_ca(&cluster).await;
+    let (port, _server) = http_endpoint().await;
+    let endpoint = format!(
+        "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+    );
+    // Written under an earlier schema, the object stays as it was when the CRD changes.
+    let crds = Api::<CustomResourceDefinition>::all(cluster.client.clone());
+    let stored_profiles: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &cluster.namespace,
+        &kube::api::ApiResource::erase::<netreach::api::ConnectivityProfile>(&()),
+    );
+    let crd_name = netreach::api::ConnectivityProfile::crd_name();
+    let apply = PatchParams::apply("netreach-e2e").force();
+    crds.patch(
+        crd_name,
+        &apply,
+        &Patch::Apply(profile_crd_before_durations()),
+    )
+    .await
+    .unwrap();
+    let old = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: legacy}}\nspec:\n  defaults: {{timeout: 5}}\n  endpoints:\n{endpoint}"
+    );
+    let value: serde_json::Value = serde_norway::from_str(&old).unwrap();
+    // A real API server takes a moment to serve a changed schema.
+    eventually(WAIT, "the profile accepted under the old schema", || {
+        let (api, value) = (stored_profiles.clone(), value.clone());
+        async move {
+            api.patch(
+                "legacy",
+                &PatchParams::apply("netreach-e2e"),
+                &Patch::Apply(&value),
+            )
+            .await
+            .ok()
+        }
+    })
+    .await;
+    crds.patch(
+        crd_name,
+        &apply,
+        &Patch::Apply(netreach::api::ConnectivityProfile::crd()),
+    )
+    .await
+    .unwrap();
+    let stored = stored_profiles.get("legacy").await.unwrap();
+    assert!(
+        serde_json::from_value::<netreach::api::ConnectivityProfile>(
+            serde_json::to_value(&stored).unwrap()
+        )
+        .is_err(),
+        "the premise: the stored profile does not decode"
+    );
+
+    cluster.apply_yaml(&profile_yaml("good", &endpoint)).await;
+    cluster.apply_yaml(&check_yaml("good", "good", "")).await;
+    cluster
+        .apply_yaml(&check_yaml("on-legacy", "legacy", ""))
+        .await;
+    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+
+    let good = wait_condition(&cluster, "good", "Ready", "True").await;
+    let stalled = wait_condition(&cluster, "on-legacy", "Stalled", "True").await;
+    let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("ConnectivityProfile e2e-undecodable/legacy cannot be read")
+            && message.contains("integer"),
+        "{message}"
+    );
+    assert_eq!(condition(&stalled, "Ready").unwrap().0, "False");
+
+    // The profile watch still works for the others: a change re-runs the check using it.
+    let first_run = good.status.unwrap().last_run.unwrap().run.unwrap();
+    cluster
+        .apply_yaml(&profile_yaml(
+            "good",
+            &format!("{endpoint}    - {{name: again, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: TCP}}]}}\n"),
+        ))
+        .await;
+    let api = cluster.api::<EgressCheck>();
+    let rerun = eventually(WAIT, "the profile change probed", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("good").await.ok()?;
+            let status = check.status.clone()?;
+            (status.last_run.as_ref()?.run? > first_run && status.results.len() == 2)
+                .then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(
+        rerun.last_run.unwrap().trigger.as_deref(),
+        Some("ProfileChanged")
+    );
+    // Stalled waits for a change instead of failing and retrying.
+    let text = ctx.metrics.encode();
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("netreach_reconcile_errors_total{controller=\"egresscheck\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // Correcting the profile brings its check back.
+    cluster.apply_yaml(&profile_yaml("legacy", &endpoint)).await;
+    let fixed = wait_condition(&cluster, "on-legacy", "Ready", "True").await;
+    assert_eq!(condition(&fixed, "Stalled").unwrap().0, "False");
+    operator.abort();
+}
+
+/// The value of the sample `name{labels…}` whose labels include every one of `with`.
+fn sample(text: &str, name: &str, with: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| with.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_describe_each_endpoint_and_leave_with_the_check() {
+    let cluster = Cluster::start("metrics").await;
+    peers_ca(&cluster).await;
+    let (port, _server) = http_endpoint().await;
+    let https = Peers::get().port("PEER_HTTPS_PORT");
+    cluster
+        .apply_yaml(&profile_yaml(
+            "vendor",
+            &format!("    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n    - {{name: closed, cidr: 127.0.0.1, required: false, ports: [{{port: 1, protocol: TCP}}]}}\n"),
+        ))
+        .await;
+    cluster
+        .apply_yaml(&check_yaml("vendor", "vendor", ""))
+        .await;
+    cluster.apply_yaml(&check_yaml("other", "vendor", "")).await;
+    if let Some(sim) = &cluster.sim {
+        // A failed status write, so the error counter counts one.
+        sim.faults()
+            .fail_next("patch", "egresschecks/status", 1, 500);
+    }
+    let operator = cluster.observed_operator(cluster.settings("one")).await;
+    wait_condition(&cluster, "vendor", "Ready", "True").await;
+    wait_condition(&cluster, "other", "Ready", "True").await;
+    let text = operator.scrape().await;
+    let vendor = "check=\"vendor\"";
+    assert_eq!(
+        sample(
+            &text,
+            "netreach_endpoint_up",
+            &[vendor, "endpoint=\"api\"", "protocol=\"HTTP\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "netreach_endpoint_up",
+            &[vendor, "endpoint=\"closed\"", "port=\"1\""]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "netreach_endpoint_tls_intercepted",
+            &[vendor, "endpoint=\"mpnsv2\""]
+        ),
+        Some(0.0)
+    );
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() as f64;
+    let expiry = sample(
+        &text,
+        "netreach_endpoint_cert_expiry_timestamp_seconds",
+        &[vendor, "endpoint=\"mpnsv2\""],
+    )
+    .expect("the HTTPS endpoint's certificate expiry");
+    assert!(expiry > now, "the peers' certificate is valid: {expiry}");
+    assert!(
+        sample(
+            &text,
+            "netreach_endpoint_cert_expiry_timestamp_seconds",
+            &[vendor, "endpoint=\"api\""]
+        )
+        .is_none(),
+        "plain HTTP presents no certificate"
+    );
+    let probes = sample(&text, "netreach_probe_duration_seconds_count", &[vendor]).unwrap();
+    assert_eq!(probes, 3.0, "one observation per endpoint×port: {text}");
+    assert!(sample(&text, "netreach_probe_duration_seconds_sum", &[vendor]).unwrap() > 0.0);
+    let last_run = sample(
+        &text,
+        "netreach_check_last_run_timestamp_seconds",
+        &[vendor],
+    )
+    .unwrap();
+    assert!((now - last_run).abs() < 120.0, "{last_run}");
+    assert!(
+        sample(
+            &text,
+            "netreach_reconcile_total",
+            &["controller=\"egresscheck\""]
+        )
+        .unwrap()
+            >= 2.0
+    );
+    // Every reason is there from the start, so a rate over it needs no first failure.
+    let errors = |reason: &str| {
+        sample(
+            &text,
+            "netreach_reconcile_errors_total",
+            &[
+                "controller=\"egresscheck\"",
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    assert_eq!(errors("ReadFailed"), Some(0.0), "{text}");
+    assert_eq!(
+        errors("WriteFailed"),
+        Some(if cluster.sim.is_some() { 1.0 } else { 0.0 }),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "netreach_reconcile_duration_seconds_count",
+            &["controller=\"egresscheck\""]
+        )
+        .unwrap()
+            >= 2.0
+    );
+
+    // A deleted check takes its series along; the other keeps its own.
+    cluster
+        .api::<EgressCheck>()
+        .delete("vendor", &Default::default())
+        .await
+        .unwrap();
+    let text = eventually(WAIT, "the deleted check's series gone", || async {
+        let text = operator.scrape().await;
+        (!text.contains(vendor)).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "netreach_endpoint_up",
+            &["check=\"other\"", "endpoint=\"api\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    operator.handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
+    let cluster = Cluster::start("secrets").await;
+    peers_ca(&cluster).await;
+    let peers = Peers::get();
+    let password = peers.var("PEER_LDAP_BIND_PASSWORD").to_owned();
+    let wrong = "not-the-password-7f3a91";
+    let secret = |name: &str, password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{bindDN: \"{}\", password: \"{password}\"}}\n---\n",
+            peers.var("PEER_LDAP_BIND_DN")
+        )
+    };
+    cluster
+        .apply_yaml(&format!(
+            "{}{}",
+            secret("reader", &password),
+            secret("wrong", wrong)
+        ))
+        .await;
+    let ldap = peers.port("PEER_LDAP_PORT");
+    cluster
+        .apply_yaml(&profile_yaml(
+            "directory",
+            &format!("    - name: ad\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"dc=example,dc=com\"}}}}]\n    - name: ad-wrong\n      cidr: 127.0.0.1\n      required: false\n      ports: [{{port: {ldap}, protocol: LDAP, ldap: {{bindSecretRef: {{name: wrong}}}}}}]\n"),
+        ))
+        .await;
+    cluster
+        .apply_yaml(&check_yaml("directory", "directory", ""))
+        .await;
+    let operator = cluster.observed_operator(cluster.settings("one")).await;
+    let check = wait_condition(&cluster, "directory", "Reconciling", "False").await;
+    let status = check.status.clone().unwrap();
+    let bound = status.results.iter().find(|r| r.endpoint == "ad").unwrap();
+    assert_eq!(bound.outcome, Outcome::Pass, "{}", bound.message);
+    assert!(
+        bound
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("bound as cn=reader"),
+        "{bound:?}"
+    );
+    let refused = status
+        .results
+        .iter()
+        .find(|r| r.endpoint == "ad-wrong")
+        .unwrap();
+    assert_eq!(
+        refused.outcome,
+        Outcome::Fail,
+        "the wrong password is refused: {refused:?}"
+    );
+    eventually(WAIT, "the failed bind's event", || {
+        let cluster = &cluster;
+        async move { (!events(cluster, "EndpointUnreachable").await.is_empty()).then_some(()) }
+    })
+    .await;
+
+    let mut seen = vec![
+        ("the EgressCheck", serde_json::to_string(&check).unwrap()),
+        (
+            "the events",
+            serde_json::to_string(
+                &cluster
+                    .api::<Event>()
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
+        (
+            "the events.k8s.io events",
+            serde_json::to_string(
+                &cluster
+                    .api::<k8s_openapi::api::events::v1::Event>()
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
+        ("the operator's log", operator.logs.text()),
+        ("the metrics", operator.scrape().await),
+    ];
+    let pods = cluster.api::<Pod>();
+    for pod in pods.list(&ListParams::default()).await.unwrap() {
+        let log = pods
+            .logs(
+                &pod.name_any(),
+                &LogParams {
+                    container: Some("probe".into()),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(log.contains("NETREACH-RESULTS-BEGIN"), "{log}");
+        seen.push(("a probe pod's log", log));
+    }
+    assert!(
+        seen[3].1.contains("run changed the status"),
+        "the log was captured: {}",
+        seen[3].1
+    );
+    for (what, text) in &seen {
+        for value in [password.as_str(), wrong] {
+            assert!(
+                !text.contains(value),
+                "a bind password appears in {what}:\n{text}"
+            );
+        }
+    }
+    operator.handle.abort();
 }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -18,7 +19,8 @@ use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::check_status::{
-    merge_results, push_history, result_conditions, results_changed, same_status, summarize,
+    failure_text, key_generation, merge_results, push_history, record_run_failure,
+    result_conditions, results_changed, same_status, summarize,
 };
 use super::run::{
     self, CHECK_LABEL, FinishedRun, RUN_KEY_ANNOTATION, RUN_LABEL, TRIGGER_ANNOTATION,
@@ -77,10 +79,6 @@ fn record_of(job: &Job) -> RunRecord {
         completion_time: job_completion(job),
         ..RunRecord::default()
     }
-}
-
-fn key_generation(key: Option<&str>) -> Option<i64> {
-    key?.split('/').next()?.parse().ok()
 }
 
 /// Reads a CA bundle a target references into the plan (public certificates, not secrets).
@@ -159,40 +157,70 @@ fn ca_bundle_refs(source: &EndpointSource<'_>) -> BTreeMap<(String, u16), CaBund
     refs
 }
 
+/// Why a run failed: a summary that names the Job but not its pod and leaves out what the
+/// cluster adds (runtime messages can carry container ids), so the same failure reads the
+/// same in every run; and that detail, for people.
+#[derive(Debug)]
+struct RunFailure {
+    summary: String,
+    detail: Option<String>,
+}
+
+impl RunFailure {
+    fn new(summary: String, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self {
+            summary,
+            detail: (!detail.trim().is_empty()).then(|| short_message(detail.trim())),
+        }
+    }
+}
+
 /// Reads a finished run's rows from its pod: the log holds them, the termination message
 /// vouches for them. The pod itself never talks to the API.
+///
+/// The outer error is the API failing us (retried); the inner one is the run having failed.
 async fn collect(
     ctx: &Context,
     namespace: &str,
     job: &Job,
-) -> std::result::Result<Vec<ProbeResult>, String> {
+) -> Result<std::result::Result<Vec<ProbeResult>, RunFailure>> {
     let job_name = job.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let listed = pods
         .list(&ListParams::default().labels(&format!("job-name={job_name}")))
         .await
-        .map_err(|e| format!("cannot list the pods of job {job_name}: {e}"))?;
-    let failed_reason = job
+        .map_err(|source| Error::Read {
+            what: format!("the pods of probe job {namespace}/{job_name}"),
+            source,
+        })?;
+    let job_failed = job
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"))
-        .map(|c| {
-            format!(
-                "{}: {}",
-                c.reason.clone().unwrap_or_default(),
-                c.message.clone().unwrap_or_default()
-            )
-        });
+        .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"));
+    let failed_reason = job_failed
+        .and_then(|c| c.reason.clone())
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    let failed_message = job_failed
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
     let Some(pod) = listed
         .items
         .into_iter()
         .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
     else {
-        return Err(match failed_reason {
-            Some(reason) => format!("probe job {job_name} failed before its pod ran ({reason})"),
-            None => format!("the pod of probe job {job_name} is gone; its results are lost"),
-        });
+        return Ok(Err(match job_failed {
+            Some(_) => RunFailure::new(
+                format!("probe job {job_name} failed before its pod ran{failed_reason}"),
+                failed_message,
+            ),
+            None => RunFailure::new(
+                format!("the pod of probe job {job_name} is gone; its results are lost"),
+                "",
+            ),
+        }));
     };
     let terminated = pod
         .status
@@ -202,20 +230,25 @@ async fn collect(
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.clone());
     let Some(terminated) = terminated else {
-        return Err(format!(
-            "probe pod {} of job {job_name} did not finish{}",
-            pod.name_any(),
-            failed_reason.map(|r| format!(" ({r})")).unwrap_or_default()
-        ));
+        return Ok(Err(RunFailure::new(
+            format!("the probe pod of job {job_name} did not finish{failed_reason}"),
+            failed_message,
+        )));
     };
     let message = terminated.message.clone().unwrap_or_default();
     if terminated.exit_code != 0 {
-        return Err(format!(
-            "probe pod {} exited with {}: {}",
-            pod.name_any(),
-            terminated.exit_code,
-            short_message(message.trim())
-        ));
+        let reason = terminated
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        return Ok(Err(RunFailure::new(
+            format!(
+                "the probe pod of job {job_name} exited with {}{reason}; its log says why, and an image other than netreach's (spec.runner.image, --probe-image) fails this way",
+                terminated.exit_code
+            ),
+            message,
+        )));
     }
     let log = pods
         .logs(
@@ -226,9 +259,16 @@ async fn collect(
             },
         )
         .await
-        .map_err(|e| format!("cannot read the log of probe pod {}: {e}", pod.name_any()))?;
-    spec::decode(&log, &message)
-        .map_err(|e| format!("results of probe pod {}: {e}", pod.name_any()))
+        .map_err(|source| Error::Read {
+            what: format!("the log of probe pod {namespace}/{}", pod.name_any()),
+            source,
+        })?;
+    Ok(spec::decode(&log, &message).map_err(|e| {
+        RunFailure::new(
+            format!("the results of probe job {job_name} did not come back whole"),
+            e.to_string(),
+        )
+    }))
 }
 
 /// Deletes finished runs beyond the history limit (their ConfigMaps with them).
@@ -327,13 +367,126 @@ async fn write_status(
 #[instrument(skip(check, ctx), fields(namespace = check.namespace().unwrap_or_default(), check = check.name_any()))]
 pub async fn reconcile(check: Arc<EgressCheck>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&check, &ctx).await;
+    let result = match read_fresh(&check, &ctx).await {
+        Ok(Some(fresh)) => reconcile_inner(&fresh, &ctx).await,
+        Ok(None) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    };
     ctx.metrics.reconciled(
         "egresscheck",
         started.elapsed().as_secs_f64(),
         result.as_ref().err().map(Error::reason),
     );
     result
+}
+
+/// The number the next run gets: above every run the Jobs or the status know of.
+fn next_run_number(jobs: &[Job], status: &EgressCheckStatus) -> i64 {
+    jobs.iter()
+        .map(job_run)
+        .chain(status.last_run.as_ref().and_then(|r| r.run))
+        .chain(status.current_run.as_ref().and_then(|r| r.run))
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+/// How long a run's ConfigMap may go without its Job: the Job is created right after it, by
+/// this replica or (briefly, while leadership changes hands) another.
+const JOB_CREATION_GRACE: Duration = Duration::from_secs(5);
+
+/// What became of the run after the last one the Jobs and the status know of.
+enum Untracked {
+    /// Nothing: no such run was started.
+    None,
+    /// Its ConfigMap is fresh and its Job may still be on its way; look again after this.
+    Starting(Duration),
+    /// Its Job is gone though its results were never read.
+    Vanished(RunRecord),
+}
+
+/// Finds a run whose Job is gone though its results were never read: the status recorded it
+/// as in flight, or its probe-spec ConfigMap is still there (only reading a run's results
+/// deletes that, so it outlives a Job someone deleted, and a periodic run needs no status
+/// write to be tracked).
+async fn untracked_run(
+    ctx: &Context,
+    check: &EgressCheck,
+    jobs: &[Job],
+    status: &EgressCheckStatus,
+    now: &Time,
+) -> Result<Untracked> {
+    let namespace = check.namespace().unwrap_or_default();
+    if let Some(current) = &status.current_run
+        && !jobs.iter().any(|j| Some(j.name_any()) == current.job_name)
+        && status.last_run.as_ref().and_then(|r| r.job_name.clone()) != current.job_name
+    {
+        return Ok(Untracked::Vanished(current.clone()));
+    }
+    if jobs.iter().any(|j| job_finished(j).is_none()) {
+        return Ok(Untracked::None);
+    }
+    let run = next_run_number(jobs, status);
+    let name = run::job_name(&check.name_any(), run);
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let found = maps.get_opt(&name).await.map_err(|source| Error::Read {
+        what: format!("ConfigMap {namespace}/{name}"),
+        source,
+    })?;
+    let uid = check.metadata.uid.clone().unwrap_or_default();
+    let Some(cm) = found.filter(|cm| cm.owner_references().iter().any(|o| o.uid == uid)) else {
+        return Ok(Untracked::None);
+    };
+    let created = cm.metadata.creation_timestamp.clone();
+    let age = created
+        .as_ref()
+        .map(|t| now.0.duration_since(t.0).unsigned_abs())
+        .unwrap_or(JOB_CREATION_GRACE);
+    if age < JOB_CREATION_GRACE {
+        return Ok(Untracked::Starting(JOB_CREATION_GRACE - age));
+    }
+    Ok(Untracked::Vanished(RunRecord {
+        run: Some(run),
+        job_name: Some(name),
+        run_key: cm.annotations().get(RUN_KEY_ANNOTATION).cloned(),
+        trigger: cm.annotations().get(TRIGGER_ANNOTATION).cloned(),
+        start_time: created,
+        ..RunRecord::default()
+    }))
+}
+
+/// Deletes the probe-spec ConfigMap of a run whose outcome is recorded (it only served the
+/// pod); one left behind would read as a run someone deleted.
+async fn delete_run_config(ctx: &Context, namespace: &str, name: &str) {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    match maps.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => debug!(%name, error = %e, "deleting a finished run's ConfigMap failed"),
+    }
+}
+
+/// The check as the API server has it now. The cached copy can predate this controller's own
+/// last status write (a Job event may trigger the next reconcile first), and what a run
+/// changes, which events it deserves and which run comes next are all decided against the
+/// status: deciding on a stale one would repeat them. None when there is nothing to do: the
+/// check is gone (its series go with it) or no longer decodes (its watch reports that).
+async fn read_fresh(check: &EgressCheck, ctx: &Context) -> Result<Option<EgressCheck>> {
+    let namespace = check.namespace().unwrap_or_default();
+    let name = check.name_any();
+    let api: Api<DeserializeGuard<EgressCheck>> = Api::namespaced(ctx.client.clone(), &namespace);
+    let found = api.get_opt(&name).await.map_err(|source| Error::Read {
+        what: format!("EgressCheck {namespace}/{name}"),
+        source,
+    })?;
+    Ok(match found {
+        Some(DeserializeGuard(Ok(fresh))) => Some(fresh),
+        Some(DeserializeGuard(Err(_))) => None,
+        None => {
+            ctx.metrics.forget_check(&namespace, &name);
+            None
+        }
+    })
 }
 
 async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
@@ -352,7 +505,8 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
 
     let profile = match &check.spec.profile_ref {
         Some(reference) => {
-            let profiles: Api<ConnectivityProfile> =
+            // Guarded: a profile that does not decode stalls its own checks, nothing else.
+            let profiles: Api<DeserializeGuard<ConnectivityProfile>> =
                 Api::namespaced(ctx.client.clone(), &namespace);
             let found = profiles
                 .get_opt(&reference.name)
@@ -361,25 +515,44 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                     what: format!("ConnectivityProfile {namespace}/{}", reference.name),
                     source,
                 })?;
-            if found.is_none() {
-                let message = format!(
-                    "ConnectivityProfile {namespace}/{} does not exist; create it or fix spec.profileRef",
-                    reference.name
-                );
+            let (reason, message) = match found {
+                Some(DeserializeGuard(Ok(profile))) => (None, Some(profile)),
+                None => (
+                    Some((
+                        reasons::PROFILE_NOT_FOUND,
+                        format!(
+                            "ConnectivityProfile {namespace}/{} does not exist; create it or fix spec.profileRef",
+                            reference.name
+                        ),
+                    )),
+                    None,
+                ),
+                Some(DeserializeGuard(Err(invalid))) => (
+                    Some((
+                        reasons::INVALID_SPEC,
+                        format!(
+                            "ConnectivityProfile {namespace}/{} cannot be read ({}); correct it and apply it again",
+                            reference.name, invalid.error
+                        ),
+                    )),
+                    None,
+                ),
+            };
+            if let Some((reason, message)) = reason {
                 stall(
                     &mut status,
                     generation,
-                    reasons::PROFILE_NOT_FOUND,
-                    &message,
+                    reason,
+                    &short_message(&message),
                     &now,
                 );
                 if !same_status(&old, &status) {
                     write_status(ctx, check, &status).await?;
                 }
-                // The profile watch brings the check back when the profile appears.
+                // The profile watch brings the check back when the profile changes.
                 return Ok(Action::requeue(Duration::from_secs(300)));
             }
-            found
+            message
         }
         None => None,
     };
@@ -437,11 +610,21 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         .rev()
         .find(|j| job_finished(j).is_some())
         .cloned();
+    let next_after = |completed: Option<&Time>| {
+        interval
+            .zip(completed)
+            .map(|(i, done)| run::next_run(done, i))
+    };
 
-    // Collect the newest finished run once; events wait until its status is written.
+    // Collect the newest finished run once; events wait until its status is written. What
+    // it changes is judged against the status, so reading it again changes nothing.
     let mut pending_events: Vec<(bool, &'static str, String)> = Vec::new();
     let mut collected_job: Option<String> = None;
+    let mut finished_configs: Vec<String> = Vec::new();
+    // A run the status already has a newer one than (a later run whose Job vanished).
+    let superseded = |job: &Job| old.last_run.as_ref().and_then(|r| r.run) > Some(job_run(job));
     if let Some(job) = &latest_finished
+        && !superseded(job)
         && !ctx.collected(
             &namespace,
             &name,
@@ -449,9 +632,11 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         )
     {
         collected_job = job.metadata.uid.clone();
+        finished_configs.push(job.name_any());
         let mut record = record_of(job);
         let job_key = record.run_key.clone();
-        match collect(ctx, &namespace, job).await {
+        let last_failed = old.last_run.as_ref().and_then(|r| r.state.as_deref()) == Some("Failed");
+        match collect(ctx, &namespace, job).await? {
             Ok(rows) => {
                 let finished_at = record
                     .completion_time
@@ -461,7 +646,9 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                 ctx.metrics
                     .record_run(&namespace, &name, &rows, finished_at);
                 let new_key = old.last_run.as_ref().and_then(|r| r.run_key.clone()) != job_key;
-                if new_key || results_changed(&old, &rows) {
+                // After a failed run, a success is news even with the same results: Ready
+                // has to come back from RunFailed.
+                if new_key || last_failed || results_changed(&old, &rows) {
                     let (rows, transitions) = merge_results(&old.results, rows, &now);
                     status.results = rows;
                     summarize(&mut status);
@@ -471,9 +658,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                     record.passed = Some(summary.passed);
                     record.warned = Some(summary.warned);
                     record.failed = Some(summary.failed);
-                    status.next_run_time = interval
-                        .zip(record.completion_time.as_ref())
-                        .map(|(i, done)| run::next_run(done, i));
+                    status.next_run_time = next_after(record.completion_time.as_ref());
                     status.last_run = Some(record.clone());
                     push_history(&mut status, record, history);
                     pending_events.extend(
@@ -487,13 +672,25 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                     debug!(job = %job.name_any(), "run found nothing new");
                 }
             }
-            Err(message) => {
-                warn!(job = %job.name_any(), %message, "run failed");
+            Err(failure) => {
                 record.state = Some("Failed".into());
-                record.message = Some(short_message(&message));
-                status.last_run = Some(record.clone());
-                push_history(&mut status, record, history);
-                pending_events.push((true, "RunFailed", message));
+                record.message = Some(short_message(&failure.summary));
+                let next = next_after(record.completion_time.as_ref());
+                let text = failure_text(&record, failure.detail.as_deref());
+                if record_run_failure(
+                    &mut status,
+                    record,
+                    failure.detail.as_deref(),
+                    false,
+                    history,
+                    next.as_ref(),
+                    &now,
+                ) {
+                    warn!(job = %job.name_any(), failure = %text, "run failed");
+                    pending_events.push((true, "RunFailed", text));
+                } else {
+                    debug!(job = %job.name_any(), failure = %text, "run failed like the last one");
+                }
             }
         }
         if status
@@ -507,23 +704,42 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         prune(ctx, &namespace, &jobs, history).await;
     }
 
-    // A run in flight whose Job vanished was deleted by someone: report it, do not loop.
-    if let Some(current) = status.current_run.clone()
-        && !jobs.iter().any(|j| Some(j.name_any()) == current.job_name)
-        && status.last_run.as_ref().and_then(|r| r.job_name.clone()) != current.job_name
-    {
-        let job_name = current.job_name.clone().unwrap_or_default();
+    // A run whose Job vanished was deleted by someone: report it, and count it as the run it
+    // was, so it is neither re-run in a loop nor its number reused.
+    let mut starting: Option<Duration> = None;
+    let untracked = untracked_run(ctx, check, &jobs, &status, &now).await?;
+    if let Untracked::Starting(wait) = untracked {
+        starting = Some(wait);
+    }
+    if let Untracked::Vanished(mut record) = untracked {
+        let job_name = record.job_name.clone().unwrap_or_default();
         let message = format!(
-            "probe job {job_name} was deleted before it finished; the next run starts on the next change or interval"
+            "probe job {job_name} was deleted before its results were read; it is not run again, the next run starts on the next change or interval"
         );
-        let mut record = current;
         record.state = Some("Failed".into());
         record.completion_time = Some(now.clone());
         record.message = Some(message.clone());
-        status.last_run = Some(record.clone());
-        push_history(&mut status, record, history);
-        status.current_run = None;
-        pending_events.push((true, "RunFailed", message));
+        if status
+            .current_run
+            .as_ref()
+            .is_some_and(|c| c.job_name == record.job_name)
+        {
+            status.current_run = None;
+        }
+        let next = next_after(Some(&now));
+        if record_run_failure(
+            &mut status,
+            record,
+            None,
+            true,
+            history,
+            next.as_ref(),
+            &now,
+        ) {
+            warn!(job = %job_name, "a probe job was deleted before its results were read");
+            pending_events.push((true, "RunFailed", message));
+        }
+        finished_configs.push(job_name);
     }
 
     // Is a run due?
@@ -561,17 +777,11 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     let suspended = check.spec.suspend == Some(true);
     let mut started_run = false;
     if in_flight.is_none()
+        && starting.is_none()
         && !suspended
         && let Some(trigger) = run::due_run(&key, latest.as_ref(), interval, &now)
     {
-        let next = jobs
-            .iter()
-            .map(job_run)
-            .chain(status.last_run.as_ref().and_then(|r| r.run))
-            .chain(status.current_run.as_ref().and_then(|r| r.run))
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let next = next_run_number(&jobs, &status);
         let objects = run::build_run(
             check,
             &targets,
@@ -582,9 +792,15 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         );
         let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
         create_if_missing(&maps, &objects.config_map).await?;
-        create_if_missing(&jobs_api, &objects.job).await?;
+        if let Err(error) = create_if_missing(&jobs_api, &objects.job).await {
+            // Left behind without its Job, the ConfigMap would read as a deleted run.
+            delete_run_config(ctx, &namespace, &objects.job.name_any()).await;
+            return Err(error);
+        }
         info!(job = %objects.job.name_any(), trigger, "started a probe run");
         started_run = true;
+        // A periodic run is not recorded: that would write status twice per run. Its
+        // ConfigMap tracks it instead (see `untracked_run`).
         if trigger != "Interval" {
             status.current_run = Some(RunRecord {
                 run: Some(next),
@@ -680,6 +896,9 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     if let Some(uid) = collected_job {
         ctx.mark_collected(&namespace, &name, &uid);
     }
+    for config in finished_configs {
+        delete_run_config(ctx, &namespace, &config).await;
+    }
     for (warning, reason, note) in pending_events {
         publish(ctx, check, warning, reason, note).await;
     }
@@ -687,6 +906,8 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     Ok(if in_flight.is_some() || started_run {
         // The Job watch wakes us when it finishes; this is a safety net.
         Action::requeue(Duration::from_secs(60))
+    } else if let Some(wait) = starting {
+        Action::requeue(wait + Duration::from_millis(100))
     } else if let (Some(interval), false) = (interval, suspended) {
         let since = latest
             .as_ref()

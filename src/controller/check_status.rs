@@ -1,5 +1,5 @@
 //! EgressCheck status from run results, without a client: conditions, per-row transition
-//! times, summary, history, and the events a change deserves.
+//! times, summary, history, failed runs, and the events a change deserves.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -230,19 +230,111 @@ pub fn result_conditions(status: &mut EgressCheckStatus, generation: Option<i64>
 /// Statuses equal for the purpose of writing: timestamps and measurements aside.
 pub fn same_status(a: &EgressCheckStatus, b: &EgressCheckStatus) -> bool {
     let rows = |s: &EgressCheckStatus| s.results.iter().map(significant).collect::<Vec<_>>();
-    let strip_run = |r: &Option<RunRecord>| {
-        r.clone().map(|mut r| {
-            r.start_time = None;
-            r.completion_time = None;
-            r
-        })
+    let strip_run = |r: &RunRecord| {
+        let mut r = r.clone();
+        r.start_time = None;
+        r.completion_time = None;
+        r
     };
+    let strip = |r: &Option<RunRecord>| r.as_ref().map(strip_run);
+    let history = |s: &EgressCheckStatus| s.history.iter().map(strip_run).collect::<Vec<_>>();
     a.observed_generation == b.observed_generation
         && conditions_equal_ignoring_time(&a.conditions, &b.conditions)
         && a.summary == b.summary
         && rows(a) == rows(b)
-        && strip_run(&a.current_run) == strip_run(&b.current_run)
+        && strip(&a.current_run) == strip(&b.current_run)
+        && strip(&a.last_run) == strip(&b.last_run)
+        && history(a) == history(b)
         && a.last_run_now == b.last_run_now
+}
+
+/// A failure summary with the run's own Job name taken out, so that the same failure in two
+/// runs compares equal.
+fn failure_signature(record: &RunRecord) -> Option<String> {
+    let message = record.message.as_deref()?;
+    Some(match record.job_name.as_deref() {
+        Some(job) if !job.is_empty() => message.replace(job, "<job>"),
+        _ => message.to_owned(),
+    })
+}
+
+/// Whether `record` fails the way the status already shows: the recorded last run failed with
+/// the same message, for the same change (run key), and Ready says so.
+pub fn same_failure(status: &EgressCheckStatus, record: &RunRecord) -> bool {
+    let Some(last) = status.last_run.as_ref() else {
+        return false;
+    };
+    let ready_says_so = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::READY && c.status == "False" && c.reason == reasons::RUN_FAILED);
+    ready_says_so
+        && last.state.as_deref() == Some("Failed")
+        && last.run_key == record.run_key
+        && failure_signature(last) == failure_signature(record)
+}
+
+/// The check generation a run key (`generation/profileGeneration/runNow`) was made for.
+pub fn key_generation(key: Option<&str>) -> Option<i64> {
+    key?.split('/').next()?.parse().ok()
+}
+
+/// A failed run in words: its number, the recorded summary, and the detail the cluster gave.
+pub fn failure_text(record: &RunRecord, detail: Option<&str>) -> String {
+    let mut text = format!(
+        "probe run {} failed: {}",
+        record.run.unwrap_or_default(),
+        record.message.as_deref().unwrap_or("no reason given")
+    );
+    if let Some(detail) = detail {
+        text.push_str(&format!(" ({detail})"));
+    }
+    short_message(&text)
+}
+
+/// Records a run that failed (its Job failed, vanished, or its results did not come back):
+/// it becomes `lastRun`, enters the history, and Ready turns False with reason RunFailed,
+/// saying when the next run comes. The other conditions keep describing the last results.
+///
+/// `must_record` is for a run whose Job is gone: only the status remembers it, so it is
+/// recorded even when it fails like the last one. Returns whether the failure is news,
+/// i.e. the status did not show it yet and it deserves a RunFailed event; a check failing
+/// the same way on every run neither writes nor publishes again.
+pub fn record_run_failure(
+    status: &mut EgressCheckStatus,
+    record: RunRecord,
+    detail: Option<&str>,
+    must_record: bool,
+    history: usize,
+    next_run: Option<&Time>,
+    now: &Time,
+) -> bool {
+    let news = !same_failure(status, &record);
+    if !news && !must_record {
+        return false;
+    }
+    let what_next = match next_run {
+        Some(next) => format!("the next run is due at {}", next.0),
+        None => "set the netreach.dev/run-now annotation to a new value to run again".to_owned(),
+    };
+    let message = format!(
+        "{}; the results shown are from the last run that finished, {what_next}",
+        failure_text(&record, detail)
+    );
+    let generation = key_generation(record.run_key.as_deref());
+    set_condition(
+        &mut status.conditions,
+        types::READY,
+        false,
+        reasons::RUN_FAILED,
+        short_message(&message),
+        generation,
+        now,
+    );
+    status.next_run_time = next_run.cloned();
+    status.last_run = Some(record.clone());
+    push_history(status, record, history);
+    news
 }
 
 /// Whether a run's results change anything (then lastRun and history move too).
@@ -378,5 +470,110 @@ mod tests {
             "{}",
             tls.message
         );
+    }
+    fn failed_run(run: i64, key: &str, message: &str) -> RunRecord {
+        let job = format!("vendor-{run}");
+        RunRecord {
+            run: Some(run),
+            job_name: Some(job.clone()),
+            run_key: Some(key.into()),
+            trigger: Some("Interval".into()),
+            state: Some("Failed".into()),
+            message: Some(message.replace("<job>", &job)),
+            ..RunRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_run_turns_ready_false_once_and_the_same_failure_again_changes_nothing() {
+        let mut status = EgressCheckStatus {
+            results: vec![row("a", Outcome::Pass, true)],
+            ..Default::default()
+        };
+        result_conditions(&mut status, Some(1), &at(1));
+        let before = status.clone();
+        let exited = "the probe pod of job <job> exited with 1";
+        let news = record_run_failure(
+            &mut status,
+            failed_run(4, "1/1/", exited),
+            Some("container 0123abcd: exec failed"),
+            false,
+            5,
+            Some(&at(100)),
+            &at(10),
+        );
+        assert!(news, "the first failure is news");
+        assert!(!same_status(&before, &status), "a failed run is written");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RunFailed")
+        );
+        assert!(
+            ready.message.contains("vendor-4 exited with 1")
+                && ready.message.contains("container 0123abcd"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(status.history.len(), 1);
+
+        // The next run fails the same way: no event, nothing to write.
+        let written = status.clone();
+        let news = record_run_failure(
+            &mut status,
+            failed_run(5, "1/1/", exited),
+            Some("container 4567ef01: exec failed"),
+            false,
+            5,
+            Some(&at(200)),
+            &at(20),
+        );
+        assert!(!news);
+        assert!(same_status(&written, &status));
+        assert_eq!(status.last_run.as_ref().unwrap().run, Some(4));
+
+        // A deleted Job is always recorded (only the status remembers it), an event only
+        // when its failure differs.
+        let deleted = "probe job <job> was deleted before its results were read";
+        assert!(record_run_failure(
+            &mut status,
+            failed_run(6, "1/1/", deleted),
+            None,
+            true,
+            5,
+            None,
+            &at(30),
+        ));
+        assert!(!record_run_failure(
+            &mut status,
+            failed_run(7, "1/1/", deleted),
+            None,
+            true,
+            5,
+            None,
+            &at(40),
+        ));
+        assert_eq!(status.last_run.as_ref().unwrap().run, Some(7));
+        assert_eq!(status.history.len(), 3);
+    }
+
+    #[test]
+    fn last_run_and_history_count_as_changes_but_their_times_do_not() {
+        let a = EgressCheckStatus {
+            last_run: Some(failed_run(1, "1/1/", "x")),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.last_run.as_mut().unwrap().completion_time = Some(at(5));
+        assert!(same_status(&a, &b));
+        b.last_run = Some(failed_run(2, "1/1/", "x"));
+        assert!(!same_status(&a, &b));
+        let mut c = a.clone();
+        push_history(&mut c, failed_run(1, "1/1/", "x"), 5);
+        assert!(!same_status(&a, &c));
     }
 }

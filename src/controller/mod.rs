@@ -23,16 +23,24 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use tracing::instrument::WithSubscriber;
 use tracing::{error, info, warn};
 
 use crate::api::{ConnectivityProfile, EgressCheck};
 use crate::metrics::Metrics;
 use crate::probe::dns::Resolvers;
+
+/// First retry after a failed reconcile; each further failure of the object doubles it.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+/// The longest wait between retries of one object.
+const RETRY_CAP: Duration = Duration::from_secs(300);
+/// How often series of checks that no longer exist are looked for.
+const METRICS_SWEEP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,6 +63,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every [`Error::reason`].
+    pub const REASONS: &[&str] = &["ReadFailed", "WriteFailed", "InvalidSpec", "CleanupFailed"];
+
     /// For metric labels and events.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -92,9 +103,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub resolvers: Resolvers,
-    /// The finished Job whose results were last read, per check (in memory: after a restart
-    /// the latest run is read once more, which changes nothing).
+    /// The finished Job whose results were last read, per check. Only spares reading a pod
+    /// log twice: what a run changes (status, events) is decided against the check's status,
+    /// so reading the latest run once more after a restart changes nothing.
     collected: Mutex<HashMap<(String, String), String>>,
+    /// Consecutive failed reconciles per object, for backoff.
+    retries: Retries,
     /// Status writes made, for tests and benchmarks.
     pub status_writes: AtomicU64,
 }
@@ -112,6 +126,7 @@ impl Context {
             metrics,
             resolvers: Resolvers::default(),
             collected: Mutex::default(),
+            retries: Retries::default(),
             status_writes: AtomicU64::new(0),
         }
     }
@@ -132,36 +147,163 @@ impl Context {
     }
 }
 
-fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    match error {
-        Error::Invalid(_) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(1)),
+/// Failed reconciles in a row, per object (kind, namespace, name), so a failing object backs
+/// off on its own without slowing the others.
+#[derive(Default)]
+struct Retries {
+    failures: Mutex<HashMap<(String, String, String), u32>>,
+}
+
+type RetryKey = (String, String, String);
+
+fn retry_key<K: Resource>(object: &ObjectRef<K>) -> RetryKey
+where
+    K::DynamicType: Clone,
+{
+    let erased = object.clone().erase();
+    (
+        erased.dyntype.kind.clone(),
+        erased.namespace.clone().unwrap_or_default(),
+        erased.name.clone(),
+    )
+}
+
+/// The wait before retry number `failures` (1 for the first): doubling, capped.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    RETRY_BASE.saturating_mul(1 << doublings).min(RETRY_CAP)
+}
+
+impl Retries {
+    /// Counts a failure and says how long to wait before the next attempt.
+    fn failed(&self, key: RetryKey) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key).or_default();
+        *count = count.saturating_add(1);
+        retry_delay(*count)
     }
+
+    /// A success (or the object's deletion) starts the count over.
+    fn reset(&self, key: &RetryKey) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    match error {
+        // Retrying cannot fix the spec; a change to it brings the object back.
+        Error::Invalid(_) => Action::await_change(),
+        _ => Action::requeue(
+            ctx.retries
+                .failed(retry_key(&ObjectRef::from_obj(&*object))),
+        ),
+    }
+}
+
+/// Runs a reconcile and keeps the object's failure count.
+async fn counted<K>(
+    object: &K,
+    ctx: &Context,
+    reconcile: impl Future<Output = Result<Action>>,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let result = reconcile.await;
+    if result.is_ok() {
+        ctx.retries.reset(&retry_key(&ObjectRef::from_obj(object)));
+    }
+    result
 }
 
 async fn reconcile_check(
     guard: Arc<DeserializeGuard<EgressCheck>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    match &guard.0 {
-        Ok(check) => check::reconcile(Arc::new(check.clone()), ctx).await,
-        Err(invalid) => {
-            warn!(name = invalid.metadata.name.as_deref().unwrap_or_default(), error = %invalid.error, "skipping an EgressCheck that does not decode");
-            Ok(Action::await_change())
+    counted(&*guard, &ctx, async {
+        match &guard.0 {
+            Ok(check) => check::reconcile(Arc::new(check.clone()), ctx.clone()).await,
+            Err(invalid) => {
+                warn!(
+                    namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                    name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                    error = %invalid.error,
+                    "skipping an EgressCheck that does not decode until it changes; correct it and apply it again"
+                );
+                Ok(Action::await_change())
+            }
         }
-    }
+    })
+    .await
 }
 
 async fn reconcile_profile(
     guard: Arc<DeserializeGuard<ConnectivityProfile>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    match &guard.0 {
-        Ok(profile) => profile::reconcile(Arc::new(profile.clone()), ctx).await,
-        Err(invalid) => {
-            warn!(name = invalid.metadata.name.as_deref().unwrap_or_default(), error = %invalid.error, "skipping a ConnectivityProfile that does not decode");
-            Ok(Action::await_change())
+    counted(&*guard, &ctx, async {
+        match &guard.0 {
+            Ok(profile) => profile::reconcile(Arc::new(profile.clone()), ctx.clone()).await,
+            Err(invalid) => {
+                warn!(
+                    namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                    name = invalid.metadata.name.as_deref().unwrap_or_default(),
+                    error = %invalid.error,
+                    "skipping a ConnectivityProfile that does not decode until it changes (its checks are Stalled saying why); correct it and apply it again"
+                );
+                Ok(Action::await_change())
+            }
         }
+    })
+    .await
+}
+
+/// Logs a controller's outcome; a reconcile for an object that is gone clears what was kept
+/// for it.
+fn finished<K: Resource>(
+    ctx: &Context,
+    result: Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+    kind: &str,
+) {
+    match result {
+        Ok(_) => {}
+        Err(controller::Error::ObjectNotFound(gone)) => {
+            ctx.retries.reset(&retry_key(&gone));
+            if gone.dyntype.kind == EgressCheck::kind(&()) {
+                ctx.metrics
+                    .forget_check(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
+            }
+        }
+        Err(e) => warn!(
+            error = &e as &dyn std::error::Error,
+            kind, "reconcile failed; retrying with backoff"
+        ),
+    }
+}
+
+/// Drops the metric series of checks gone from `store` (in `namespace`, or anywhere), every
+/// few seconds: level-based, so a deletion missed while a watch was down is caught too.
+async fn sweep_metrics(
+    ctx: Arc<Context>,
+    store: Store<DeserializeGuard<EgressCheck>>,
+    namespace: Option<String>,
+) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(METRICS_SWEEP);
+    loop {
+        tick.tick().await;
+        ctx.metrics.retain_checks(|ns, name| {
+            namespace.as_deref().is_some_and(|scope| scope != ns)
+                || store.get(&ObjectRef::new(name).within(ns)).is_some()
+        });
     }
 }
 
@@ -176,15 +318,19 @@ where
     }
 }
 
-/// Both controllers for one namespace (or all).
+/// Both controllers for one namespace (or all). Every watch decodes through
+/// `DeserializeGuard`, so one object that does not decode cannot stall the others.
 fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'static, ()>> {
     let client = ctx.client.clone();
     let checks: Api<DeserializeGuard<EgressCheck>> = api_for(&client, namespace);
-    let profiles_for_checks: Api<ConnectivityProfile> = api_for(&client, namespace);
+    let profiles_for_checks: Api<DeserializeGuard<ConnectivityProfile>> =
+        api_for(&client, namespace);
     let jobs: Api<Job> = api_for(&client, namespace);
     let profiles: Api<DeserializeGuard<ConnectivityProfile>> = api_for(&client, namespace);
     let check_controller = Controller::new(checks, watcher::Config::default());
     let store = check_controller.store();
+    let sweep = sweep_metrics(ctx.clone(), store.clone(), namespace.map(str::to_owned));
+    let check_ctx = ctx.clone();
     let check_future = check_controller
         .owns(
             jobs,
@@ -197,6 +343,7 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
         .watches(
             profiles_for_checks,
             watcher::Config::default(),
+            // A profile that does not decode still names itself: its checks learn why.
             move |profile| {
                 let namespace = profile.namespace();
                 let name = profile.name_any();
@@ -218,30 +365,50 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile_check, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(
-                    error = &e as &dyn std::error::Error,
-                    "EgressCheck reconcile failed"
-                );
-            }
+        // kube-runtime spawns each reconcile: it logs where this controller does.
+        .run(
+            |check, ctx| reconcile_check(check, ctx).with_current_subscriber(),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(move |result| {
+            finished(&check_ctx, result, "EgressCheck");
+            std::future::ready(())
         });
+    let profile_ctx = ctx.clone();
     let profile_future = Controller::new(profiles, watcher::Config::default())
-        .run(reconcile_profile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(
-                    error = &e as &dyn std::error::Error,
-                    "ConnectivityProfile reconcile failed"
-                );
-            }
+        .run(
+            |profile, ctx| reconcile_profile(profile, ctx).with_current_subscriber(),
+            error_policy,
+            ctx,
+        )
+        .for_each(move |result| {
+            finished(&profile_ctx, result, "ConnectivityProfile");
+            std::future::ready(())
         });
-    vec![Box::pin(check_future), Box::pin(profile_future)]
+    vec![
+        Box::pin(check_future),
+        Box::pin(profile_future),
+        Box::pin(sweep),
+    ]
+}
+
+/// Forgets every check's series when the controllers stop (this replica no longer leads):
+/// a standby's last-known values would never be updated again.
+struct ForgetSeriesOnDrop(Arc<Metrics>);
+
+impl Drop for ForgetSeriesOnDrop {
+    fn drop(&mut self) {
+        self.0.retain_checks(|_, _| false);
+    }
 }
 
 /// Runs every controller until the future ends (it does not on its own).
 async fn run_controllers(ctx: Arc<Context>) {
+    let _forget = ForgetSeriesOnDrop(ctx.metrics.clone());
+    for controller in ["egresscheck", "connectivityprofile"] {
+        ctx.metrics.expect_errors(controller, Error::REASONS);
+    }
     let namespaces: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
         vec![None]
     } else {
@@ -336,40 +503,48 @@ async fn lead_and_run(
     );
     // A standby is ready: it serves health and waits for the lease.
     ready.store(true, Ordering::Relaxed);
-    loop {
-        match election.try_acquire().await {
-            Ok(leader::Attempt::Leading) => {}
-            Ok(leader::Attempt::Following(holder)) => {
-                tracing::debug!(%holder, "standing by");
-                tokio::time::sleep(election.renew_period()).await;
-                continue;
-            }
-            Err(e) => {
-                warn!(error = %e, "lease check failed");
-                tokio::time::sleep(election.renew_period()).await;
-                continue;
-            }
-        }
-        info!(identity = %settings.identity, "leading");
-        let controllers = tokio::spawn(run_controllers(ctx.clone()));
-        let mut last_renewal = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(election.renew_period()).await;
-            match election.try_acquire().await {
-                Ok(leader::Attempt::Leading) => last_renewal = tokio::time::Instant::now(),
-                Ok(leader::Attempt::Following(holder)) => {
-                    warn!(%holder, "lost the lease");
-                    break;
-                }
-                Err(e) if last_renewal.elapsed() < Duration::from_secs(15) => {
-                    warn!(error = %e, "renewing the lease failed; retrying")
-                }
-                Err(e) => {
-                    warn!(error = %e, "could not renew the lease in time; standing down");
-                    break;
-                }
-            }
-        }
-        controllers.abort();
+    election.lead(|| run_controllers(ctx.clone())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_reason_is_listed() {
+        let errors = [
+            Error::Read {
+                what: String::new(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            Error::Write {
+                what: String::new(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            Error::Invalid(String::new()),
+            Error::Cleanup(String::new()),
+        ];
+        let reasons: Vec<&str> = errors.iter().map(Error::reason).collect();
+        assert_eq!(reasons, Error::REASONS);
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_per_object_up_to_a_cap() {
+        assert_eq!(retry_delay(1), Duration::from_millis(500));
+        assert_eq!(retry_delay(2), Duration::from_secs(1));
+        assert_eq!(retry_delay(4), Duration::from_secs(4));
+        assert_eq!(retry_delay(30), RETRY_CAP);
+        assert_eq!(retry_delay(u32::MAX), RETRY_CAP);
+        let retries = Retries::default();
+        let key = |name: &str| ("EgressCheck".to_owned(), "ns".to_owned(), name.to_owned());
+        assert_eq!(retries.failed(key("a")), Duration::from_millis(500));
+        assert_eq!(retries.failed(key("a")), Duration::from_secs(1));
+        assert_eq!(
+            retries.failed(key("b")),
+            Duration::from_millis(500),
+            "one object's failures do not slow another"
+        );
+        retries.reset(&key("a"));
+        assert_eq!(retries.failed(key("a")), Duration::from_millis(500));
     }
 }

@@ -178,6 +178,8 @@ pub fn build_run(
             name: Some(job_name.clone()),
             namespace: namespace.clone(),
             labels: Some(labels.clone()),
+            // So a run whose Job was deleted can still be reported as the run it was.
+            annotations: Some(annotations.clone()),
             owner_references: Some(vec![owner.clone()]),
             ..ObjectMeta::default()
         },

@@ -18,6 +18,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 pub const PROBE_IMAGE: &str = "ghcr.io/netreach/netreach:e2e";
+/// An image without netreach in it, so its probe pods fail: on a real cluster busybox cannot
+/// run `probe`; kube-sim runs `false` for it.
+pub const BROKEN_PROBE_IMAGE: &str = "docker.io/library/busybox:1.36";
 
 pub struct Cluster {
     pub client: Client,
@@ -50,10 +53,13 @@ impl Cluster {
                     )
                 }
                 None => {
-                    let images = HashMap::from([(
-                        PROBE_IMAGE.to_owned(),
-                        PathBuf::from(env!("CARGO_BIN_EXE_netreach")),
-                    )]);
+                    let images = HashMap::from([
+                        (
+                            PROBE_IMAGE.to_owned(),
+                            PathBuf::from(env!("CARGO_BIN_EXE_netreach")),
+                        ),
+                        (BROKEN_PROBE_IMAGE.to_owned(), PathBuf::from("/bin/false")),
+                    ]);
                     let sim = kube_sim::KubeSim::start(kube_sim::Options {
                         images,
                         ..Default::default()
@@ -126,6 +132,37 @@ impl Cluster {
         (ctx, handle)
     }
 
+    /// Runs an operator replica that serves `/metrics` and whose log lines are kept.
+    pub async fn observed_operator(&self, settings: Settings) -> ObservedOperator {
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            settings,
+            Default::default(),
+        ));
+        // A free port, taken back just before the operator binds it.
+        let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        let running = ctx.clone();
+        let handle = tokio::spawn(tracing::instrument::WithSubscriber::with_subscriber(
+            netreach::controller::run(running, vec![metrics_addr], std::future::pending()),
+            subscriber,
+        ));
+        ObservedOperator {
+            ctx,
+            handle,
+            metrics_addr,
+            logs,
+        }
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -162,6 +199,66 @@ impl Cluster {
             .await
             .unwrap();
         }
+    }
+}
+
+/// An operator replica with its metrics endpoint and its log.
+pub struct ObservedOperator {
+    pub ctx: Arc<Context>,
+    pub handle: JoinHandle<()>,
+    pub metrics_addr: std::net::SocketAddr,
+    pub logs: Logs,
+}
+
+impl ObservedOperator {
+    /// The `/metrics` text, as Prometheus scrapes it.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let text = eventually(Duration::from_secs(10), "the metrics endpoint", || async {
+            let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+                .await
+                .ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nhost: operator\r\nconnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            Some(response)
+        })
+        .await;
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+}
+
+/// Log output kept in memory.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
 
