@@ -1,6 +1,7 @@
 //! The Helm chart with the real Helm engine (helm-python-sdk): lint, render with default and
-//! non-default values, no wildcard RBAC, RBAC that covers every call the operator makes, CRDs
-//! in sync, and the rendered chart applied to kube-sim with kubectl.
+//! non-default values, values the schema refuses, no wildcard RBAC, RBAC that grants exactly
+//! the calls the operator makes (each call granted, each grant called), CRDs in sync, the
+//! rendered chart applied to kube-sim with kubectl, and a Dockerfile that builds the workspace.
 
 mod support;
 
@@ -22,11 +23,12 @@ struct Rendered {
     objects: Vec<Value>,
 }
 
-/// Lints and renders the chart with `values` as release `netreach` in `netreach-system`.
-fn render(values: Value) -> Rendered {
+/// Lints and renders the chart in `chart` with `values` as release `netreach` in
+/// `netreach-system`, or says why Helm refused.
+fn try_render(chart: &std::path::Path, values: &Value) -> Result<Rendered, String> {
     let mut child = Command::new("python3")
         .arg(repo().join("tests/chart/helm.py"))
-        .arg(repo().join("charts/netreach"))
+        .arg(chart)
         .args(["netreach", "netreach-system"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -40,11 +42,9 @@ fn render(values: Value) -> Rendered {
         .write_all(values.to_string().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm failed (is helm-python-sdk installed by tests/peers/install.sh?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut objects = Vec::new();
     let manifests = result["manifests"].as_object().unwrap();
@@ -60,10 +60,19 @@ fn render(values: Value) -> Rendered {
             }
         }
     }
-    Rendered {
+    Ok(Rendered {
         lint: result["lint"].clone(),
         objects,
-    }
+    })
+}
+
+/// Lints and renders the chart with `values`, which must be accepted.
+fn render(values: Value) -> Rendered {
+    try_render(&repo().join("charts/netreach"), &values).unwrap_or_else(|stderr| {
+        panic!(
+            "helm refused {values} (is helm-python-sdk installed by tests/peers/install.sh?):\n{stderr}"
+        )
+    })
 }
 
 fn all_flavors() -> Value {
@@ -181,31 +190,71 @@ fn the_chart_lints_clean_with_defaults_and_with_every_option() {
 
 #[test]
 fn values_outside_the_schema_are_refused() {
-    let mut child = Command::new("python3")
-        .arg(repo().join("tests/chart/helm.py"))
-        .arg(repo().join("charts/netreach"))
-        .args(["netreach", "netreach-system"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"policy": {"allowedFlavors": ["Bogus"]}}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let chart = repo().join("charts/netreach");
+    // The error, not NOTES.txt (which lists the flavors), must name the bad value.
+    let refused = try_render(&chart, &json!({"policy": {"allowedFlavors": ["Bogus"]}}))
+        .err()
+        .expect("a flavor outside the schema is refused");
+    assert!(
+        refused.contains("/policy/allowedFlavors/0") && refused.contains("must be one of"),
+        "{refused}"
+    );
+    // Two replicas without a Lease would both act.
+    let refused = try_render(
+        &chart,
+        &json!({"replicaCount": 2, "leaderElection": {"enabled": false}}),
+    )
+    .err()
+    .expect("replicas without leader election are refused");
+    assert!(refused.contains("/replicaCount"), "{refused}");
+    for accepted in [
+        json!({"replicaCount": 1, "leaderElection": {"enabled": false}}),
+        json!({"replicaCount": 3}),
+    ] {
+        assert!(
+            try_render(&chart, &accepted).is_ok(),
+            "{accepted} is refused"
+        );
+    }
+}
+
+#[test]
+fn the_deployment_template_refuses_replicas_without_leader_election_even_without_the_schema() {
+    // `helm install --skip-schema-validation` bypasses values.schema.json; the template holds.
+    let copy = tempfile::tempdir().unwrap();
+    let chart = copy.path().join("netreach");
+    copy_dir(&repo().join("charts/netreach"), &chart);
+    std::fs::remove_file(chart.join("values.schema.json")).unwrap();
+    let refused = try_render(
+        &chart,
+        &json!({"replicaCount": 2, "leaderElection": {"enabled": false}}),
+    )
+    .err()
+    .expect("the template refuses two replicas without a Lease");
+    assert!(
+        refused.contains("replicaCount is 2 but leaderElection.enabled is false"),
+        "{refused}"
     );
     assert!(
-        !out.status.success() || text.contains("Bogus"),
-        "a flavor outside the schema must be refused: {text}"
+        try_render(
+            &chart,
+            &json!({"replicaCount": 1, "leaderElection": {"enabled": false}})
+        )
+        .is_ok()
     );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }
 
 /// Every RBAC rule in the rendered chart as (verb, group, resource).
@@ -330,20 +379,19 @@ async fn the_rendered_chart_applies_to_kube_sim_with_kubectl() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_charts_rbac_covers_every_call_the_operator_makes() {
-    use support::cluster::{Cluster, eventually};
-    let cluster = Cluster::start("rbac").await;
-    let sim = cluster.sim.as_ref().expect("kube-sim audits the calls");
-    let text = std::fs::read_to_string(
-        repo().join("tests/fixtures/upstream-crds/adminnetworkpolicy.yaml"),
-    )
-    .unwrap();
-    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
-    kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(cluster.client.clone())
-        .create(&Default::default(), &crd)
-        .await
-        .unwrap();
+const EVERY_FLAVOR: [&str; 8] = [
+    "NetworkPolicy",
+    "Cilium",
+    "CiliumEgressGateway",
+    "Calico",
+    "Istio",
+    "AdminNetworkPolicy",
+    "ClusterNetworkPolicy",
+    "EgressFirewall",
+];
+
+/// Answers every connection with an empty 200, on a free loopback port.
+async fn http_server() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -356,11 +404,45 @@ async fn the_charts_rbac_covers_every_call_the_operator_makes() {
                 .await;
         }
     });
+    port
+}
+
+/// Grants the operator has but the scenario below cannot make it use, each with the reason.
+/// Everything else the chart grants must show up in the calls.
+const GRANTED_BUT_NOT_EXERCISED: [(&str, &str, &str, &str); 1] = [(
+    "patch",
+    "events.k8s.io",
+    "events",
+    "kube's Recorder patches an event only when the same event repeats (series)",
+)];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
+    use support::cluster::{Cluster, eventually};
+    let cluster = Cluster::start("rbac").await;
+    let sim = cluster.sim.as_ref().expect("kube-sim audits the calls");
+    // Every flavor's CRD, so every policy kind is applied and then deleted.
+    let crds = kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(cluster.client.clone());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/upstream-crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let crd = serde_norway::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        crds.create(&Default::default(), &crd).await.unwrap();
+    }
+    let (port, tls_port) = (http_server().await, http_server().await);
+    let dns = support::Peers::get().dns();
     let pem = std::fs::read_to_string(support::Peers::get().public_ca()).unwrap();
     let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    // A CA bundle from a ConfigMap and one from a Secret; a TLS endpoint that fails (an event;
+    // the Istio egress gateway objects); every flavor.
     cluster
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: extra-ca}}\ndata:\n  ca.crt: |\n{indented}---\napiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: p}}\nspec:\n  defaults: {{tls: {{caBundleRef: {{configMap: extra-ca}}}}}}\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n  policy: {{podSelector: {{matchLabels: {{app: a}}}}, flavors: [NetworkPolicy, AdminNetworkPolicy], refreshInterval: 1s}}\n---\napiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: c}}\nspec:\n  profileRef: {{name: p}}\n  interval: 1s\n  historyLimit: 1\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: extra-ca}}\ndata:\n  ca.crt: |\n{indented}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: extra-ca}}\nstringData:\n  ca.crt: |\n{indented}---\napiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: p}}\nspec:\n  dns: {{nameservers: [\"{dns}\"]}}\n  defaults: {{tls: {{caBundleRef: {{configMap: extra-ca}}}}}}\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n    - {{name: secret-ca, cidr: 127.0.0.1/32, ports: [{{port: {tls_port}, protocol: HTTP, tls: {{caBundleRef: {{secret: extra-ca}}}}}}]}}\n    - {{name: web, host: mpnsv2.m3.maas360.com, required: false, ports: [{{port: {tls_port}, protocol: HTTPS}}]}}\n  policy:\n    podSelector: {{matchLabels: {{app: a}}}}\n    flavors: [{}]\n    egressGateway: {{nodeSelector: {{egress: \"true\"}}, egressIP: 192.0.2.10}}\n    istio: {{egressGateway: true, registryOnly: true}}\n    refreshInterval: 1s\n---\napiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: c}}\nspec:\n  profileRef: {{name: p}}\n  interval: 1s\n  historyLimit: 1\n",
+            EVERY_FLAVOR.join(", ")
         ))
         .await;
     // The operator's own client, told apart by its user agent.
@@ -384,7 +466,7 @@ async fn the_charts_rbac_covers_every_call_the_operator_makes() {
         netreach::controller::run(running, vec![], std::future::pending()).await
     });
     let checks = cluster.api::<netreach::api::EgressCheck>();
-    eventually(Duration::from_secs(30), "a few runs with pruning", || {
+    eventually(Duration::from_secs(30), "a first run", || {
         let checks = checks.clone();
         async move {
             let check = checks.get("c").await.ok()?;
@@ -392,36 +474,198 @@ async fn the_charts_rbac_covers_every_call_the_operator_makes() {
         }
     })
     .await;
+    let profiles = cluster.api::<netreach::api::ConnectivityProfile>();
+    let applied = eventually(Duration::from_secs(30), "every flavor applied", || {
+        let profiles = profiles.clone();
+        async move {
+            let policies = profiles.get("p").await.ok()?.status?.policies;
+            let flavors: BTreeSet<String> = policies.iter().map(|p| p.flavor.clone()).collect();
+            (flavors.len() == EVERY_FLAVOR.len()).then_some(policies)
+        }
+    })
+    .await;
+    assert!(applied.len() >= 12, "{applied:?}");
+    // Runs every second with historyLimit 1: finished Jobs get pruned; the Lease is renewed.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster
-        .api::<netreach::api::ConnectivityProfile>()
-        .delete("p", &Default::default())
+    // No flavors any more: every kind is deleted (and the EgressFirewall read first).
+    profiles
+        .patch(
+            "p",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"policy": {"flavors": []}}})),
+        )
         .await
         .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "every policy object removed",
+        || {
+            let profiles = profiles.clone();
+            async move {
+                let status = profiles.get("p").await.ok()?.status?;
+                status.policies.is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    profiles.delete("p", &Default::default()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     operator.abort();
 
-    let calls = sim.audit("netreach-operator");
-    assert!(calls.len() > 10, "{calls:?}");
-    let rendered =
-        render(json!({"policy": {"allowedFlavors": ["NetworkPolicy", "AdminNetworkPolicy"]}}));
+    let calls: BTreeSet<(String, String, String)> = sim
+        .audit("netreach-operator")
+        .into_iter()
+        // Discovery and the CRDs' own group are readable by every authenticated client.
+        .filter(|(_, _, resource)| resource != "customresourcedefinitions")
+        .collect();
+    let rendered = render(json!({"policy": {"allowedFlavors": EVERY_FLAVOR}}));
     let granted = granted(&rendered);
     for (verb, group, resource) in &calls {
-        // Discovery and the CRDs' own group are readable by every authenticated client.
-        if resource == "customresourcedefinitions" {
-            continue;
-        }
         assert!(
             granted.contains(&(verb.clone(), group.clone(), resource.clone())),
             "the operator called {verb} {group}/{resource}, which the chart's RBAC does not grant"
         );
     }
+    for (verb, group, resource) in &granted {
+        let excused = GRANTED_BUT_NOT_EXERCISED
+            .iter()
+            .any(|(v, g, r, _)| (*v, *g, *r) == (verb.as_str(), group.as_str(), resource.as_str()));
+        assert!(
+            excused || calls.contains(&(verb.clone(), group.clone(), resource.clone())),
+            "the chart grants {verb} {group}/{resource} but the operator never called it: remove the grant (or exercise the call here)\ncalls: {calls:?}"
+        );
+    }
+    for expected in [
+        ("get", "", "pods/log"),
+        ("delete", "batch", "jobs"),
+        ("get", "", "secrets"),
+        ("update", "coordination.k8s.io", "leases"),
+        ("create", "events.k8s.io", "events"),
+    ] {
+        assert!(
+            calls.contains(&(expected.0.into(), expected.1.into(), expected.2.into())),
+            "{expected:?} was exercised: {calls:?}"
+        );
+    }
+}
+
+/// Workspace members from Cargo.toml's `[workspace] members`.
+fn workspace_members() -> Vec<String> {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let start = manifest.find("members").expect("a workspace members list");
+    let list = &manifest[start..];
+    let list = &list[list.find('[').unwrap() + 1..list.find(']').unwrap()];
+    list.split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_copies_every_workspace_member_so_a_locked_build_resolves() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    let members = workspace_members();
+    assert!(members.len() >= 3, "{members:?}");
+    for member in &members {
+        if member == "." {
+            // The root package: its manifest, lock file and sources.
+            for needed in ["Cargo.toml", "Cargo.lock", "src"] {
+                assert!(
+                    copied.contains(&needed),
+                    "the Dockerfile does not COPY {needed}"
+                );
+            }
+            continue;
+        }
+        assert!(
+            copied.iter().any(|c| c.trim_end_matches('/') == member),
+            "Cargo.toml's workspace has member {member}, which the Dockerfile does not COPY: cargo build --locked fails without it"
+        );
+    }
+    // What the build stage sees loads as a workspace whose lock file is complete.
+    let context = tempfile::tempdir().unwrap();
+    for line in dockerfile.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        if line.starts_with("--from") {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (sources, dest) = words.split_at(words.len() - 1);
+        let dest = context.path().join(dest[0]);
+        for source in sources {
+            let from = repo().join(source);
+            let to = if dest.to_string_lossy().ends_with('/') || sources.len() > 1 {
+                dest.join(from.file_name().unwrap())
+            } else {
+                dest.clone()
+            };
+            if from.is_dir() {
+                copy_dir(&from, &to);
+            } else {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&from, &to).unwrap();
+            }
+        }
+    }
+    // The host's packages only: the offline cache holds no other platform's.
+    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
+    let host = String::from_utf8(rustc.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc names its host");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
+        .current_dir(context.path())
+        .output()
+        .unwrap();
     assert!(
-        calls.iter().any(|(v, _, r)| v == "get" && r == "pods/log"),
-        "{calls:?}"
+        out.status.success(),
+        "the Dockerfile's build context does not load as the workspace:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_dockerfile_tag_hint_gives_the_charts_app_version() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let hint = dockerfile
+        .lines()
+        .find(|l| l.contains("docker build"))
+        .expect("a build hint");
+    let command = &hint[hint.find("$(").unwrap() + 2..hint.rfind(')').unwrap()];
+    let output = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(repo())
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .unwrap();
     assert!(
-        calls.iter().any(|(v, _, r)| v == "delete" && r == "jobs"),
-        "pruning was exercised: {calls:?}"
+        output.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    let tag = String::from_utf8(output.stdout).unwrap();
+    let chart = std::fs::read_to_string(repo().join("charts/netreach/Chart.yaml")).unwrap();
+    let app_version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .unwrap()
+        .trim()
+        .trim_matches('"');
+    assert_eq!(
+        tag.trim(),
+        app_version,
+        "the image tag the chart pulls by default"
+    );
+    assert_eq!(tag.trim(), env!("CARGO_PKG_VERSION"));
 }

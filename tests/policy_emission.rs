@@ -1,6 +1,8 @@
-//! Policy emission: every flavor accepted by its upstream CRD schema (installed in kube-sim,
-//! applied with strict validation), golden files for the shipped examples, byte-identical
-//! output, nothing undeclared allowed (a property test over random profiles), allowlists.
+//! Policy emission: every flavor, every golden file and `netreach render` of the shipped
+//! examples accepted by the upstream CRD schemas (installed in kube-sim, applied with strict
+//! validation), golden files, byte-identical output, nothing undeclared allowed and no pod
+//! selected beyond the profile's (a property test over random profiles), allowlists, and the
+//! operator sharing the namespace's EgressFirewall without overriding anyone's rules.
 
 mod support;
 
@@ -14,9 +16,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use netreach::api::{ConnectivityProfileSpec, Flavor};
 use netreach::emit::{
-    FLAVORS, Input, allowlist, emit, flavor_name, merge_egress_firewall, to_yaml,
+    EGRESS_FIREWALL_RULES_ANNOTATION, FLAVORS, Input, allowlist, emit, flavor_name,
+    merge_egress_firewall, to_yaml, unmerge_egress_firewall,
 };
 use serde_json::{Value, json};
+use support::cluster::{Cluster, eventually};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,41 +96,97 @@ fn resource_of(object: &Value) -> ApiResource {
     }
 }
 
-#[tokio::test]
-async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
-    let sim = kube_sim::KubeSim::start(kube_sim::Options::default())
-        .await
-        .unwrap();
-    let client = sim.client();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = repo().join("tests/fixtures/upstream-crds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for document in serde_norway::Deserializer::from_str(&text) {
-            let value: Value = serde::Deserialize::deserialize(document).unwrap();
-            if value.is_null() {
-                continue;
+/// kube-sim with every upstream CRD of `tests/fixtures/upstream-crds` installed, to apply
+/// emitted objects with strict field validation (structure and CEL rules).
+struct UpstreamSchemas {
+    _sim: kube_sim::KubeSim,
+    client: kube::Client,
+    namespaces: BTreeSet<String>,
+    applied: usize,
+}
+
+impl UpstreamSchemas {
+    async fn start() -> UpstreamSchemas {
+        let sim = kube_sim::KubeSim::start(kube_sim::Options::default())
+            .await
+            .unwrap();
+        let client = sim.client();
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let dir = repo().join("tests/fixtures/upstream-crds");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for document in serde_norway::Deserializer::from_str(&text) {
+                let value: Value = serde::Deserialize::deserialize(document).unwrap();
+                if value.is_null() {
+                    continue;
+                }
+                let crd: CustomResourceDefinition = serde_json::from_value(value).unwrap();
+                crds.create(&PostParams::default(), &crd)
+                    .await
+                    .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
             }
-            let crd: CustomResourceDefinition = serde_json::from_value(value).unwrap();
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
+        }
+        UpstreamSchemas {
+            _sim: sim,
+            client,
+            namespaces: BTreeSet::new(),
+            applied: 0,
         }
     }
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "mdm"}})).unwrap(),
+
+    /// Applies `object` with strict validation; `source` says where it came from.
+    async fn apply(&mut self, object: &Value, source: &str) {
+        if let Some(namespace) = object["metadata"]["namespace"].as_str()
+            && self.namespaces.insert(namespace.to_owned())
+        {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        let resource = resource_of(object);
+        let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply("netreach-test").validation_strict(),
+            &Patch::Apply(object),
         )
         .await
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} {name} ({source}) was refused by its upstream CRD: {e}\n{}",
+                resource.kind,
+                serde_norway::to_string(object).unwrap()
+            )
+        });
+        self.applied += 1;
+    }
+}
+
+/// The documents of a YAML stream, comments and empty documents left out.
+fn documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
+    let mut schemas = UpstreamSchemas::start().await;
     let (spec, addresses) = rich_profile();
     let input = Input {
         name: "maas360-m3",
@@ -134,7 +194,6 @@ async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
         spec: &spec,
         addresses: &addresses,
     };
-    let mut applied = 0;
     for flavor in FLAVORS {
         let output = emit(flavor, &input);
         assert!(
@@ -144,30 +203,42 @@ async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
             output.notes
         );
         for object in output.objects {
-            let resource = resource_of(&object);
-            let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-            api.patch(
-                &name,
-                &PatchParams::apply("netreach-test").validation_strict(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} {name} ({}) was refused: {e}\n{}",
-                    resource.kind,
-                    flavor_name(flavor),
-                    serde_norway::to_string(&object).unwrap()
-                )
-            });
-            applied += 1;
+            schemas.apply(&object, flavor_name(flavor)).await;
         }
     }
-    assert!(applied >= 12, "applied {applied} objects");
+    assert!(schemas.applied >= 12, "applied {} objects", schemas.applied);
+}
+
+#[tokio::test]
+async fn every_golden_file_is_accepted_by_its_upstream_crd_schema() {
+    let mut schemas = UpstreamSchemas::start().await;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/golden"))
+        .unwrap()
+        .flat_map(|profile| std::fs::read_dir(profile.unwrap().path()).unwrap())
+        .map(|file| file.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2 * FLAVORS.len(), "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for object in documents(&text) {
+            schemas.apply(&object, &file.display().to_string()).await;
+        }
+    }
+    assert!(schemas.applied >= 20, "applied {} objects", schemas.applied);
+}
+
+#[tokio::test]
+async fn render_of_the_shipped_examples_is_accepted_by_the_upstream_crd_schemas() {
+    let mut schemas = UpstreamSchemas::start().await;
+    let every = FLAVORS.map(flavor_name).join(",");
+    let (ok, stdout, stderr) = render(&["--flavor", &every], &repo().join("examples"));
+    assert!(ok, "{stderr}");
+    let objects = documents(&stdout);
+    for object in &objects {
+        schemas.apply(object, "netreach render examples/").await;
+    }
+    assert!(schemas.applied >= 10, "applied {} objects", schemas.applied);
 }
 
 /// Golden files: `NETREACH_UPDATE_GOLDEN=1 cargo test --test policy_emission` rewrites them.
@@ -267,6 +338,78 @@ fn render_is_byte_identical_twice_and_resolves_through_the_nameserver() {
     );
     let (ok, _, stderr) = render(&["--flavor", "Bogus"], &file);
     assert!(!ok && stderr.contains("unknown flavor"), "{stderr}");
+    // The profile selects pods; an EgressFirewall covers the whole namespace and says so.
+    let (ok, stdout, stderr) = render(&["--flavor", "EgressFirewall"], &file);
+    assert!(ok && stdout.contains("kind: EgressFirewall"), "{stderr}");
+    assert!(
+        stderr.contains("warning: mdm/local: EgressFirewall: endpoint *: cannot select pods: it applies to every pod in namespace mdm"),
+        "{stderr}"
+    );
+    let (ok, _, _) = render(&["--flavor", "EgressFirewall", "--strict"], &file);
+    assert!(!ok, "--strict refuses the namespace-wide EgressFirewall");
+}
+
+#[test]
+fn flavors_take_any_case_on_the_command_line_and_the_canonical_spelling_in_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = |flavor: &str| {
+        format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: p, namespace: mdm}}\nspec:\n  policy: {{flavors: [{flavor}]}}\n  endpoints:\n    - {{name: vendor, cidr: 18.233.3.236/32, ports: [{{port: 443, protocol: TCP}}]}}\n"
+        )
+    };
+    let canonical = dir.path().join("canonical.yaml");
+    std::fs::write(&canonical, profile("NetworkPolicy")).unwrap();
+    for spelling in ["NetworkPolicy", "networkpolicy", "NETWORKPOLICY"] {
+        let (ok, stdout, stderr) = render(&["--flavor", spelling], &canonical);
+        assert!(
+            ok && stdout.contains("cidr: 18.233.3.236/32"),
+            "{spelling}: {stderr}"
+        );
+    }
+    // The CRD's enum takes the canonical spelling only, and render enforces the same schema.
+    let lowercase = dir.path().join("lowercase.yaml");
+    std::fs::write(&lowercase, profile("networkpolicy")).unwrap();
+    let (ok, _, stderr) = render(&["--flavor", "NetworkPolicy"], &lowercase);
+    assert!(
+        !ok,
+        "a lowercase flavor in a profile is refused, as kubectl apply refuses it"
+    );
+    assert!(
+        stderr.contains(r#"Unsupported value: "networkpolicy": supported values: "NetworkPolicy""#),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_api_flavors_leave_out_single_label_hosts_their_crds_refuse() {
+    let spec = spec(json!({
+        "endpoints": [
+            {"name": "intranet", "host": "intranet", "ports": [{"port": 443, "protocol": "HTTPS"}]},
+            {"name": "vendor", "host": "api.vendor.example", "ports": [{"port": 443, "protocol": "HTTPS"}]},
+        ],
+        "policy": {"flavors": []},
+    }));
+    let addresses = BTreeMap::new();
+    let input = Input {
+        name: "p",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    for flavor in [Flavor::AdminNetworkPolicy, Flavor::ClusterNetworkPolicy] {
+        let output = emit(flavor, &input);
+        let text = serde_json::to_string(&output.objects).unwrap();
+        assert!(!text.contains("\"intranet\""), "{text}");
+        assert!(text.contains("api.vendor.example"), "{text}");
+        assert!(
+            output
+                .notes
+                .iter()
+                .any(|n| n.endpoint == "intranet" && n.message.contains("single label")),
+            "{:?}",
+            output.notes
+        );
+    }
 }
 
 #[test]
@@ -299,31 +442,229 @@ fn allowlists_list_every_declared_host_cidr_and_port() {
     assert!(csv.lines().count() == 1 + 6, "{csv}");
 }
 
+fn deny(cidr: &str) -> Value {
+    json!({"type": "Deny", "to": {"cidrSelector": cidr}})
+}
+
+fn allow_tcp(to: Value, port: u16) -> Value {
+    json!({"type": "Allow", "to": to, "ports": [{"protocol": "TCP", "port": port}]})
+}
+
+/// The EgressFirewall a small profile emits: two CIDR endpoints, one inside someone else's
+/// Deny.
+fn vendor_firewall(profile: &str, cidrs: &[(&str, u16)]) -> Value {
+    let endpoints: Vec<Value> = cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, (cidr, port))| json!({"name": format!("e{i}"), "cidr": cidr, "ports": [{"port": port, "protocol": "TCP"}]}))
+        .collect();
+    let spec = spec(json!({"endpoints": endpoints, "policy": {"flavors": ["EgressFirewall"]}}));
+    let addresses = BTreeMap::new();
+    let input = Input {
+        name: profile,
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    emit(Flavor::EgressFirewall, &input).objects.remove(0)
+}
+
+fn firewall_with(rules: Vec<Value>) -> Value {
+    json!({"apiVersion": "k8s.ovn.org/v1", "kind": "EgressFirewall", "metadata": {"name": "default", "namespace": "mdm"}, "spec": {"egress": rules}})
+}
+
+fn egress(object: &Value) -> Vec<Value> {
+    object["spec"]["egress"].as_array().unwrap().clone()
+}
+
 #[test]
-fn egress_firewall_merge_keeps_other_rules_and_replaces_ours() {
-    let (spec, addresses) = rich_profile();
+fn egress_firewall_merge_puts_others_rules_first_so_our_allows_never_override_their_denies() {
+    let their_deny = deny("203.0.113.0/24");
+    let their_allow = allow_tcp(json!({"dnsName": "registry.example.org"}), 443);
+    let existing = firewall_with(vec![
+        their_deny.clone(),
+        their_allow.clone(),
+        deny("0.0.0.0/0"),
+    ]);
+    let ours = vendor_firewall(
+        "vendor",
+        &[("203.0.113.7/32", 443), ("198.51.100.0/24", 8443)],
+    );
+    let merged = merge_egress_firewall(Some(&existing), &ours, "vendor");
+    let ours_first = allow_tcp(json!({"cidrSelector": "203.0.113.7/32"}), 443);
+    let ours_second = allow_tcp(json!({"cidrSelector": "198.51.100.0/24"}), 8443);
+    // First match wins: their Deny of 203.0.113.0/24 still decides for 203.0.113.7.
+    assert_eq!(
+        egress(&merged.object),
+        [
+            their_deny.clone(),
+            their_allow.clone(),
+            ours_first.clone(),
+            ours_second.clone(),
+            deny("0.0.0.0/0"),
+            deny("::/0"),
+        ]
+    );
+    assert!(merged.notes.is_empty(), "{:?}", merged.notes);
+    // Their deny-all closes our rules too and stays theirs; we record only what we added.
+    let record: Value = serde_json::from_str(
+        merged.object["metadata"]["annotations"][EGRESS_FIREWALL_RULES_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record,
+        json!({"vendor": [ours_first, ours_second, deny("::/0")]})
+    );
+    // Taking ours out restores their list exactly.
+    let left = unmerge_egress_firewall(&merged.object, "vendor").expect("their rules stay");
+    assert_eq!(egress(&left), egress(&existing));
+    assert!(left["metadata"]["annotations"].is_null(), "{left}");
+}
+
+#[test]
+fn egress_firewall_merge_replaces_our_old_rules_and_keeps_other_profiles_rules() {
+    let first = merge_egress_firewall(None, &vendor_firewall("a", &[("192.0.2.1/32", 443)]), "a");
+    let a_rule = allow_tcp(json!({"cidrSelector": "192.0.2.1/32"}), 443);
+    assert_eq!(
+        egress(&first.object),
+        [a_rule.clone(), deny("0.0.0.0/0"), deny("::/0")]
+    );
+    // Someone appends a rule of their own before the closing deny-all.
+    let mut rules = egress(&first.object);
+    let theirs = allow_tcp(json!({"dnsName": "mirror.example.org"}), 443);
+    rules.insert(1, theirs.clone());
+    let mut shared = first.object.clone();
+    shared["spec"]["egress"] = Value::Array(rules);
+    // A second profile in the namespace, which also wants a's rule.
+    let b = vendor_firewall("b", &[("192.0.2.1/32", 443), ("192.0.2.2/32", 22)]);
+    let b_rule = allow_tcp(json!({"cidrSelector": "192.0.2.2/32"}), 22);
+    let shared = merge_egress_firewall(Some(&shared), &b, "b").object;
+    assert_eq!(
+        egress(&shared),
+        [
+            theirs.clone(),
+            a_rule.clone(),
+            b_rule.clone(),
+            deny("0.0.0.0/0"),
+            deny("::/0")
+        ]
+    );
+    // a changes its endpoint: its old rule goes, b's copy of it stays.
+    let a_now = allow_tcp(json!({"cidrSelector": "192.0.2.3/32"}), 443);
+    let shared = merge_egress_firewall(
+        Some(&shared),
+        &vendor_firewall("a", &[("192.0.2.3/32", 443)]),
+        "a",
+    )
+    .object;
+    assert_eq!(
+        egress(&shared),
+        [
+            theirs.clone(),
+            a_rule.clone(),
+            b_rule.clone(),
+            a_now.clone(),
+            deny("0.0.0.0/0"),
+            deny("::/0")
+        ]
+    );
+    // a leaves: b's rules and the deny-all b relies on stay.
+    let shared = unmerge_egress_firewall(&shared, "a").unwrap();
+    assert_eq!(
+        egress(&shared),
+        [
+            theirs.clone(),
+            a_rule.clone(),
+            b_rule,
+            deny("0.0.0.0/0"),
+            deny("::/0")
+        ]
+    );
+    // b leaves: only the rule someone else wrote is left, as they wrote it.
+    let shared = unmerge_egress_firewall(&shared, "b").unwrap();
+    assert_eq!(egress(&shared), [theirs]);
+    // Nothing anyone else wrote: the object goes.
+    let alone = merge_egress_firewall(None, &vendor_firewall("a", &[("192.0.2.1/32", 443)]), "a");
+    assert_eq!(unmerge_egress_firewall(&alone.object, "a"), None);
+}
+
+#[test]
+fn egress_firewall_merge_never_removes_or_reorders_someone_elses_deny_all() {
+    // Someone blocks all egress of the namespace: after NetReach comes and goes, it still does.
+    let blocked = firewall_with(vec![deny("0.0.0.0/0"), deny("::/0")]);
+    let merged = merge_egress_firewall(
+        Some(&blocked),
+        &vendor_firewall("vendor", &[("192.0.2.1/32", 443)]),
+        "vendor",
+    );
+    let left = unmerge_egress_firewall(&merged.object, "vendor").expect("their deny-all stays");
+    assert_eq!(egress(&left), egress(&blocked));
+
+    // A deny-all in the middle of someone's list decides before our rules: said, not moved.
+    let shadowing = firewall_with(vec![
+        deny("0.0.0.0/0"),
+        allow_tcp(json!({"dnsName": "dead.example.org"}), 443),
+    ]);
+    let merged = merge_egress_firewall(
+        Some(&shadowing),
+        &vendor_firewall("vendor", &[("192.0.2.1/32", 443)]),
+        "vendor",
+    );
+    let rules = egress(&merged.object);
+    assert_eq!(rules[..2], egress(&shadowing)[..]);
+    assert_eq!(merged.notes.len(), 1, "{:?}", merged.notes);
+    assert!(
+        merged.notes[0].contains("spec.egress[0] denies all traffic to 0.0.0.0/0"),
+        "{}",
+        merged.notes[0]
+    );
+    let left = unmerge_egress_firewall(&merged.object, "vendor").unwrap();
+    assert_eq!(egress(&left), egress(&shadowing));
+
+    // The single list older versions recorded belongs to the profile reading it.
+    let mut legacy =
+        merge_egress_firewall(None, &vendor_firewall("v", &[("192.0.2.1/32", 443)]), "v").object;
+    let rules = egress(&legacy);
+    legacy["metadata"]["annotations"][EGRESS_FIREWALL_RULES_ANNOTATION] =
+        Value::String(serde_json::to_string(&rules).unwrap());
+    assert_eq!(unmerge_egress_firewall(&legacy, "v"), None);
+}
+
+#[test]
+fn egress_firewall_says_it_covers_the_whole_namespace_when_the_profile_selects_pods() {
+    let (mut spec, addresses) = rich_profile();
     let input = Input {
         name: "p",
         namespace: "mdm",
         spec: &spec,
         addresses: &addresses,
     };
-    let ours = emit(Flavor::EgressFirewall, &input).objects.remove(0);
-    let theirs = json!({"type": "Allow", "to": {"dnsName": "registry.example.org"}, "ports": [{"protocol": "TCP", "port": 443}]});
-    let old_ours = json!({"type": "Allow", "to": {"dnsName": "old.vendor.example"}});
-    let existing = json!({"spec": {"egress": [old_ours.clone(), theirs.clone(), {"type": "Deny", "to": {"cidrSelector": "0.0.0.0/0"}}]}});
-    let merged = merge_egress_firewall(Some(&existing), &ours, std::slice::from_ref(&old_ours));
-    let rules = merged["spec"]["egress"].as_array().unwrap();
+    let output = emit(Flavor::EgressFirewall, &input);
+    assert_eq!(output.objects.len(), 1);
     assert!(
-        !rules.contains(&old_ours),
-        "a rule we no longer want is gone"
+        output
+            .notes
+            .iter()
+            .any(|n| n.endpoint == "*"
+                && n.message.contains("applies to every pod in namespace mdm")),
+        "{:?}",
+        output.notes
     );
-    assert!(rules.contains(&theirs), "someone else's rule stays");
-    let denies: Vec<&Value> = rules.iter().filter(|r| r["type"] == "Deny").collect();
-    assert_eq!(denies.len(), 2);
-    assert_eq!(rules[rules.len() - 2]["type"], "Deny");
-    let position = rules.iter().position(|r| *r == theirs).unwrap();
-    assert!(position < rules.len() - 2, "deny-all closes the list");
+    spec.policy.as_mut().unwrap().pod_selector = None;
+    let input = Input {
+        name: "p",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let output = emit(Flavor::EgressFirewall, &input);
+    assert!(
+        output.notes.iter().all(|n| n.endpoint != "*"),
+        "a profile for every pod of the namespace loses nothing: {:?}",
+        output.notes
+    );
 }
 
 /// Tiny deterministic PRNG for the property test.
@@ -391,10 +732,26 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
         };
         endpoints.push(endpoint);
     }
-    let spec = spec(json!({
-        "endpoints": endpoints,
-        "policy": {"podSelector": {"matchLabels": {"app": "w"}}, "flavors": [], "egressGateway": {"nodeSelector": {"gw": "1"}, "interface": "eth1"}},
-    }));
+    let mut policy = json!({
+        "flavors": [],
+        "egressGateway": {"nodeSelector": {"gw": "1"}, "interface": "eth1"},
+        "istio": {"egressGateway": rng.below(2) == 0, "registryOnly": rng.below(2) == 0},
+        "calicoEnterprise": rng.below(2) == 0,
+    });
+    // No selector and an empty one select every pod of the namespace; expressions are what
+    // label-only flavors cannot carry.
+    match rng.below(4) {
+        0 => {}
+        1 => policy["podSelector"] = json!({}),
+        2 => policy["podSelector"] = json!({"matchLabels": {"app": "w", "tier": "edge"}}),
+        _ => {
+            policy["podSelector"] = json!({
+                "matchLabels": {"app": "w"},
+                "matchExpressions": [{"key": "track", "operator": "In", "values": ["stable"]}],
+            })
+        }
+    }
+    let spec = spec(json!({"endpoints": endpoints, "policy": policy}));
     (spec, addresses)
 }
 
@@ -597,16 +954,146 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                 }
             }
         }
-        // Routing objects of the Istio egress gateway and the REGISTRY_ONLY Sidecar allow nothing by themselves.
-        (_, "Gateway" | "VirtualService" | "DestinationRule" | "Sidecar") => {}
+        // The egress gateway accepts (Gateway) and forwards (VirtualService) declared hosts only.
+        (_, "Gateway") => {
+            for server in rules("servers") {
+                let port = port_of(&server["port"]["number"]);
+                for host in server["hosts"].as_array().unwrap() {
+                    set.insert((host.as_str().unwrap().to_owned(), port));
+                }
+            }
+        }
+        (_, "VirtualService") => {
+            for route in rules("tls") {
+                for destination in route["route"].as_array().unwrap() {
+                    let host = destination["destination"]["host"].as_str().unwrap();
+                    // The hop to the gateway itself is routing, not a destination.
+                    if host != "istio-egressgateway.istio-system.svc.cluster.local" {
+                        let port = port_of(&destination["destination"]["port"]["number"]);
+                        set.insert((host.to_owned(), port));
+                    }
+                }
+            }
+        }
+        // The gateway hop's subset and the REGISTRY_ONLY Sidecar allow nothing by themselves.
+        (_, "DestinationRule" | "Sidecar") => {}
         other => panic!("unexpected {other:?}"),
     }
     set
 }
 
+/// Which pods an object applies to, checked against the profile's podSelector: the same
+/// selector, or (EgressFirewall, which cannot select pods) the whole namespace with a note
+/// saying so. Registry objects stay visible to the namespace only.
+fn check_selection(
+    object: &Value,
+    spec: &ConnectivityProfileSpec,
+    namespace: &str,
+    notes: &[netreach::emit::Note],
+) -> Result<(), String> {
+    let selector = spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.clone())
+        .unwrap_or_default();
+    let labels = selector.match_labels.clone().unwrap_or_default();
+    let has_expressions = selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty());
+    let labels_only = |found: &Value| -> Result<(), String> {
+        if has_expressions {
+            return Err("matchExpressions were dropped: more pods selected".into());
+        }
+        let found: BTreeMap<String, String> =
+            serde_json::from_value(found.clone()).unwrap_or_default();
+        (found == labels)
+            .then_some(())
+            .ok_or_else(|| format!("selects {found:?}, the profile {labels:?}"))
+    };
+    let in_namespace = |found: &Value| -> Result<(), String> {
+        (found["matchLabels"] == json!({"kubernetes.io/metadata.name": namespace}))
+            .then_some(())
+            .ok_or_else(|| format!("namespace selector {found} is not just {namespace}"))
+    };
+    let spec_of = &object["spec"];
+    if let Some(ns) = object["metadata"]["namespace"].as_str()
+        && ns != namespace
+    {
+        return Err(format!("emitted into namespace {ns}"));
+    }
+    match object["kind"].as_str().unwrap() {
+        "NetworkPolicy" if object["apiVersion"] == "networking.k8s.io/v1" => {
+            let expected = serde_json::to_value(&selector).unwrap();
+            (spec_of["podSelector"] == expected)
+                .then_some(())
+                .ok_or_else(|| format!("podSelector {} is not {expected}", spec_of["podSelector"]))
+        }
+        "NetworkPolicy" => {
+            if has_expressions {
+                return Err("matchExpressions were dropped: more pods selected".into());
+            }
+            let expected = if labels.is_empty() {
+                "all()".to_owned()
+            } else {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k} == '{v}'"))
+                    .collect::<Vec<_>>()
+                    .join(" && ")
+            };
+            (spec_of["selector"] == json!(expected))
+                .then_some(())
+                .ok_or_else(|| format!("selector {} is not {expected}", spec_of["selector"]))
+        }
+        "CiliumNetworkPolicy" => labels_only(&spec_of["endpointSelector"]["matchLabels"]),
+        "CiliumEgressGatewayPolicy" => {
+            for selector in spec_of["selectors"].as_array().unwrap() {
+                labels_only(&selector["podSelector"]["matchLabels"])?;
+                in_namespace(&selector["namespaceSelector"])?;
+            }
+            Ok(())
+        }
+        "AdminNetworkPolicy" | "ClusterNetworkPolicy" => {
+            labels_only(&spec_of["subject"]["pods"]["podSelector"]["matchLabels"])?;
+            in_namespace(&spec_of["subject"]["pods"]["namespaceSelector"])
+        }
+        "Sidecar" => {
+            if labels.is_empty() {
+                return Err("a Sidecar without a workload selector covers the namespace".into());
+            }
+            labels_only(&spec_of["workloadSelector"]["labels"])
+        }
+        "EgressFirewall" => {
+            let every_pod = labels.is_empty() && !has_expressions;
+            let said = notes.iter().any(|n| {
+                n.flavor == Flavor::EgressFirewall
+                    && n.endpoint == "*"
+                    && n.message
+                        .contains(&format!("applies to every pod in namespace {namespace}"))
+            });
+            (every_pod || said).then_some(()).ok_or_else(|| {
+                "covers the namespace, wider than the podSelector, without a note".into()
+            })
+        }
+        "ServiceEntry" | "VirtualService" | "DestinationRule" => (spec_of["exportTo"]
+            == json!(["."]))
+        .then_some(())
+        .ok_or_else(|| format!("exported to {}", spec_of["exportTo"])),
+        // Selects the egress gateway's pods; selects no pods of the profile.
+        "Gateway" => (spec_of["selector"] == json!({"istio": "egressgateway"}))
+            .then_some(())
+            .ok_or_else(|| format!("gateway selector {}", spec_of["selector"])),
+        "GlobalNetworkSet" => Ok(()),
+        other => Err(format!("unexpected kind {other}")),
+    }
+}
+
 #[test]
 fn no_flavor_ever_allows_more_than_the_profile_declares() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut kinds = BTreeSet::new();
+    let mut calico_domains = false;
     for round in 0..300 {
         let (spec, addresses) = random_profile(&mut rng);
         let declared = declared(&spec, &addresses);
@@ -618,8 +1105,23 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
             addresses: &addresses,
         };
         for flavor in FLAVORS {
-            for object in emit(flavor, &input).objects {
-                for (destination, port) in allowed(&object) {
+            let output = emit(flavor, &input);
+            for object in &output.objects {
+                kinds.insert(object["kind"].as_str().unwrap().to_owned());
+                calico_domains |= object["apiVersion"] == "projectcalico.org/v3"
+                    && object["spec"]["egress"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r["destination"]["domains"].is_array());
+                if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
+                    panic!(
+                        "round {round}: {} selects more pods than the profile: {widened}\nprofile: {}\nobject: {object}",
+                        flavor_name(flavor),
+                        serde_json::to_string(&spec).unwrap()
+                    );
+                }
+                for (destination, port) in allowed(object) {
                     if destination == "dns" {
                         assert_eq!(
                             port,
@@ -645,4 +1147,246 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
             }
         }
     }
+    // The random options reached every kind: egress gateway routing, Sidecars, network sets.
+    for kind in [
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "Sidecar",
+        "GlobalNetworkSet",
+        "CiliumEgressGatewayPolicy",
+        "EgressFirewall",
+    ] {
+        assert!(kinds.contains(kind), "{kind} never emitted: {kinds:?}");
+    }
+    assert!(
+        calico_domains,
+        "calicoEnterprise never produced a domain rule"
+    );
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn install_upstream_crd(cluster: &Cluster, file: &str) {
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/upstream-crds").join(file)).unwrap();
+    let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
+    Api::<CustomResourceDefinition>::all(cluster.client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+}
+
+fn egress_firewalls(cluster: &Cluster) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        cluster.client.clone(),
+        &cluster.namespace,
+        &resource_of(&json!({"apiVersion": "k8s.ovn.org/v1", "kind": "EgressFirewall"})),
+    )
+}
+
+/// The namespace's EgressFirewall rules, read with `list` (faults injected on `get` stay for
+/// the operator).
+async fn listed_rules(api: &Api<DynamicObject>) -> Option<Vec<Value>> {
+    let list = api.list(&Default::default()).await.ok()?;
+    let object = serde_json::to_value(list.items.first()?).ok()?;
+    Some(egress(&object))
+}
+
+fn policy_condition(profile: &netreach::api::ConnectivityProfile) -> Option<(String, String)> {
+    profile
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyApplied")
+        .map(|c| (c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_shares_the_egress_firewall_and_keeps_its_finalizer_until_cleanup_succeeds() {
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("egress-firewall").await;
+    install_upstream_crd(&cluster, "egressfirewall.yaml").await;
+    install_upstream_crd(&cluster, "adminnetworkpolicy.yaml").await;
+    let foreign = vec![
+        deny("203.0.113.0/24"),
+        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
+        deny("0.0.0.0/0"),
+    ];
+    // Someone else's EgressFirewall, in the test's namespace.
+    let mut theirs = firewall_with(foreign.clone());
+    theirs["metadata"]["namespace"] = json!(cluster.namespace);
+    cluster
+        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
+        .await;
+    cluster
+        .apply_yaml(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: vendor}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n    - {name: backup, cidr: 198.51.100.0/24, ports: [{port: 8443, protocol: TLS}]}\n  policy:\n    podSelector: {matchLabels: {app: agent}}\n    flavors: [EgressFirewall, AdminNetworkPolicy]\n",
+        )
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("egress-firewall"));
+    let firewalls = egress_firewalls(&cluster);
+    let merged = vec![
+        foreign[0].clone(),
+        foreign[1].clone(),
+        allow_tcp(json!({"cidrSelector": "198.51.100.0/24"}), 8443),
+        allow_tcp(json!({"cidrSelector": "203.0.113.7/32"}), 443),
+        deny("0.0.0.0/0"),
+        deny("::/0"),
+    ];
+    eventually(
+        WAIT,
+        "NetReach's rules after the others' and before the deny-all",
+        || {
+            let (firewalls, merged) = (firewalls.clone(), merged.clone());
+            async move { (listed_rules(&firewalls).await? == merged).then_some(()) }
+        },
+    )
+    .await;
+    let profiles = cluster.api::<ConnectivityProfile>();
+    let (reason, message) = eventually(WAIT, "PolicyApplied", || {
+        let profiles = profiles.clone();
+        async move { policy_condition(&profiles.get("vendor").await.ok()?) }
+    })
+    .await;
+    assert_eq!(reason, "Applied", "{message}");
+    assert!(
+        message.contains(
+            "EgressFirewall: endpoint *: cannot select pods: it applies to every pod in namespace"
+        ),
+        "the condition says the firewall is namespace-wide: {message}"
+    );
+
+    // Cleanup meets server errors (500: the client does not retry those itself): the
+    // finalizer stays and the rules come out on a later attempt.
+    let sim = cluster
+        .sim
+        .as_ref()
+        .expect("fault injection needs kube-sim");
+    sim.faults()
+        .fail_next("delete", "adminnetworkpolicies", 1, 500);
+    sim.faults().fail_next("get", "egressfirewalls", 3, 500);
+    profiles
+        .delete("vendor", &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let waiting = profiles
+        .get_opt("vendor")
+        .await
+        .unwrap()
+        .expect("a failed cleanup keeps the profile");
+    assert!(
+        waiting
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "connectivityprofiles.netreach.dev/cleanup"),
+        "{:?}",
+        waiting.metadata.finalizers
+    );
+    assert_eq!(listed_rules(&firewalls).await.unwrap(), merged);
+    eventually(
+        WAIT,
+        "the profile gone and the others' rules as they wrote them",
+        || {
+            let (profiles, firewalls, foreign) =
+                (profiles.clone(), firewalls.clone(), foreign.clone());
+            async move {
+                let gone = profiles.get_opt("vendor").await.ok()?.is_none();
+                (gone && listed_rules(&firewalls).await? == foreign).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A kind whose CRD was uninstalled has nothing left to clean up: the profile goes.
+    cluster
+        .apply_yaml(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: gone}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n  policy: {podSelector: {matchLabels: {app: agent}}, flavors: [AdminNetworkPolicy]}\n",
+        )
+        .await;
+    eventually(WAIT, "the AdminNetworkPolicy applied", || {
+        let profiles = profiles.clone();
+        async move {
+            let profile = profiles.get("gone").await.ok()?;
+            (profile.status?.policies.len() == 1).then_some(())
+        }
+    })
+    .await;
+    Api::<CustomResourceDefinition>::all(cluster.client.clone())
+        .delete(
+            "adminnetworkpolicies.policy.networking.k8s.io",
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    profiles.delete("gone", &Default::default()).await.unwrap();
+    eventually(WAIT, "the profile gone although its CRD is not", || {
+        let profiles = profiles.clone();
+        async move { profiles.get_opt("gone").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_apply_leaves_the_policy_applied_earlier_in_place() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("apply-failure").await;
+    cluster
+        .apply_yaml(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: vendor}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n  policy: {podSelector: {matchLabels: {app: agent}}, flavors: [NetworkPolicy]}\n",
+        )
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("apply-failure"));
+    let profiles = cluster.api::<ConnectivityProfile>();
+    let policies = cluster.api::<NetworkPolicy>();
+    eventually(WAIT, "the NetworkPolicy", || {
+        let policies = policies.clone();
+        async move { policies.get_opt("netreach-vendor").await.ok().flatten() }
+    })
+    .await;
+    let sim = cluster
+        .sim
+        .as_ref()
+        .expect("fault injection needs kube-sim");
+    sim.faults()
+        .fail_next("patch", "networkpolicies", 1000, 500);
+    profiles
+        .patch(
+            "vendor",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"endpoints": [{"name": "primary", "cidr": "203.0.113.8/32", "ports": [{"port": 443, "protocol": "TCP"}]}]}})),
+        )
+        .await
+        .unwrap();
+    let (_, message) = eventually(WAIT, "ApplyFailed", || {
+        let profiles = profiles.clone();
+        async move {
+            policy_condition(&profiles.get("vendor").await.ok()?)
+                .filter(|(reason, _)| reason == "ApplyFailed")
+        }
+    })
+    .await;
+    assert!(
+        message.contains("applying NetworkPolicy netreach-vendor failed"),
+        "{message}"
+    );
+    let kept = policies.get_opt("netreach-vendor").await.unwrap();
+    assert!(
+        kept.is_some(),
+        "a failed apply must not delete the policy applied before"
+    );
+    let status = profiles.get("vendor").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.policies.len(),
+        1,
+        "still on record: {:?}",
+        status.policies
+    );
+    operator.abort();
 }

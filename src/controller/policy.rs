@@ -15,12 +15,10 @@ use tracing::{debug, info};
 use super::Context;
 use crate::api::ConnectivityProfile;
 use crate::api::profile::AppliedPolicy;
-use crate::emit::{self, Input, flavor_name, merge_egress_firewall};
+use crate::emit::{self, Input, flavor_name, merge_egress_firewall, unmerge_egress_firewall};
 
 pub const MANAGER: &str = "netreach/connectivityprofile";
 pub const FINALIZER: &str = "connectivityprofiles.netreach.dev/cleanup";
-/// The rules NetReach wrote into a shared EgressFirewall, to replace them next time.
-const OUR_RULES_ANNOTATION: &str = "netreach.dev/egress-rules";
 
 /// What applying the flavors did.
 #[derive(Debug, Default)]
@@ -59,18 +57,46 @@ pub fn needs_finalizer(profile: &ConnectivityProfile) -> bool {
         })
 }
 
+/// Why a policy kind could not be looked up.
+enum Lookup {
+    /// The cluster does not serve the kind: its CRD is not installed.
+    NotServed(String),
+    /// Discovery itself failed (connection, server error): worth retrying.
+    Failed(String),
+}
+
+impl Lookup {
+    fn message(self) -> String {
+        match self {
+            Lookup::NotServed(m) | Lookup::Failed(m) => m,
+        }
+    }
+}
+
+fn not_found(error: &kube::Error) -> bool {
+    use kube::error::DiscoveryError::{MissingApiGroup, MissingKind, MissingResource};
+    match error {
+        kube::Error::Api(status) => status.code == 404,
+        kube::Error::Discovery(MissingKind(_) | MissingApiGroup(_) | MissingResource(_)) => true,
+        _ => false,
+    }
+}
+
 async fn resource_of(
     ctx: &Context,
     api_version: &str,
     kind: &str,
-) -> Result<(ApiResource, bool), String> {
+) -> Result<(ApiResource, bool), Lookup> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
     match discovery::pinned_kind(&ctx.client, &gvk).await {
         Ok((resource, capabilities)) => Ok((resource, capabilities.scope == Scope::Namespaced)),
-        Err(e) => Err(format!(
+        Err(e) if not_found(&e) => Err(Lookup::NotServed(format!(
             "{kind} ({api_version}) is not served by this cluster: install its CRD or remove the flavor ({e})"
-        )),
+        ))),
+        Err(e) => Err(Lookup::Failed(format!(
+            "looking up {kind} ({api_version}) in the API server's discovery failed, retrying: {e}"
+        ))),
     }
 }
 
@@ -100,11 +126,23 @@ pub async fn apply(
     });
     let mut flavors = policy.flavors.clone();
     flavors.sort();
+    // Everything emitted this pass, applied or not: a failed apply must not delete the copy
+    // applied earlier.
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for flavor in flavors {
         let output = emit::emit(flavor, &input);
         applied
             .notes
             .extend(output.notes.iter().map(ToString::to_string));
+        wanted.extend(output.objects.iter().map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_owned(),
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }));
         for mut object in output.objects {
             let api_version = object["apiVersion"].as_str().unwrap_or_default().to_owned();
             let kind = object["kind"].as_str().unwrap_or_default().to_owned();
@@ -114,10 +152,10 @@ pub async fn apply(
                 .to_owned();
             let (resource, namespaced) = match resource_of(ctx, &api_version, &kind).await {
                 Ok(found) => found,
-                Err(message) => {
+                Err(lookup) => {
                     applied
                         .failures
-                        .push(format!("{}: {message}", flavor_name(flavor)));
+                        .push(format!("{}: {}", flavor_name(flavor), lookup.message()));
                     break;
                 }
             };
@@ -129,21 +167,15 @@ pub async fn apply(
                     Ok(found) => found.map(|o| serde_json::to_value(o).unwrap_or_default()),
                     Err(e) => {
                         applied.failures.push(format!(
-                            "{}: cannot read EgressFirewall {namespace}/{object_name}: {e}",
+                            "{}: reading EgressFirewall {namespace}/{object_name} to merge NetReach's rules into it failed, retrying: {e}",
                             flavor_name(flavor)
                         ));
                         break;
                     }
                 };
-                let previously_ours: Vec<Value> = existing
-                    .as_ref()
-                    .and_then(|e| e["metadata"]["annotations"][OUR_RULES_ANNOTATION].as_str())
-                    .and_then(|text| serde_json::from_str(text).ok())
-                    .unwrap_or_default();
-                let ours = object["spec"]["egress"].clone();
-                object = merge_egress_firewall(existing.as_ref(), &object, &previously_ours);
-                object["metadata"]["annotations"][OUR_RULES_ANNOTATION] =
-                    Value::String(ours.to_string());
+                let merged = merge_egress_firewall(existing.as_ref(), &object, &name);
+                object = merged.object;
+                applied.notes.extend(merged.notes);
             } else if namespaced && let Some(owner) = &owner {
                 object["metadata"]["ownerReferences"] = json!([owner]);
             }
@@ -169,78 +201,90 @@ pub async fn apply(
             }
         }
     }
-    applied
-        .policies
-        .sort_by(|a, b| (&a.flavor, &a.kind, &a.name).cmp(&(&b.flavor, &b.kind, &b.name)));
     let keep: BTreeSet<(String, String, Option<String>)> = applied
         .policies
         .iter()
         .map(|p| (p.kind.clone(), p.name.clone(), p.namespace.clone()))
         .collect();
     for old in previous {
-        if !keep.contains(&(old.kind.clone(), old.name.clone(), old.namespace.clone())) {
-            remove(ctx, old, &mut applied.failures).await;
+        if keep.contains(&(old.kind.clone(), old.name.clone(), old.namespace.clone())) {
+            continue;
+        }
+        if wanted.contains(&(old.kind.clone(), old.name.clone())) {
+            // Still wanted but not applied this pass (the failure is reported): it stays.
+            applied.policies.push(old.clone());
+            continue;
+        }
+        if let Err(failure) = remove(ctx, &name, old).await {
+            applied.failures.push(failure);
+            // Still there: keep it on record so the next pass (or the finalizer) retries.
+            applied.policies.push(old.clone());
         }
     }
     applied
+        .policies
+        .sort_by(|a, b| (&a.flavor, &a.kind, &a.name).cmp(&(&b.flavor, &b.kind, &b.name)));
+    applied
 }
 
-/// Deletes one object NetReach applied earlier (or takes its rules out of an EgressFirewall).
-async fn remove(ctx: &Context, old: &AppliedPolicy, failures: &mut Vec<String>) {
-    let Ok((resource, _)) = resource_of(ctx, &old.api_version, &old.kind).await else {
-        return;
+/// Deletes one object `profile` applied earlier, or takes its rules out of the shared
+/// EgressFirewall. A kind the cluster no longer serves or an object already gone needs
+/// nothing; any other failure is returned, so the caller keeps the object on record (and the
+/// finalizer in place) and retries instead of leaving rules behind.
+async fn remove(ctx: &Context, profile: &str, old: &AppliedPolicy) -> Result<(), String> {
+    let place = match &old.namespace {
+        Some(ns) => format!("{} {ns}/{}", old.kind, old.name),
+        None => format!("{} {}", old.kind, old.name),
+    };
+    let resource = match resource_of(ctx, &old.api_version, &old.kind).await {
+        Ok((resource, _)) => resource,
+        // Uninstalling a CRD deletes its objects: nothing is left behind.
+        Err(Lookup::NotServed(message)) => {
+            debug!(kind = %old.kind, name = %old.name, %message, "nothing to remove");
+            return Ok(());
+        }
+        Err(Lookup::Failed(message)) => return Err(format!("removing {place}: {message}")),
     };
     let api = api_for(ctx, &resource, old.namespace.as_deref());
     if old.kind == "EgressFirewall" {
-        let Ok(Some(existing)) = api.get_opt(&old.name).await else {
-            return;
+        let existing = match api.get_opt(&old.name).await {
+            Ok(Some(existing)) => serde_json::to_value(existing).unwrap_or_default(),
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(format!(
+                    "reading {place} to take NetReach's rules out failed, retrying: {e}"
+                ));
+            }
         };
-        let existing = serde_json::to_value(existing).unwrap_or_default();
-        let ours: Vec<Value> = existing["metadata"]["annotations"][OUR_RULES_ANNOTATION]
-            .as_str()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default();
-        let denies: Vec<Value> = emit::egress_firewall_denies()
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .collect();
-        let remaining: Vec<Value> = existing["spec"]["egress"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| !ours.contains(r))
-            .collect();
-        if remaining.iter().all(|r| denies.contains(r)) {
-            let _ = api.delete(&old.name, &DeleteParams::default()).await;
-        } else {
-            let body = json!({
-                "apiVersion": old.api_version, "kind": old.kind,
-                "metadata": {"name": old.name, "annotations": {OUR_RULES_ANNOTATION: "[]"}},
-                "spec": {"egress": remaining},
-            });
-            if let Err(e) = api
-                .patch(
+        return match unmerge_egress_firewall(&existing, profile) {
+            None => match api.delete(&old.name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(format!("deleting {place} failed, retrying: {e}")),
+            },
+            Some(mut body) => {
+                body["apiVersion"] = Value::String(old.api_version.clone());
+                body["kind"] = Value::String(old.kind.clone());
+                api.patch(
                     &old.name,
                     &PatchParams::apply(MANAGER).force(),
                     &Patch::Apply(&body),
                 )
                 .await
-            {
-                failures.push(format!(
-                    "removing NetReach's rules from EgressFirewall {} failed: {e}",
-                    old.name
-                ));
+                .map(|_| ())
+                .map_err(|e| {
+                    format!("taking NetReach's rules out of {place} failed, retrying: {e}")
+                })
             }
-        }
-        return;
+        };
     }
     match api.delete(&old.name, &DeleteParams::default()).await {
         Ok(_) => {
-            info!(kind = %old.kind, name = %old.name, "deleted a policy object no longer emitted")
+            info!(kind = %old.kind, name = %old.name, "deleted a policy object no longer emitted");
+            Ok(())
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => failures.push(format!("deleting {} {} failed: {e}", old.kind, old.name)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(format!("deleting {place} failed, retrying: {e}")),
     }
 }
 
@@ -257,7 +301,9 @@ pub async fn cleanup(ctx: &Context, profile: &ConnectivityProfile) -> Vec<String
         .iter()
         .filter(|p| p.namespace.is_none() || p.kind == "EgressFirewall")
     {
-        remove(ctx, old, &mut failures).await;
+        if let Err(failure) = remove(ctx, &profile.name_any(), old).await {
+            failures.push(failure);
+        }
     }
     debug!(profile = %profile.name_any(), "cleaned up policy objects");
     failures

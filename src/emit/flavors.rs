@@ -636,6 +636,15 @@ fn policy_api_rules(
                 ));
                 continue;
             }
+            // The CRDs' pattern wants at least one dot: a single label would be refused.
+            Some(host) if !host.contains('.') => {
+                output.notes.push(note(
+                    flavor,
+                    &allow,
+                    format!("domainNames must hold a dotted name; {host} is a single label, use its fully qualified name"),
+                ));
+                continue;
+            }
             Some(host) => npa::Peer {
                 domain_names: vec![host.clone()],
                 ..npa::Peer::default()
@@ -792,7 +801,7 @@ pub fn cluster_network_policy(input: &Input<'_>) -> Output {
 }
 
 /// The deny rules that close an EgressFirewall allowlist.
-pub fn egress_firewall_denies() -> Vec<ovn::EgressFirewallRule> {
+pub(super) fn egress_firewall_denies() -> Vec<ovn::EgressFirewallRule> {
     ["0.0.0.0/0", "::/0"]
         .into_iter()
         .map(|cidr| ovn::EgressFirewallRule {
@@ -806,9 +815,37 @@ pub fn egress_firewall_denies() -> Vec<ovn::EgressFirewallRule> {
         .collect()
 }
 
+/// Whether the profile narrows its policy to some pods, which EgressFirewall cannot do.
+fn selects_some_pods(input: &Input<'_>) -> bool {
+    input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.as_ref())
+        .is_some_and(|s| {
+            s.match_labels.as_ref().is_some_and(|l| !l.is_empty())
+                || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
+        })
+}
+
+/// The namespace's `default` EgressFirewall. What it cannot do, it says: it has no pod
+/// selector (it covers every pod of the namespace), and its closing deny-all also blocks the
+/// Kubernetes API server and any DNS server outside the pod network unless the profile
+/// declares them as endpoints. Cluster DNS pods need no rule: EgressFirewall only governs
+/// traffic to destinations outside the cluster (CRD description).
 pub fn egress_firewall(input: &Input<'_>) -> Output {
     let flavor = Flavor::EgressFirewall;
     let mut output = Output::default();
+    if selects_some_pods(input) {
+        output.notes.push(Note {
+            flavor,
+            endpoint: "*".into(),
+            message: format!(
+                "cannot select pods: it applies to every pod in namespace {}, not only to those of spec.policy.podSelector; use a flavor with a pod selector to confine the policy to them",
+                input.namespace
+            ),
+        });
+    }
     let mut egress = Vec::new();
     for allow in allows(input) {
         let ports: Vec<ovn::Port> = allow
@@ -861,34 +898,4 @@ pub fn egress_firewall(input: &Input<'_>) -> Output {
         spec: ovn::EgressFirewallSpec { egress },
     }));
     output
-}
-
-/// Merges NetReach's EgressFirewall rules into the namespace's existing `default` one: rules
-/// someone else wrote stay, in order, after ours; the closing deny-all comes last once.
-pub fn merge_egress_firewall(
-    existing: Option<&Value>,
-    ours: &Value,
-    previously_ours: &[Value],
-) -> Value {
-    let our_rules: Vec<Value> = ours["spec"]["egress"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let denies: Vec<Value> = egress_firewall_denies().iter().map(to_value).collect();
-    let theirs: Vec<Value> = existing
-        .and_then(|e| e["spec"]["egress"].as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|rule| {
-            !previously_ours.contains(rule) && !our_rules.contains(rule) && !denies.contains(rule)
-        })
-        .collect();
-    let allows: Vec<Value> = our_rules
-        .into_iter()
-        .filter(|r| !denies.contains(r))
-        .collect();
-    let mut merged = ours.clone();
-    merged["spec"]["egress"] =
-        Value::Array(allows.into_iter().chain(theirs).chain(denies).collect());
-    merged
 }

@@ -4,10 +4,14 @@
 
 pub mod allowlist;
 pub mod cli;
+mod egress_firewall;
 mod flavors;
 pub mod types;
 
-pub use flavors::{egress_firewall_denies, merge_egress_firewall};
+pub use egress_firewall::{
+    Merged as MergedEgressFirewall, RULES_ANNOTATION as EGRESS_FIREWALL_RULES_ANNOTATION,
+    merge_egress_firewall, unmerge_egress_firewall,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,7 +63,8 @@ pub fn flavor_name(flavor: Flavor) -> &'static str {
 impl FromStr for RenderFormat {
     type Err = String;
 
-    /// Case-insensitive, as in `spec.policy.flavors` and `--flavor`.
+    /// Any case (`--flavor networkpolicy`). `spec.policy.flavors` is a schema enum and takes
+    /// only the canonical spelling of [`flavor_name`], which `Display` prints.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let wanted = text.trim();
         if wanted.eq_ignore_ascii_case("AllowlistCSV") {

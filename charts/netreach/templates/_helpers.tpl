@@ -27,11 +27,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* The rules the operator needs in every watched namespace (or cluster-wide). */}}
+{{/* The rules the operator needs in every watched namespace (or cluster-wide): exactly the
+calls src/controller makes, checked in both directions by tests/chart.rs. */}}
 {{- define "netreach.rules" -}}
+{{- /* get: a check reads its profile, and itself fresh before starting a run; patch: the
+profiles' cleanup finalizer. */}}
 - apiGroups: [netreach.dev]
-  resources: [connectivityprofiles, egresschecks]
+  resources: [connectivityprofiles]
   verbs: [get, list, watch, patch]
+- apiGroups: [netreach.dev]
+  resources: [egresschecks]
+  verbs: [get, list, watch]
 - apiGroups: [netreach.dev]
   resources: [connectivityprofiles/status, egresschecks/status]
   verbs: [patch]
@@ -54,27 +60,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create, patch]
 {{- $flavors := .Values.policy.allowedFlavors }}
+{{- /* Policy kinds: patch is server-side apply (which creates as well), delete removes what
+is no longer emitted. */}}
 {{- if has "NetworkPolicy" $flavors }}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "Cilium" $flavors }}
 - apiGroups: [cilium.io]
   resources: [ciliumnetworkpolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "Calico" $flavors }}
 - apiGroups: [projectcalico.org]
   resources: [networkpolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "Istio" $flavors }}
 - apiGroups: [networking.istio.io]
   resources: [serviceentries, gateways, virtualservices, destinationrules, sidecars]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "EgressFirewall" $flavors }}
+{{- /* get: the namespace's one EgressFirewall is shared; NetReach merges its rules into it. */}}
 - apiGroups: [k8s.ovn.org]
   resources: [egressfirewalls]
   verbs: [get, patch, delete]
@@ -87,21 +96,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if has "CiliumEgressGateway" $flavors }}
 - apiGroups: [cilium.io]
   resources: [ciliumegressgatewaypolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "Calico" $flavors }}
 - apiGroups: [projectcalico.org]
   resources: [globalnetworksets]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "AdminNetworkPolicy" $flavors }}
 - apiGroups: [policy.networking.k8s.io]
   resources: [adminnetworkpolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- if has "ClusterNetworkPolicy" $flavors }}
 - apiGroups: [policy.networking.k8s.io]
   resources: [clusternetworkpolicies]
-  verbs: [get, patch, delete]
+  verbs: [patch, delete]
 {{- end }}
 {{- end -}}

@@ -1,0 +1,172 @@
+//! Sharing a namespace's one `default` EgressFirewall with whoever else writes it. Rules are
+//! evaluated in order and the first match wins, so NetReach's Allow rules go after every rule
+//! someone else wrote (nobody's explicit Deny is overridden) and before one closing deny-all;
+//! what each profile added is recorded on the object, so it can be taken out again without
+//! touching anyone else's rules.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::flavors::egress_firewall_denies;
+
+/// Annotation on the shared EgressFirewall: the rules each NetReach profile added, as a JSON
+/// object from profile name to rules (an older single list belongs to the profile reading it).
+pub const RULES_ANNOTATION: &str = "netreach.dev/egress-rules";
+
+/// NetReach's rules merged into the namespace's EgressFirewall.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Merged {
+    /// The object to apply: everyone's rules in order, and the record of what each profile added.
+    pub object: Value,
+    /// Rules someone else wrote that decide before NetReach's could (a catch-all among them).
+    pub notes: Vec<String>,
+}
+
+/// The CIDR of a rule that matches every port to `0.0.0.0/0` or `::/0`.
+fn catch_all(rule: &Value) -> Option<&str> {
+    let cidr = rule["to"]["cidrSelector"]
+        .as_str()
+        .filter(|c| matches!(*c, "0.0.0.0/0" | "::/0"))?;
+    let has_ports = rule["ports"].as_array().is_some_and(|p| !p.is_empty());
+    (!has_ports).then_some(cidr)
+}
+
+/// Whether a rule is a deny-all of the kind that closes an allowlist.
+fn closes(rule: &Value) -> bool {
+    rule["type"] == "Deny" && catch_all(rule).is_some()
+}
+
+/// The rules before the closing run of deny-alls, and that run.
+fn split_closing(rules: &[Value]) -> (&[Value], &[Value]) {
+    let body = rules.iter().rposition(|r| !closes(r)).map_or(0, |i| i + 1);
+    rules.split_at(body)
+}
+
+/// What each profile recorded on the object.
+fn records(existing: Option<&Value>, profile: &str) -> BTreeMap<String, Vec<Value>> {
+    let Some(text) = existing.and_then(|e| e["metadata"]["annotations"][RULES_ANNOTATION].as_str())
+    else {
+        return BTreeMap::new();
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map
+            .into_iter()
+            .map(|(name, rules)| (name, rules.as_array().cloned().unwrap_or_default()))
+            .collect(),
+        Ok(Value::Array(rules)) => BTreeMap::from([(profile.to_owned(), rules)]),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn rules_of(object: Option<&Value>) -> Vec<Value> {
+    object
+        .and_then(|o| o["spec"]["egress"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn record_text(records: &BTreeMap<String, Vec<Value>>) -> Value {
+    Value::String(serde_json::to_string(records).expect("rules serialize"))
+}
+
+/// Merges `profile`'s emitted EgressFirewall (`ours`) into the namespace's `existing` one.
+///
+/// # Guarantees
+/// - Rules nobody in NetReach wrote keep their relative order and come first, so an Allow of
+///   ours can never override someone's explicit Deny (first match wins).
+/// - Other NetReach profiles' rules follow, then this profile's, then the closing deny-all.
+/// - A deny-all someone else ended their list with stays theirs (it closes ours too); the
+///   closing denies NetReach adds are recorded, so removing our rules restores their list.
+pub fn merge_egress_firewall(existing: Option<&Value>, ours: &Value, profile: &str) -> Merged {
+    let mut records = records(existing, profile);
+    let previous = records.remove(profile).unwrap_or_default();
+    let others: Vec<Value> = records.values().flatten().cloned().collect();
+    let netreach = |rule: &Value| previous.contains(rule) || others.contains(rule);
+    let rules = rules_of(existing);
+    let (body, tail) = split_closing(&rules);
+    let foreign: Vec<Value> = body.iter().filter(|r| !netreach(r)).cloned().collect();
+    let wanted: Vec<Value> = rules_of(Some(ours))
+        .into_iter()
+        .filter(|r| !closes(r))
+        .collect();
+    // A rule another profile also wants comes once, in this profile's place.
+    let theirs: Vec<Value> = body
+        .iter()
+        .filter(|r| others.contains(r) && !wanted.contains(r))
+        .cloned()
+        .collect();
+    // A rule someone else wrote stays theirs even when it equals one of ours.
+    let added: Vec<Value> = wanted
+        .into_iter()
+        .filter(|r| !foreign.contains(r))
+        .collect();
+    let foreign_tail: Vec<Value> = tail.iter().filter(|r| !netreach(r)).cloned().collect();
+    let closing: Vec<Value> = egress_firewall_denies()
+        .iter()
+        .map(|d| serde_json::to_value(d).expect("rules serialize"))
+        .filter(|d| !foreign_tail.iter().any(|t| catch_all(t) == catch_all(d)))
+        .collect();
+
+    let namespace = ours["metadata"]["namespace"].as_str().unwrap_or_default();
+    let notes = foreign
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rule)| {
+            let cidr = catch_all(rule)?;
+            let what = if rule["type"] == "Deny" { "denies" } else { "allows" };
+            Some(format!(
+                "EgressFirewall {namespace}/default: spec.egress[{i}] {what} all traffic to {cidr}; someone else wrote it and it decides before NetReach's rules (first match wins); move it to the end of spec.egress for them to apply"
+            ))
+        })
+        .collect();
+
+    let mut egress = foreign;
+    egress.extend(theirs);
+    egress.extend(added.iter().cloned());
+    egress.extend(foreign_tail);
+    egress.extend(closing.iter().cloned());
+    records.insert(
+        profile.to_owned(),
+        added.into_iter().chain(closing).collect(),
+    );
+    let mut object = ours.clone();
+    object["spec"]["egress"] = Value::Array(egress);
+    object["metadata"]["annotations"][RULES_ANNOTATION] = record_text(&records);
+    Merged { object, notes }
+}
+
+/// The namespace's EgressFirewall without what `profile` added: the object to apply, or
+/// `None` when nothing anyone else wrote is left and it can be deleted. Rules someone else
+/// wrote, and rules another profile still records, stay in their order.
+pub fn unmerge_egress_firewall(existing: &Value, profile: &str) -> Option<Value> {
+    let mut records = records(Some(existing), profile);
+    let ours = records.remove(profile).unwrap_or_default();
+    let others: Vec<Value> = records.values().flatten().cloned().collect();
+    let rules = rules_of(Some(existing));
+    let (body, tail) = split_closing(&rules);
+    let only_ours = |rule: &Value| ours.contains(rule) && !others.contains(rule);
+    // NetReach adds deny-alls only at the end: one earlier in the list is someone else's.
+    let remaining: Vec<Value> = body
+        .iter()
+        .filter(|r| closes(r) || !only_ours(r))
+        .chain(tail.iter().filter(|r| !only_ours(r)))
+        .cloned()
+        .collect();
+    if remaining.is_empty() {
+        return None;
+    }
+    let mut metadata = json!({
+        "name": existing["metadata"]["name"],
+        "namespace": existing["metadata"]["namespace"],
+    });
+    if !records.is_empty() {
+        metadata["annotations"] = json!({RULES_ANNOTATION: record_text(&records)});
+        metadata["labels"] = json!({super::MANAGED_BY.0: super::MANAGED_BY.1});
+    }
+    Some(json!({
+        "apiVersion": existing["apiVersion"],
+        "kind": existing["kind"],
+        "metadata": metadata,
+        "spec": {"egress": remaining},
+    }))
+}
