@@ -40,47 +40,65 @@ impl FromStr for SpecDuration {
         let err = || ParseDurationError {
             text: text.to_owned(),
         };
-        // The grammar check keeps out what Go accepts but the schema pattern refuses
-        // (signs, a bare "0"), so the CLI and the API server agree.
-        if !matches_duration_grammar(text) {
-            return Err(err());
-        }
-        let parsed = kube::core::Duration::from_str(text).map_err(|_| err())?;
+        let value = parse_go_duration(text).ok_or_else(err)?;
         Ok(Self {
             text: text.to_owned(),
-            value: parsed.into(),
+            value,
         })
     }
 }
 
-/// Hand-rolled matcher for [`DURATION_PATTERN`] (no regex engine needed for one grammar).
-fn matches_duration_grammar(text: &str) -> bool {
+/// Largest duration Go represents (an int64 of nanoseconds, about 292 years); Go refuses
+/// longer ones, and so do we rather than overflow.
+const MAX_NANOS: u128 = i64::MAX as u128;
+
+/// Parses exactly [`DURATION_PATTERN`] (Go's `time.ParseDuration` without signs or a bare
+/// "0"), so the CLI and the API server agree; `None` for anything else or an overflow.
+fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text;
     if rest.is_empty() {
-        return false;
+        return None;
     }
+    let mut total: u128 = 0;
     while !rest.is_empty() {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
         if int_len == 0 {
-            return false;
+            return None;
         }
+        let whole = &rest[..int_len];
         rest = &rest[int_len..];
-        if let Some(frac) = rest.strip_prefix('.') {
-            let frac_len = frac.bytes().take_while(u8::is_ascii_digit).count();
+        let mut fraction = "";
+        if let Some(after_dot) = rest.strip_prefix('.') {
+            let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
             if frac_len == 0 {
-                return false;
+                return None;
             }
-            rest = &frac[frac_len..];
+            fraction = &after_dot[..frac_len];
+            rest = &after_dot[frac_len..];
         }
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"]
-            .into_iter()
-            .find(|unit| rest.starts_with(unit));
-        match unit {
-            Some(unit) => rest = &rest[unit.len()..],
-            None => return false,
+        let (unit, nanos_per_unit) = [
+            ("ns", 1u128),
+            ("us", 1_000),
+            ("µs", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ]
+        .into_iter()
+        .find(|(unit, _)| rest.starts_with(unit))?;
+        rest = &rest[unit.len()..];
+        let whole: u128 = whole.parse().ok().filter(|w| *w <= MAX_NANOS)?;
+        let mut nanos = whole.checked_mul(nanos_per_unit)?;
+        // Fraction digits beyond nanosecond precision cannot matter; Go drops them too.
+        let mut scale = nanos_per_unit;
+        for digit in fraction.bytes().take(20) {
+            scale /= 10;
+            nanos += u128::from(digit - b'0') * scale;
         }
+        total = total.checked_add(nanos).filter(|t| *t <= MAX_NANOS)?;
     }
-    true
+    Some(Duration::from_nanos(u64::try_from(total).ok()?))
 }
 
 impl fmt::Debug for SpecDuration {
@@ -163,7 +181,20 @@ mod tests {
 
     #[test]
     fn durations_without_unit_or_with_sign_are_refused() {
-        for text in ["", "10", "-5s", "+5s", "5 m", "m", "1.s", "5d", "0"] {
+        for text in [
+            "",
+            "10",
+            "-5s",
+            "+5s",
+            "5 m",
+            "m",
+            "1.s",
+            "5d",
+            "0",
+            "9999999999999999h",
+            "99999999999999999999999999999999999999999s",
+            "2562048h",
+        ] {
             assert!(
                 text.parse::<SpecDuration>().is_err(),
                 "{text:?} should be refused"

@@ -38,8 +38,6 @@ pub async fn http_get(
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| io_failure(Stage::Protocol, target, "HTTP", e))?;
-        // The connection task ends when the response is dropped; its errors surface there.
-        let driver = tokio::spawn(connection);
         let request = hyper::Request::get(path)
             .header(hyper::header::HOST, host)
             .header(
@@ -49,8 +47,18 @@ pub async fn http_get(
             .header(hyper::header::CONNECTION, "close")
             .body(Empty::new())
             .map_err(|e| io_failure(Stage::Protocol, target, "building the HTTP request", e))?;
-        let response = sender.send_request(request).await;
-        driver.abort();
+        // Drive the connection in this task, not a spawned one: the probe needs only the
+        // response head, and the connection is dropped with it (no close_notify round trip).
+        let response =
+            match futures::future::select(std::pin::pin!(sender.send_request(request)), connection)
+                .await
+            {
+                futures::future::Either::Left((response, _)) => response,
+                futures::future::Either::Right((ended, pending)) => match ended {
+                    Ok(()) => pending.await,
+                    Err(e) => Err(e),
+                },
+            };
         let response = response.map_err(|e| io_failure(Stage::Protocol, target, "HTTP GET", e))?;
         Ok(response.status())
     };
