@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// How long the Lease holds without renewal before a standby takes over, e.g. 15s.
     #[arg(long, default_value = "15s")]
     pub lease_duration: crate::api::SpecDuration,
+    /// Reconciles in flight at once per controller; bounds memory and API connections when
+    /// many objects change together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// This replica's identity in the Lease (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -214,6 +218,7 @@ fn run_operator(args: RunArgs) -> ExitCode {
             lease_name: args.lease_name.clone(),
             lease_duration: args.lease_duration.as_duration(),
             identity,
+            max_concurrent_reconciles: args.max_concurrent_reconciles,
         };
         let addresses = if args.metrics_addr == args.health_addr {
             vec![args.metrics_addr]

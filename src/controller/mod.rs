@@ -94,6 +94,9 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// This replica's name in the Lease.
     pub identity: String,
+    /// Reconciles in flight at once, per controller: bounds the operator's memory and the
+    /// connections it opens when thousands of objects change together (start-up, relists).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Shared by every reconcile.
@@ -327,7 +330,14 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
         api_for(&client, namespace);
     let jobs: Api<Job> = api_for(&client, namespace);
     let profiles: Api<DeserializeGuard<ConnectivityProfile>> = api_for(&client, namespace);
-    let check_controller = Controller::new(checks, watcher::Config::default());
+    // The debounce folds the burst of events one probe Job causes (created, running, done,
+    // deleted) into one reconcile, and keeps those fresh triggers from jumping the queue ahead
+    // of checks that have waited longer.
+    let config = controller::Config::default()
+        .concurrency(ctx.settings.max_concurrent_reconciles)
+        .debounce(Duration::from_millis(500));
+    let check_controller =
+        Controller::new(checks, watcher::Config::default()).with_config(config.clone());
     let store = check_controller.store();
     let sweep = sweep_metrics(ctx.clone(), store.clone(), namespace.map(str::to_owned));
     let check_ctx = ctx.clone();
@@ -377,6 +387,7 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
         });
     let profile_ctx = ctx.clone();
     let profile_future = Controller::new(profiles, watcher::Config::default())
+        .with_config(config)
         .run(
             |profile, ctx| reconcile_profile(profile, ctx).with_current_subscriber(),
             error_policy,

@@ -115,6 +115,7 @@ impl Cluster {
             lease_name: "netreach-operator".into(),
             lease_duration: Duration::from_secs(3),
             identity: identity.into(),
+            max_concurrent_reconciles: 16,
         }
     }
 

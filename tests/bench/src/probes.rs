@@ -79,17 +79,31 @@ fn median(mut rounds: Vec<Figures>) -> Figures {
     rounds.swap_remove(rounds.len() / 2)
 }
 
+/// Profiles of at most 1,000 endpoints each (the CRD's limit), one endpoint×port per row.
 fn profile_yaml(settings: &Settings) -> String {
-    let mut yaml = String::from(
-        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: bench, namespace: bench}\nspec:\n  defaults: {timeout: 10s}\n  endpoints:\n",
-    );
-    for i in 0..settings.https {
-        yaml.push_str(&format!("    - {{name: https-{i:04}, cidr: 127.0.0.1, ports: [{{port: {HTTPS_PORT}, protocol: HTTPS}}]}}\n"));
-    }
-    for i in 0..settings.tls {
-        yaml.push_str(&format!("    - {{name: tls-{i:04}, cidr: 127.0.0.1, ports: [{{port: {HTTPS_PORT}, protocol: TLS}}]}}\n"));
-    }
-    yaml
+    let rows = (0..settings.https)
+        .map(|i| {
+            format!(
+                "https-{i:05}, cidr: 127.0.0.1, ports: [{{port: {HTTPS_PORT}, protocol: HTTPS}}]"
+            )
+        })
+        .chain((0..settings.tls).map(|i| {
+            format!("tls-{i:05}, cidr: 127.0.0.1, ports: [{{port: {HTTPS_PORT}, protocol: TLS}}]")
+        }))
+        .collect::<Vec<_>>();
+    rows.chunks(1000)
+        .enumerate()
+        .map(|(n, chunk)| {
+            let mut yaml = format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: bench-{n}, namespace: bench}}\nspec:\n  defaults: {{timeout: 10s}}\n  endpoints:\n"
+            );
+            for row in chunk {
+                yaml.push_str(&format!("    - {{name: {row}}}\n"));
+            }
+            yaml
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
 }
 
 fn run_netreach(
@@ -111,12 +125,19 @@ fn run_netreach(
             ])
             .stderr(std::process::Stdio::null()),
     )?;
-    let report: Value =
-        serde_json::from_slice(&output).context("netreach check printed no JSON")?;
-    let rows = report["groups"][0]["results"]
+    let report: Value = serde_json::from_slice(&output).with_context(|| {
+        format!(
+            "netreach check printed no JSON (exit {}); run it by hand on {}",
+            usage.exit_code,
+            profile.display()
+        )
+    })?;
+    let rows: Vec<Value> = report["groups"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["results"].as_array().cloned().unwrap_or_default())
+        .collect();
     let passed = rows.iter().filter(|r| r["outcome"] == "Pass").count();
     anyhow::ensure!(
         usage.exit_code == 0 && passed == rows.len() && !rows.is_empty(),
@@ -277,18 +298,42 @@ fn measure(
     peers: &Peers,
     ca: &std::path::Path,
     dir: &std::path::Path,
-) -> anyhow::Result<[Figures; 3]> {
+) -> anyhow::Result<([Figures; 3], Duration)> {
     let profile = dir.join(format!("profile-{}.yaml", settings.https + settings.tls));
     std::fs::write(&profile, profile_yaml(settings))?;
     let mut netreach = Vec::new();
     let mut blackbox = Vec::new();
     let mut floor = Vec::new();
+    let mut loading = Vec::new();
     for _ in 0..settings.rounds {
         netreach.push(run_netreach(settings, &profile, ca)?);
         blackbox.push(run_blackbox(settings, peers)?);
         floor.push(run_floor(settings, ca)?);
+        loading.push(load_cpu(&profile)?);
     }
-    Ok([median(netreach), median(blackbox), median(floor)])
+    loading.sort();
+    Ok((
+        [median(netreach), median(blackbox), median(floor)],
+        loading[loading.len() / 2],
+    ))
+}
+
+/// CPU of everything `netreach check` does before probing: parsing the YAML and validating
+/// it against the CRD schema and CEL rules, measured through `render`, which does the same.
+fn load_cpu(profile: &std::path::Path) -> anyhow::Result<Duration> {
+    let (usage, _) = run_measured(
+        Command::new(release_binary("netreach")?)
+            .arg("render")
+            .arg(profile)
+            .args(["--flavor", "AllowlistCSV"])
+            .stderr(std::process::Stdio::null()),
+    )?;
+    anyhow::ensure!(
+        usage.exit_code == 0,
+        "netreach render failed on {}",
+        profile.display()
+    );
+    Ok(usage.cpu)
 }
 
 /// CPU per probe beyond start-up: the difference between a run of 2N and one of N rows.
@@ -317,8 +362,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         &ca,
         &dir,
     )?;
-    let [n_small, b_small, f_small] = measure(&settings, &peers, &ca, &dir)?;
-    let [netreach, blackbox, floor] = measure(&doubled, &peers, &ca, &dir)?;
+    let ([n_small, b_small, f_small], load_small) = measure(&settings, &peers, &ca, &dir)?;
+    let ([netreach, blackbox, floor], load_large) = measure(&doubled, &peers, &ca, &dir)?;
     let headers = [
         "tool",
         "probes",
@@ -356,6 +401,24 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         marginal[1],
         marginal[2]
     );
+    // The probe engine alone: the marginal CPU without loading and validating the input.
+    let engine = ((netreach.cpu.saturating_sub(load_large)).as_secs_f64()
+        - (n_small.cpu.saturating_sub(load_small)).as_secs_f64())
+        * 1000.0
+        / (netreach.probes - n_small.probes) as f64;
+    let load_per_row = (load_large.as_secs_f64() - load_small.as_secs_f64()) * 1000.0
+        / (netreach.probes - n_small.probes) as f64;
+    let engine_vs_floor = engine / marginal[2];
+    println!(
+        "netreach probe engine (without loading and validating the input, {load_per_row:.3} ms per row): {engine:.3} ms per probe, {engine_vs_floor:.2}× the rustls floor"
+    );
+    println!(
+        "netreach peak RSS: {:.1} MiB for {} rows, {:.1} MiB for {} rows",
+        n_small.rss_kib as f64 / 1024.0,
+        n_small.probes,
+        netreach.rss_kib as f64 / 1024.0,
+        netreach.probes
+    );
     let cpu_vs_floor = per_probe(&netreach) / per_probe(&floor);
     let marginal_vs_floor = marginal[0] / marginal[2];
     let cpu_vs_blackbox = per_probe(&netreach) / per_probe(&blackbox);
@@ -366,9 +429,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     println!(
         "netreach throughput: {throughput_vs_blackbox:.2}× the blackbox exporter's at equal concurrency"
     );
-    println!(
-        "(the exporter's RSS is its process peak; netreach's and the floor's are whole-run peaks)"
-    );
     let summary = json!({
         "benchmark": "probes",
         "https": doubled.https,
@@ -378,9 +438,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         "netreach": netreach.json(),
         "blackbox": blackbox.json(),
         "floor": floor.json(),
+        "engineCpuMsPerProbe": engine,
+        "netreachPeakRssMiBByRows": {n_small.probes.to_string(): n_small.rss_kib as f64 / 1024.0, netreach.probes.to_string(): netreach.rss_kib as f64 / 1024.0},
+        "loadCpuMsPerRow": load_per_row,
         "marginalCpuMsPerProbe": {"netreach": marginal[0], "blackbox": marginal[1], "floor": marginal[2]},
         "ratios": {
             "netreachMarginalCpuPerProbeVsFloor": marginal_vs_floor,
+            "netreachEngineCpuPerProbeVsFloor": engine_vs_floor,
             "netreachCpuPerProbeVsFloor": cpu_vs_floor,
             "netreachCpuPerProbeVsBlackbox": cpu_vs_blackbox,
             "netreachThroughputVsBlackbox": throughput_vs_blackbox,

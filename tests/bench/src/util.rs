@@ -44,6 +44,19 @@ pub fn run_measured(command: &mut Command) -> anyhow::Result<(Usage, Vec<u8>)> {
         let mut buffer = Vec::new();
         std::io::Read::read_to_end(&mut stdout, &mut buffer).map(|_| buffer)
     });
+    // ru_maxrss would count the benchmark's own memory at fork time: read the child's
+    // high-water mark from /proc while it runs instead (it only rises).
+    let peak_rss = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak_rss = peak_rss.clone();
+        let pid = pid as u32;
+        std::thread::spawn(move || {
+            while let Ok(kib) = process_peak_rss_kib(pid) {
+                peak_rss.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid, and wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -52,6 +65,7 @@ pub fn run_measured(command: &mut Command) -> anyhow::Result<(Usage, Vec<u8>)> {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
     let wall = started.elapsed();
+    let _ = sampler.join();
     let output = reader
         .join()
         .expect("reader thread")
@@ -63,7 +77,7 @@ pub fn run_measured(command: &mut Command) -> anyhow::Result<(Usage, Vec<u8>)> {
         Usage {
             wall,
             cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-            max_rss_kib: usage.ru_maxrss as u64,
+            max_rss_kib: peak_rss.load(std::sync::atomic::Ordering::Relaxed),
             exit_code: libc::WEXITSTATUS(status),
         },
         output,

@@ -175,7 +175,7 @@ fn valid_label(name: &str) -> bool {
 }
 
 /// How many changes the store keeps for watches to resume from.
-pub const HISTORY_LIMIT: usize = 50_000;
+pub const HISTORY_LIMIT: usize = 10_000;
 
 impl Default for Api {
     fn default() -> Self {

@@ -1,12 +1,15 @@
 //! The Job controller: pods from the template, active/succeeded/failed counts, Complete and
 //! Failed conditions, backoffLimit, activeDeadlineSeconds and ttlSecondsAfterFinished.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
 use crate::api::{Api, Query, now};
+use crate::store::Event;
 
 pub struct JobController {
     api: Arc<Api>,
@@ -31,22 +34,43 @@ impl JobController {
         Self { api }
     }
 
-    /// Reconciles every Job on each change of a Job or Pod, and every half second for
-    /// deadlines and TTLs. Runs until the task is dropped.
+    /// Reconciles the Jobs a Job or Pod change concerns as it happens, and every Job each
+    /// half second for deadlines and TTLs. Runs until the task is dropped.
     pub async fn run(self) {
         let mut events = self.api.lock().store.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
+            // None: every Job; otherwise the (namespace, name) of the Jobs that changed.
+            let mut due: Option<BTreeSet<(String, String)>> = Some(BTreeSet::new());
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => due = None,
                 event = events.recv() => match event {
-                    Ok(e) if e.key == "jobs" || e.key == "pods" => {}
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Ok(e) => note(&mut due, &e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => due = None,
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
-            let jobs: Vec<Arc<Value>> = self.api.lock().store.list("jobs.batch", None);
+            // Take what else is already queued, so a burst costs one pass.
+            loop {
+                match events.try_recv() {
+                    Ok(e) => note(&mut due, &e),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => due = None,
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                }
+            }
+            let jobs: Vec<Arc<Value>> = {
+                let api = self.api.lock();
+                match &due {
+                    None => api.store.list("jobs.batch", None),
+                    Some(due) => due
+                        .iter()
+                        .filter_map(|(namespace, name)| {
+                            api.store.get("jobs.batch", namespace, name)
+                        })
+                        .collect(),
+                }
+            };
             for job in jobs {
                 self.reconcile(&job);
             }
@@ -90,7 +114,7 @@ impl JobController {
             .api
             .lock()
             .store
-            .list("pods", Some(&namespace))
+            .list_prefixed("pods", &namespace, &format!("{name}-"))
             .into_iter()
             .filter(|p| {
                 p["metadata"]["ownerReferences"]
@@ -216,5 +240,22 @@ impl JobController {
             .api
             .target("", "v1", "pods", Some(namespace), None, None)?;
         self.api.create(&target, pod, &Query::default()).map(|_| ())
+    }
+}
+
+/// Adds the Job a Job or Pod event concerns to `due` (a Pod through its owning Job).
+fn note(due: &mut Option<BTreeSet<(String, String)>>, event: &Event) {
+    let Some(due) = due else { return };
+    let metadata = &event.object["metadata"];
+    let job = match event.key.as_str() {
+        "jobs.batch" => metadata["name"].as_str(),
+        "pods" => metadata["ownerReferences"]
+            .as_array()
+            .and_then(|refs| refs.iter().find(|r| r["kind"] == "Job"))
+            .and_then(|r| r["name"].as_str()),
+        _ => None,
+    };
+    if let Some(job) = job {
+        due.insert((event.namespace.clone(), job.to_owned()));
     }
 }

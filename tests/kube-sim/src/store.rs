@@ -125,6 +125,19 @@ impl Store {
             .map(|(_, e)| (&e.object, &e.json))
     }
 
+    /// Objects of a type in one namespace whose names start with `prefix` (a Job's pods are
+    /// named `<job>-…`), found by range instead of a scan of the namespace.
+    pub fn list_prefixed(&self, key: &str, namespace: &str, prefix: &str) -> Vec<Arc<Value>> {
+        let start = (namespace.to_owned(), prefix.to_owned());
+        self.objects
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.range(start.clone()..))
+            .take_while(|((n, name), _)| n == namespace && name.starts_with(prefix))
+            .map(|(_, e)| e.object.clone())
+            .collect()
+    }
+
     /// Every stored object with its type key.
     pub fn all(&self) -> impl Iterator<Item = (&String, &Arc<Value>)> {
         self.objects

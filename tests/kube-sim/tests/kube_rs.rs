@@ -1,8 +1,7 @@
 //! Conformance of the emulator as kube-rs sees it: the verbs and their semantics, watches
 //! across drops and expired versions, a Controller, and Jobs whose pods run.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,7 +9,6 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams,
     PostParams,
@@ -18,63 +16,15 @@ use kube::api::{
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use kube_sim::{KubeSim, Options};
+use kube_sim::KubeSim;
 use serde_json::{Value, json};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+
+use common::{check, checks, checks_resource, install_crds};
 
 async fn start() -> (KubeSim, Client) {
-    start_with(HashMap::new()).await
-}
-
-async fn start_with(images: HashMap<String, PathBuf>) -> (KubeSim, Client) {
-    let sim = KubeSim::start(Options {
-        images,
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let client = sim.client();
-    (sim, client)
-}
-
-/// Installs the repository's CRDs.
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in [
-        "connectivityprofiles.netreach.dev.yaml",
-        "egresschecks.netreach.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(repo().join("crds").join(file)).unwrap();
-        let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-}
-
-fn checks_resource() -> ApiResource {
-    ApiResource {
-        group: "netreach.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "netreach.dev/v1alpha1".into(),
-        kind: "EgressCheck".into(),
-        plural: "egresschecks".into(),
-    }
-}
-
-fn check(name: &str, interval: &str) -> DynamicObject {
-    serde_json::from_value(json!({
-        "apiVersion": "netreach.dev/v1alpha1",
-        "kind": "EgressCheck",
-        "metadata": {"name": name, "labels": {"team": "mdm"}},
-        "spec": {"endpoints": [{"name": "a", "host": "a.example.com", "ports": [{"port": 443, "protocol": "HTTPS"}]}], "interval": interval},
-    }))
-    .unwrap()
-}
-
-fn checks(client: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), "default", &checks_resource())
+    common::start(&[]).await
 }
 
 #[tokio::test]
@@ -563,8 +513,7 @@ async fn a_controller_reconciles_each_object_and_injected_faults_only_delay_it()
 
 #[tokio::test]
 async fn a_job_runs_its_pod_as_a_process_with_logs_and_termination_message() {
-    let images = HashMap::from([("busybox".to_owned(), PathBuf::from("/bin/sh"))]);
-    let (_sim, client) = start_with(images).await;
+    let (_sim, client) = common::start(&[("busybox", "/bin/sh")]).await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(client.clone(), "default");
     secrets
@@ -673,8 +622,7 @@ async fn a_job_runs_its_pod_as_a_process_with_logs_and_termination_message() {
 
 #[tokio::test]
 async fn failing_and_overdue_jobs_fail_with_their_reasons() {
-    let images = HashMap::from([("busybox".to_owned(), PathBuf::from("/bin/sh"))]);
-    let (_sim, client) = start_with(images).await;
+    let (_sim, client) = common::start(&[("busybox", "/bin/sh")]).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     let job = |name: &str, script: &str, deadline: Option<i64>| {
         let mut spec = json!({"backoffLimit": 0, "ttlSecondsAfterFinished": 3, "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", script]}]}}});

@@ -59,7 +59,7 @@ pub fn check(name: &str, interval: &str) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "netreach.dev/v1alpha1",
         "kind": "EgressCheck",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"team": "mdm"}},
         "spec": {"endpoints": [{"name": "a", "host": "a.example.com", "ports": [{"port": 443, "protocol": "HTTPS"}]}], "interval": interval},
     }))
     .unwrap()
