@@ -114,6 +114,11 @@ pub struct Context {
     retries: Retries,
     /// Status writes made, for tests and benchmarks.
     pub status_writes: AtomicU64,
+    /// Reconciles doing work at once. A FIFO semaphore rather than the controller's own
+    /// concurrency limit: that one parks waiting objects in a hash set and takes them in hash
+    /// order, so under sustained load (more periodic runs due than the cluster can take) some
+    /// checks were never reconciled at all. Waiting here, they go in the order they arrived.
+    permits: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -125,12 +130,15 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            settings,
             metrics,
             resolvers: Resolvers::default(),
             collected: Mutex::default(),
             retries: Retries::default(),
             status_writes: AtomicU64::new(0),
+            permits: tokio::sync::Semaphore::new(usize::from(
+                settings.max_concurrent_reconciles.max(1),
+            )),
+            settings,
         }
     }
 
@@ -218,6 +226,8 @@ async fn counted<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    // Closed never happens (the semaphore lives as long as the context); go on without one.
+    let _permit = ctx.permits.acquire().await.ok();
     let result = reconcile.await;
     if result.is_ok() {
         ctx.retries.reset(&retry_key(&ObjectRef::from_obj(object)));
@@ -331,11 +341,8 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
     let jobs: Api<Job> = api_for(&client, namespace);
     let profiles: Api<DeserializeGuard<ConnectivityProfile>> = api_for(&client, namespace);
     // The debounce folds the burst of events one probe Job causes (created, running, done,
-    // deleted) into one reconcile, and keeps those fresh triggers from jumping the queue ahead
-    // of checks that have waited longer.
-    let config = controller::Config::default()
-        .concurrency(ctx.settings.max_concurrent_reconciles)
-        .debounce(Duration::from_millis(500));
+    // deleted) into one reconcile. Concurrency is bounded by `Context::permits`, in order.
+    let config = controller::Config::default().debounce(Duration::from_millis(500));
     let check_controller =
         Controller::new(checks, watcher::Config::default()).with_config(config.clone());
     let store = check_controller.store();
