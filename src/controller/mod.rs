@@ -241,7 +241,8 @@ async fn reconcile_check(
 ) -> Result<Action> {
     counted(&*guard, &ctx, async {
         match &guard.0 {
-            Ok(check) => check::reconcile(Arc::new(check.clone()), ctx.clone()).await,
+            // Boxed: allocated once the permit is held, so waiting reconciles stay small.
+            Ok(check) => Box::pin(check::reconcile(Arc::new(check.clone()), ctx.clone())).await,
             Err(invalid) => {
                 warn!(
                     namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
@@ -262,7 +263,7 @@ async fn reconcile_profile(
 ) -> Result<Action> {
     counted(&*guard, &ctx, async {
         match &guard.0 {
-            Ok(profile) => profile::reconcile(Arc::new(profile.clone()), ctx.clone()).await,
+            Ok(profile) => Box::pin(profile::reconcile(Arc::new(profile.clone()), ctx.clone())).await,
             Err(invalid) => {
                 warn!(
                     namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
