@@ -116,25 +116,34 @@ impl Store {
         key: &str,
         namespace: Option<&'a str>,
     ) -> impl Iterator<Item = (&'a Arc<Value>, &'a Bytes)> + 'a {
-        let objects = self.objects.get(key);
-        let start = (namespace.unwrap_or_default().to_owned(), String::new());
-        objects
-            .into_iter()
-            .flat_map(move |m| m.range(start.clone()..))
-            .take_while(move |((n, _), _)| namespace.is_none_or(|ns| n == ns))
-            .map(|(_, e)| (&e.object, &e.json))
+        self.entries(key, namespace, "")
+            .map(|e| (&e.object, &e.json))
     }
 
-    /// Objects of a type in one namespace whose names start with `prefix` (a Job's pods are
-    /// named `<job>-…`), found by range instead of a scan of the namespace.
-    pub fn list_prefixed(&self, key: &str, namespace: &str, prefix: &str) -> Vec<Arc<Value>> {
-        let start = (namespace.to_owned(), prefix.to_owned());
+    /// Entries of a type in one namespace (or all), whose names start with `prefix`, found by
+    /// range rather than a scan.
+    fn entries<'a>(
+        &'a self,
+        key: &str,
+        namespace: Option<&'a str>,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        let start = (namespace.unwrap_or_default().to_owned(), prefix.to_owned());
         self.objects
             .get(key)
             .into_iter()
-            .flat_map(|m| m.range(start.clone()..))
-            .take_while(|((n, name), _)| n == namespace && name.starts_with(prefix))
-            .map(|(_, e)| e.object.clone())
+            .flat_map(move |m| m.range(start.clone()..))
+            .take_while(move |((n, name), _)| {
+                namespace.is_none_or(|ns| n == ns) && name.starts_with(prefix)
+            })
+            .map(|(_, e)| e)
+    }
+
+    /// Objects of a type in one namespace whose names start with `prefix` (a Job's pods are
+    /// named `<job>-…`).
+    pub fn list_prefixed(&self, key: &str, namespace: &str, prefix: &str) -> Vec<Arc<Value>> {
+        self.entries(key, Some(namespace), prefix)
+            .map(|e| e.object.clone())
             .collect()
     }
 
