@@ -1,7 +1,7 @@
 //! The API server's semantics: create, read, update, patch, apply and delete with validation,
 //! resource versions, generations, status subresources, finalizers and garbage collection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,7 +14,7 @@ use crate::openapi_check;
 use crate::patch::{self, ApplyRequest, Shape};
 use crate::registry::{Registry, ResourceType};
 use crate::selectors::{FieldLabels, FieldSelector, LabelSelector};
-use crate::store::{EventType, Store};
+use crate::store::{EventType, Location, Store};
 
 /// Query parameters the verbs understand.
 #[derive(Clone, Debug, Default)]
@@ -894,9 +894,11 @@ impl Api {
                 // Dependents lose this owner instead of being deleted.
                 let dependents: Vec<(String, Value)> = st
                     .store
-                    .all()
-                    .filter(|(_, o)| owner_uids(o).contains(&uid))
-                    .map(|(k, o)| (k.clone(), (**o).clone()))
+                    .dependents_of(&uid)
+                    .into_iter()
+                    .filter_map(|(key, ns, name)| {
+                        st.store.get(&key, &ns, &name).map(|o| (key, (*o).clone()))
+                    })
                     .collect();
                 for (key, mut dependent) in dependents {
                     if let Some(refs) = dependent["metadata"]["ownerReferences"].as_array_mut() {
@@ -1038,55 +1040,34 @@ impl Api {
     /// Deletes dependents whose owners are gone, and completes foreground deletions.
     pub fn collect_garbage(&self, st: &mut State) {
         loop {
-            let live_uids: HashSet<String> = st
+            let live = |uid: &str| st.store.locate_uid(uid).is_some();
+            let foreground = st.store.foreground_uids();
+            // Only dependents of a missing or foreground-deleting owner can be orphans.
+            let suspects: BTreeSet<Location> = st
                 .store
-                .all()
-                .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(str::to_owned))
+                .named_owners()
+                .filter(|owner| !live(owner) || foreground.contains(*owner))
+                .flat_map(|owner| st.store.dependents_of(owner))
                 .collect();
-            let foreground: HashSet<String> = st
-                .store
-                .all()
-                .filter(|(_, o)| {
-                    o["metadata"]["finalizers"]
-                        .as_array()
-                        .is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion"))
-                })
-                .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(str::to_owned))
-                .collect();
-            let orphans: Vec<(String, String, String)> = st
-                .store
-                .all()
-                .filter(|(_, o)| {
-                    let owners = owner_uids(o);
-                    !owners.is_empty()
-                        && o["metadata"]["deletionTimestamp"].is_null()
-                        && (owners.iter().all(|u| !live_uids.contains(u))
-                            || owners.iter().any(|u| foreground.contains(u)))
-                })
-                .map(|(k, o)| {
-                    (
-                        k.clone(),
-                        o["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        o["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    )
+            let orphans: Vec<(String, String, String)> = suspects
+                .into_iter()
+                .filter(|(key, ns, name)| {
+                    st.store.get(key, ns, name).is_some_and(|o| {
+                        let owners = owner_uids(&o);
+                        o["metadata"]["deletionTimestamp"].is_null()
+                            && (owners.iter().all(|u| !live(u))
+                                || owners.iter().any(|u| foreground.contains(u)))
+                    })
                 })
                 .collect();
             // Foreground owners whose blocking dependents are gone lose their finalizer.
             let mut released = Vec::new();
-            for uid in &foreground {
+            for uid in foreground {
                 if !has_dependents(st, uid)
-                    && let Some((key, o)) = st
-                        .store
-                        .all()
-                        .find(|(_, o)| o["metadata"]["uid"].as_str() == Some(uid))
+                    && let Some((key, ns, name)) = st.store.locate_uid(uid)
+                    && let Some(o) = st.store.get(key, ns, name)
                 {
-                    released.push((key.clone(), (**o).clone()));
+                    released.push((key.clone(), (*o).clone()));
                 }
             }
             if orphans.is_empty() && released.is_empty() {
@@ -1274,14 +1255,16 @@ fn owner_uids(object: &Value) -> Vec<String> {
 }
 
 fn has_dependents(st: &State, uid: &str) -> bool {
-    st.store.all().any(|(_, o)| {
-        o["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| {
-                refs.iter().any(|r| {
-                    r["uid"].as_str() == Some(uid) && r["blockOwnerDeletion"] == json!(true)
+    st.store.dependents_of(uid).iter().any(|(key, ns, name)| {
+        st.store.get(key, ns, name).is_some_and(|o| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| {
+                    refs.iter().any(|r| {
+                        r["uid"].as_str() == Some(uid) && r["blockOwnerDeletion"] == json!(true)
+                    })
                 })
-            })
+        })
     })
 }
 

@@ -2,7 +2,7 @@
 //! and a broadcast of every change to live watchers. Each object is kept with its JSON
 //! encoding, so a list of 10,000 objects is a concatenation rather than 10,000 encodings.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,9 +54,15 @@ pub enum Since {
     TooLarge,
 }
 
+/// Where an object is: its type key, namespace and name.
+pub type Location = (String, String, String);
+
 pub struct Store {
     rv: u64,
     objects: BTreeMap<String, BTreeMap<(String, String), Entry>>,
+    /// The garbage collector's indexes, kept with every write so a deletion looks at the
+    /// objects it concerns instead of sweeping the store.
+    owners: OwnerIndex,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     /// Events at or below this version are no longer kept: watching from there gets 410.
@@ -73,10 +79,13 @@ impl Store {
     /// that was lost): every version a client still holds from before is then too old (410,
     /// so it relists) instead of naming some unrelated change of the new store.
     pub fn starting_after(previous: u64, history_limit: usize) -> Self {
-        let (tx, _) = broadcast::channel(65_536);
+        // A receiver that falls this far behind is told so (a watch closes and resumes from
+        // the history): until then the channel holds every change it has not read.
+        let (tx, _) = broadcast::channel(history_limit.clamp(1_024, 65_536));
         Self {
             rv: previous + 1,
             objects: BTreeMap::new(),
+            owners: OwnerIndex::default(),
             history: VecDeque::new(),
             history_limit,
             compacted: previous + 1,
@@ -154,6 +163,30 @@ impl Store {
             .flat_map(|(key, m)| m.values().map(move |e| (key, &e.object)))
     }
 
+    /// Where the object with this uid is, if it exists.
+    pub fn locate_uid(&self, uid: &str) -> Option<&Location> {
+        self.owners.uids.get(uid)
+    }
+
+    /// Objects that name `uid` in their ownerReferences.
+    pub fn dependents_of(&self, uid: &str) -> Vec<Location> {
+        self.owners
+            .dependents
+            .get(uid)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Owner uids that some object names, whether or not the owner exists.
+    pub fn named_owners(&self) -> impl Iterator<Item = &String> {
+        self.owners.dependents.keys()
+    }
+
+    /// Uids of objects held by the `foregroundDeletion` finalizer.
+    pub fn foreground_uids(&self) -> &HashSet<String> {
+        &self.owners.foreground
+    }
+
     /// Stores `object` (its resourceVersion set to a new version) and tells watchers.
     pub fn put(&mut self, key: &str, mut object: Value, kind: EventType) -> Arc<Value> {
         self.rv += 1;
@@ -168,13 +201,18 @@ impl Store {
             .to_owned();
         let json = Bytes::from(serde_json::to_vec(&object).expect("values serialize"));
         let object = Arc::new(object);
-        self.objects.entry(key.to_owned()).or_default().insert(
+        let location = (key.to_owned(), namespace.clone(), name.clone());
+        let replaced = self.objects.entry(key.to_owned()).or_default().insert(
             (namespace.clone(), name),
             Entry {
                 object: object.clone(),
                 json,
             },
         );
+        if let Some(replaced) = replaced {
+            self.owners.forget(&location, &replaced.object);
+        }
+        self.owners.index(location, &object);
         self.record(key, namespace, kind, object.clone());
         object
     }
@@ -185,6 +223,10 @@ impl Store {
             .objects
             .get_mut(key)
             .and_then(|m| m.remove(&(namespace.to_owned(), name.to_owned())))?;
+        self.owners.forget(
+            &(key.to_owned(), namespace.to_owned(), name.to_owned()),
+            &removed.object,
+        );
         self.rv += 1;
         let mut last = (*removed.object).clone();
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
@@ -234,5 +276,126 @@ impl Store {
     pub fn compact(&mut self) {
         self.history.clear();
         self.compacted = self.rv;
+    }
+}
+
+/// uid → object, owner uid → dependents, and the objects deleting in the foreground.
+#[derive(Default)]
+struct OwnerIndex {
+    uids: HashMap<String, Location>,
+    dependents: HashMap<String, BTreeSet<Location>>,
+    foreground: HashSet<String>,
+}
+
+fn uid_of(object: &Value) -> Option<&str> {
+    object["metadata"]["uid"].as_str()
+}
+
+fn owner_uids_of(object: &Value) -> impl Iterator<Item = &str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
+}
+
+fn deleting_in_foreground(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion"))
+}
+
+impl OwnerIndex {
+    fn index(&mut self, location: Location, object: &Value) {
+        for owner in owner_uids_of(object) {
+            self.dependents
+                .entry(owner.to_owned())
+                .or_default()
+                .insert(location.clone());
+        }
+        if let Some(uid) = uid_of(object) {
+            if deleting_in_foreground(object) {
+                self.foreground.insert(uid.to_owned());
+            }
+            self.uids.insert(uid.to_owned(), location);
+        }
+    }
+
+    fn forget(&mut self, location: &Location, object: &Value) {
+        for owner in owner_uids_of(object) {
+            if let Some(dependents) = self.dependents.get_mut(owner) {
+                dependents.remove(location);
+                if dependents.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
+        if let Some(uid) = uid_of(object) {
+            self.foreground.remove(uid);
+            if self.uids.get(uid) == Some(location) {
+                self.uids.remove(uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object(name: &str, uid: &str, owners: &[&str], finalizers: &[&str]) -> Value {
+        let refs: Vec<Value> = owners.iter().map(|u| json!({"uid": u})).collect();
+        json!({"metadata": {"namespace": "ns", "name": name, "uid": uid, "ownerReferences": refs, "finalizers": finalizers}})
+    }
+
+    fn at(name: &str) -> Location {
+        ("configmaps".into(), "ns".into(), name.into())
+    }
+
+    #[test]
+    fn owner_index_follows_every_write() {
+        let mut store = Store::new(10);
+        store.put(
+            "configmaps",
+            object("owner", "u1", &[], &[]),
+            EventType::Added,
+        );
+        store.put(
+            "configmaps",
+            object("dep", "u2", &["u1"], &[]),
+            EventType::Added,
+        );
+        assert_eq!(store.locate_uid("u1"), Some(&at("owner")));
+        assert_eq!(store.dependents_of("u1"), vec![at("dep")]);
+
+        // Rewritten without the reference: no longer a dependent.
+        store.put(
+            "configmaps",
+            object("dep", "u2", &[], &[]),
+            EventType::Modified,
+        );
+        assert!(store.dependents_of("u1").is_empty());
+        assert_eq!(store.named_owners().count(), 0);
+
+        store.put(
+            "configmaps",
+            object("owner", "u1", &[], &["foregroundDeletion"]),
+            EventType::Modified,
+        );
+        assert!(store.foreground_uids().contains("u1"));
+
+        // Same name, new object: the old uid is gone, the new one is there.
+        store.remove("configmaps", "ns", "owner");
+        assert!(store.foreground_uids().is_empty());
+        assert_eq!(store.locate_uid("u1"), None);
+        store.put(
+            "configmaps",
+            object("owner", "u3", &[], &[]),
+            EventType::Added,
+        );
+        assert_eq!(store.locate_uid("u3"), Some(&at("owner")));
+        assert_eq!(store.locate_uid("u1"), None);
     }
 }
