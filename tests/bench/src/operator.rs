@@ -19,6 +19,8 @@ use crate::util::{self, Guard, release_binary, table};
 const IMAGE: &str = "ghcr.io/netreach/netreach:bench";
 const NAMESPACE: &str = "bench";
 const AGENT: &str = "netreach-bench";
+/// How often a long wait reports how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 struct Cluster {
     _sim: Guard,
@@ -172,10 +174,19 @@ async fn wait_ready(
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    let mut reported = Instant::now();
     loop {
         let items = api.list(&ListParams::default()).await?.items;
-        if ready_count(&items) >= n {
+        let ready = ready_count(&items);
+        if ready >= n {
             return Ok(started.elapsed());
+        }
+        if reported.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "  {ready} of {n} checks Ready after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
         }
         if started.elapsed() > timeout {
             bail!(
@@ -257,14 +268,24 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
     let cpu_ready = util::process_cpu(pid)?;
     let reconciles_ready = reconciles(metrics_port)?;
     let requests_ready = operator_requests(&cluster)?;
+    let rss_ready_kib = util::process_peak_rss_kib(pid)?;
 
     // A full periodic round: every check runs again with the same result.
     let round_started = Instant::now();
     let jobs_before = count(&requests_ready, "create", "jobs");
+    let mut reported = Instant::now();
     loop {
         let now = operator_requests(&cluster)?;
-        if count(&now, "create", "jobs") >= jobs_before + n as u64 {
+        let runs = count(&now, "create", "jobs") - jobs_before;
+        if runs >= n as u64 {
             break;
+        }
+        if reported.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "  periodic round: {runs} of {n} runs after {:.0} s",
+                round_started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
         }
         if round_started.elapsed() > Duration::from_secs(interval * 3 + n as u64) {
             bail!("the periodic round did not finish");
@@ -281,6 +302,9 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
     let status_writes_round = count(&round_delta, "patch", "egresschecks/status");
     let cpu_round = util::process_cpu(pid)? - cpu_ready;
     let reconciles_round = reconciles(metrics_port)? - reconciles_ready;
+    let runs_round = count(&round_delta, "create", "jobs");
+
+    let rss_round_kib = util::process_peak_rss_kib(pid)?;
 
     // Watch-restart recovery: drop every watch, change one check, time until it is probed.
     let probe = checks.get("c00000").await?;
@@ -328,10 +352,14 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
             "statusWrites": status_writes_round,
             "cpuSeconds": cpu_round.as_secs_f64(),
             "reconciles": reconciles_round,
+            "runs": runs_round,
+            "cpuMsPerRun": cpu_round.as_secs_f64() * 1000.0 / runs_round.max(1) as f64,
             "byRequest": round_delta.iter().map(|((verb, resource), count)| json!({"verb": verb, "resource": resource, "count": count})).collect::<Vec<_>>(),
         },
         "watchRestartRecoverySeconds": recovery.as_secs_f64(),
         "operatorPeakRssMiB": rss_kib as f64 / 1024.0,
+        "operatorPeakRssMiBUntilReady": rss_ready_kib as f64 / 1024.0,
+        "operatorPeakRssMiBUntilRoundEnd": rss_round_kib as f64 / 1024.0,
         "benchSeconds": total.as_secs_f64(),
     }))
 }
@@ -365,6 +393,7 @@ pub fn run_scale(sizes: &[usize], interval: u64) -> anyhow::Result<()> {
         "CPU ms/reconcile",
         "API req/check",
         "round API req/check",
+        "round CPU ms/run",
         "round status writes",
         "watch recovery s",
         "peak RSS MiB",
@@ -390,6 +419,10 @@ pub fn run_scale(sizes: &[usize], interval: u64) -> anyhow::Result<()> {
                     p["periodicRound"]["apiRequestsPerCheck"]
                         .as_f64()
                         .unwrap_or(0.0)
+                ),
+                format!(
+                    "{:.2}",
+                    p["periodicRound"]["cpuMsPerRun"].as_f64().unwrap_or(0.0)
                 ),
                 p["periodicRound"]["statusWrites"].to_string(),
                 format!(
