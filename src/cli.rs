@@ -118,8 +118,9 @@ pub struct RunArgs {
     /// How long the Lease holds without renewal before a standby takes over, e.g. 15s.
     #[arg(long, default_value = "15s")]
     pub lease_duration: crate::api::SpecDuration,
-    /// Reconciles in flight at once per controller; bounds memory and API connections when
-    /// many objects change together.
+    /// Reconciles in flight at once, served in arrival order, plus a quarter as many for
+    /// changes people make; bounds memory and API connections when many objects change
+    /// together.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
     /// This replica's identity in the Lease (default: the pod name).
@@ -187,7 +188,20 @@ impl Args {
     }
 }
 
+/// glibc gives each thread that meets contention an arena of its own, up to eight per core;
+/// the operator's small, long-lived objects then fragment across them, and its peak RSS at
+/// 5,000 checks varied from 56 to 70 MiB between identical runs. Two arenas held it at 50-53 MiB.
+/// Must run before the runtime starts its threads.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no other thread is allocating yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn run_operator(args: RunArgs) -> ExitCode {
+    bound_malloc_arenas();
     crate::telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,6 +1,6 @@
-//! Prometheus metrics: per-endpoint reachability, interception and certificate expiry, probe
-//! latency, and reconcile counts, errors and durations. A check's series live as long as the
-//! check and its endpoints do.
+//! Prometheus metrics: per-endpoint reachability, interception, certificate expiry and probe
+//! duration, probe latency per namespace, and reconcile counts, errors and durations. A check's
+//! series live as long as the check and its endpoints do.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::probe::result::{Outcome, ProbeResult};
 
@@ -31,6 +31,11 @@ pub struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: String,
 }
@@ -46,7 +51,10 @@ pub struct Metrics {
     endpoint_up: Family<EndpointLabels, Gauge>,
     tls_intercepted: Family<EndpointLabels, Gauge>,
     cert_expiry: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
-    probe_latency: Family<CheckLabels, Histogram>,
+    probe_duration: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Per namespace, not per check: a histogram is 15 series, and with thousands of checks
+    /// per-check histograms were most of the exposition (and of a scrape's memory).
+    probe_latency: Family<NamespaceLabels, Histogram>,
     last_run: Family<CheckLabels, Gauge<f64, AtomicU64>>,
     reconciles: Family<ControllerLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
@@ -54,6 +62,8 @@ pub struct Metrics {
     /// The endpoint series each check has, so the ones it no longer has can be removed
     /// (a metric family cannot list its series).
     endpoints: Mutex<HashMap<CheckLabels, HashSet<EndpointLabels>>>,
+    /// Length of the last encoding.
+    encoded_len: AtomicUsize,
 }
 
 impl Default for Metrics {
@@ -62,7 +72,8 @@ impl Default for Metrics {
         let endpoint_up = Family::<EndpointLabels, Gauge>::default();
         let tls_intercepted = Family::<EndpointLabels, Gauge>::default();
         let cert_expiry = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
-        let probe_latency = Family::<CheckLabels, Histogram>::new_with_constructor(|| {
+        let probe_duration = Family::<EndpointLabels, Gauge<f64, AtomicU64>>::default();
+        let probe_latency = Family::<NamespaceLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let last_run = Family::<CheckLabels, Gauge<f64, AtomicU64>>::default();
@@ -88,8 +99,13 @@ impl Default for Metrics {
             cert_expiry.clone(),
         );
         registry.register(
+            "endpoint_probe_duration_seconds",
+            "Time the endpoint×port's last probe took",
+            probe_duration.clone(),
+        );
+        registry.register(
             "probe_duration_seconds",
-            "Time one endpoint×port probe took",
+            "Time one endpoint×port probe took, over every check of the namespace",
             probe_latency.clone(),
         );
         registry.register(
@@ -113,12 +129,14 @@ impl Default for Metrics {
             endpoint_up,
             tls_intercepted,
             cert_expiry,
+            probe_duration,
             probe_latency,
             last_run,
             reconciles,
             reconcile_errors,
             reconcile_duration,
             endpoints: Mutex::default(),
+            encoded_len: AtomicUsize::new(0),
         }
     }
 }
@@ -163,9 +181,13 @@ impl Metrics {
                 }
             }
             if let Some(ms) = row.latency.total_ms {
+                let seconds = ms as f64 / 1000.0;
+                self.probe_duration.get_or_create(&labels).set(seconds);
                 self.probe_latency
-                    .get_or_create(&check_labels)
-                    .observe(ms as f64 / 1000.0);
+                    .get_or_create(&NamespaceLabels {
+                        namespace: namespace.into(),
+                    })
+                    .observe(seconds);
             }
             current.insert(labels);
         }
@@ -180,6 +202,7 @@ impl Metrics {
         self.endpoint_up.remove(labels);
         self.tls_intercepted.remove(labels);
         self.cert_expiry.remove(labels);
+        self.probe_duration.remove(labels);
     }
 
     /// Drops every series of a check (deleted, or no longer ours to report).
@@ -189,7 +212,6 @@ impl Metrics {
             check: check.into(),
         };
         self.last_run.remove(&check_labels);
-        self.probe_latency.remove(&check_labels);
         let removed = self
             .endpoints
             .lock()
@@ -252,10 +274,14 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        let mut text = String::new();
+        // Sized from the last scrape: with thousands of checks the text is megabytes, and
+        // growing it by doubling would hold up to twice that at once.
+        let last = self.encoded_len.load(Ordering::Relaxed);
+        let mut text = String::with_capacity(last + last / 16);
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
+        self.encoded_len.store(text.len(), Ordering::Relaxed);
         text
     }
 }
@@ -318,6 +344,14 @@ mod tests {
         assert!(up[0].contains("endpoint=\"a\""));
         assert!(series(&metrics, "netreach_endpoint_tls_intercepted").len() == 1);
         assert!(series(&metrics, "netreach_endpoint_cert_expiry_timestamp_seconds").is_empty());
+        let durations = series(&metrics, "netreach_endpoint_probe_duration_seconds");
+        assert_eq!(durations.len(), 1, "{durations:?}");
+        assert!(durations[0].ends_with(" 0.012"), "{durations:?}");
+        // Three probes of namespace ns so far, whichever check they belonged to.
+        assert_eq!(
+            series(&metrics, "netreach_probe_duration_seconds_count"),
+            ["netreach_probe_duration_seconds_count{namespace=\"ns\"} 3"]
+        );
     }
 
     #[test]

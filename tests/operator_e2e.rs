@@ -119,6 +119,11 @@ fn profile_yaml(name: &str, endpoints: &str) -> String {
     )
 }
 
+/// The profile row most tests probe: plain HTTP on a loopback port.
+fn http_row(port: u16) -> String {
+    format!("    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n")
+}
+
 fn check_yaml(name: &str, profile: &str, extra: &str) -> String {
     format!(
         "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: {name}}}\nspec:\n  profileRef: {{name: {profile}}}\n  runner: {{podLabels: {{app: cloud-extender}}}}\n{extra}"
@@ -132,7 +137,8 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
     let (port, server) = http_endpoint().await;
     let https = Peers::get().port("PEER_HTTPS_PORT");
     let endpoints = format!(
-        "    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        "    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n{}",
+        http_row(port)
     );
     cluster
         .apply_yaml(&profile_yaml("vendor", &endpoints))
@@ -241,18 +247,60 @@ async fn ctx_runs(cluster: &Cluster) -> usize {
         .count()
 }
 
+/// With one turn and checks due every second, reconciles wait in line: every check is served,
+/// and an edit made meanwhile is probed through the change lane.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_serves_every_check_and_an_edit_still_gets_probed() {
+    let cluster = Cluster::start("backlog").await;
+    peers_ca(&cluster).await;
+    let (port, _server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&profile_yaml("shared", &http_row(port)))
+        .await;
+    let names: Vec<String> = (0..12).map(|i| format!("busy-{i}")).collect();
+    for name in &names {
+        cluster
+            .apply_yaml(&check_yaml(
+                name,
+                "shared",
+                "  interval: 1s\n  historyLimit: 1\n",
+            ))
+            .await;
+    }
+    let mut settings = cluster.settings("one");
+    settings.max_concurrent_reconciles = 1;
+    let (_ctx, _operator) = cluster.operator(settings);
+    for name in &names {
+        wait_condition(&cluster, name, "Ready", "True").await;
+    }
+    let edited = cluster
+        .api::<EgressCheck>()
+        .patch(
+            "busy-7",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"interval": "2s"}})),
+        )
+        .await
+        .unwrap();
+    let generation = edited.metadata.generation.unwrap();
+    eventually(WAIT, "the edit probed", || {
+        let api = cluster.api::<EgressCheck>();
+        async move {
+            let check = api.get("busy-7").await.ok()?;
+            let key = check.status?.last_run?.run_key?;
+            key.starts_with(&format!("{generation}/")).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_periodic_runs_write_no_status() {
     let cluster = Cluster::start("no-writes").await;
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
     cluster
-        .apply_yaml(&profile_yaml(
-            "steady",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("steady", &http_row(port)))
         .await;
     cluster
         .apply_yaml(&check_yaml(
@@ -365,12 +413,7 @@ async fn run_now_starts_a_run_and_the_probe_pod_is_locked_down() {
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
     cluster
-        .apply_yaml(&profile_yaml(
-            "once",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("once", &http_row(port)))
         .await;
     cluster.apply_yaml(&check_yaml("once", "once", "")).await;
     let (_ctx, operator) = cluster.operator(cluster.settings("one"));
@@ -474,12 +517,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over() {
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
     cluster
-        .apply_yaml(&profile_yaml(
-            "ha",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("ha", &http_row(port)))
         .await;
     let elected = |identity: &str| netreach::controller::Settings {
         leader_election: true,
@@ -558,12 +596,7 @@ async fn injected_api_faults_change_nothing_in_the_final_state() {
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
     cluster
-        .apply_yaml(&profile_yaml(
-            "flaky",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("flaky", &http_row(port)))
         .await;
     cluster.apply_yaml(&check_yaml("flaky", "flaky", "")).await;
     let sim = cluster
@@ -607,12 +640,7 @@ async fn a_missing_profile_stalls_the_check_until_it_exists() {
     assert_eq!(reason, "ProfileNotFound");
     assert!(message.contains("later"), "{message}");
     cluster
-        .apply_yaml(&profile_yaml(
-            "later",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("later", &http_row(port)))
         .await;
     let ready = wait_condition(&cluster, "waiting", "Ready", "True").await;
     assert_eq!(condition(&ready, "Stalled").unwrap().0, "False");
@@ -1009,12 +1037,7 @@ async fn a_failing_probe_pod_sets_ready_false_with_one_run_failed_event_even_acr
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
     cluster
-        .apply_yaml(&profile_yaml(
-            "vendor",
-            &format!(
-                "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-            ),
-        ))
+        .apply_yaml(&profile_yaml("vendor", &http_row(port)))
         .await;
     cluster
         .apply_yaml(&format!(
@@ -1090,9 +1113,7 @@ async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
     let cluster = Cluster::start("undecodable").await;
     peers_ca(&cluster).await;
     let (port, _server) = http_endpoint().await;
-    let endpoint = format!(
-        "    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
-    );
+    let endpoint = http_row(port);
     // Written under an earlier schema, the object stays as it was when the CRD changes.
     let crds = Api::<CustomResourceDefinition>::all(cluster.client.clone());
     let stored_profiles: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -1277,9 +1298,29 @@ async fn metrics_describe_each_endpoint_and_leave_with_the_check() {
         .is_none(),
         "plain HTTP presents no certificate"
     );
-    let probes = sample(&text, "netreach_probe_duration_seconds_count", &[vendor]).unwrap();
-    assert_eq!(probes, 3.0, "one observation per endpoint×port: {text}");
-    assert!(sample(&text, "netreach_probe_duration_seconds_sum", &[vendor]).unwrap() > 0.0);
+    let namespace = format!("namespace=\"{}\"", cluster.namespace);
+    let probes = sample(
+        &text,
+        "netreach_probe_duration_seconds_count",
+        &[&namespace],
+    )
+    .unwrap();
+    assert!(
+        probes >= 6.0 && probes % 3.0 == 0.0,
+        "one observation per endpoint×port of each check's runs: {text}"
+    );
+    assert!(sample(&text, "netreach_probe_duration_seconds_sum", &[&namespace]).unwrap() > 0.0);
+    let durations = ["api", "mpnsv2"].map(|endpoint| {
+        sample(
+            &text,
+            "netreach_endpoint_probe_duration_seconds",
+            &[vendor, &format!("endpoint=\"{endpoint}\"")],
+        )
+    });
+    assert!(
+        durations.iter().all(|d| d.is_some_and(|s| s >= 0.0)),
+        "the last probe's duration per endpoint: {text}"
+    );
     let last_run = sample(
         &text,
         "netreach_check_last_run_timestamp_seconds",

@@ -38,7 +38,7 @@ use crate::status::{set_condition, short_message};
 pub const MANAGER: &str = "netreach/egresscheck";
 const DEFAULT_HISTORY: i32 = 5;
 
-fn job_finished(job: &Job) -> Option<&'static str> {
+pub(super) fn job_finished(job: &Job) -> Option<&'static str> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
     conditions
         .iter()
@@ -298,7 +298,7 @@ async fn publish(ctx: &Context, check: &EgressCheck, warning: bool, reason: &str
         action: "Probe".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &check.object_ref(&())).await {
+    if let Err(e) = ctx.recorder().publish(&event, &check.object_ref(&())).await {
         warn!(error = %e, reason, "publishing an event failed");
     }
 }
@@ -364,10 +364,10 @@ async fn write_status(
     Ok(())
 }
 
-#[instrument(skip(check, ctx), fields(namespace = check.namespace().unwrap_or_default(), check = check.name_any()))]
-pub async fn reconcile(check: Arc<EgressCheck>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(namespace = namespace, check = name))]
+pub async fn reconcile(namespace: &str, name: &str, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    let result = match read_fresh(&check, &ctx).await {
+    let result = match read_fresh(namespace, name, &ctx).await {
         Ok(Some(fresh)) => reconcile_inner(&fresh, &ctx).await,
         Ok(None) => Ok(Action::await_change()),
         Err(e) => Err(e),
@@ -466,24 +466,30 @@ async fn delete_run_config(ctx: &Context, namespace: &str, name: &str) {
     }
 }
 
-/// The check as the API server has it now. The cached copy can predate this controller's own
-/// last status write (a Job event may trigger the next reconcile first), and what a run
-/// changes, which events it deserves and which run comes next are all decided against the
-/// status: deciding on a stale one would repeat them. None when there is nothing to do: the
-/// check is gone (its series go with it) or no longer decodes (its watch reports that).
-async fn read_fresh(check: &EgressCheck, ctx: &Context) -> Result<Option<EgressCheck>> {
-    let namespace = check.namespace().unwrap_or_default();
-    let name = check.name_any();
-    let api: Api<DeserializeGuard<EgressCheck>> = Api::namespaced(ctx.client.clone(), &namespace);
-    let found = api.get_opt(&name).await.map_err(|source| Error::Read {
+/// The check as the API server has it now: the controller caches only what routes triggers,
+/// and what a run changes, which events it deserves and which run comes next are all decided
+/// against the status, which must not be older than this controller's last write. None when
+/// there is nothing to do: the check is gone (its series go with it) or does not decode (it
+/// waits for a change).
+async fn read_fresh(namespace: &str, name: &str, ctx: &Context) -> Result<Option<EgressCheck>> {
+    let api: Api<DeserializeGuard<EgressCheck>> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = api.get_opt(name).await.map_err(|source| Error::Read {
         what: format!("EgressCheck {namespace}/{name}"),
         source,
     })?;
     Ok(match found {
         Some(DeserializeGuard(Ok(fresh))) => Some(fresh),
-        Some(DeserializeGuard(Err(_))) => None,
+        Some(DeserializeGuard(Err(invalid))) => {
+            warn!(
+                namespace,
+                name,
+                error = %invalid.error,
+                "skipping an EgressCheck that does not decode until it changes; correct it and apply it again"
+            );
+            None
+        }
         None => {
-            ctx.metrics.forget_check(&namespace, &name);
+            ctx.metrics.forget_check(namespace, name);
             None
         }
     })

@@ -4,9 +4,11 @@
 pub mod check;
 pub mod check_status;
 pub mod leader;
+pub mod line;
 pub mod policy;
 pub mod profile;
 pub mod run;
+pub mod trigger;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -25,20 +27,25 @@ use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Semaphore;
 use tracing::instrument::WithSubscriber;
 use tracing::{error, info, warn};
 
 use crate::api::{ConnectivityProfile, EgressCheck};
 use crate::metrics::Metrics;
 use crate::probe::dns::Resolvers;
+use line::Line;
+use trigger::CheckTrigger;
 
 /// First retry after a failed reconcile; each further failure of the object doubles it.
 const RETRY_BASE: Duration = Duration::from_millis(500);
 /// The longest wait between retries of one object.
 const RETRY_CAP: Duration = Duration::from_secs(300);
+/// How long a turn is kept for a check called from the line before it goes to the next.
+const CALL_GRACE: Duration = Duration::from_secs(30);
 /// How often series of checks that no longer exist are looked for.
 const METRICS_SWEEP: Duration = Duration::from_secs(5);
 
@@ -94,8 +101,8 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// This replica's name in the Lease.
     pub identity: String,
-    /// Reconciles in flight at once, per controller: bounds the operator's memory and the
-    /// connections it opens when thousands of objects change together (start-up, relists).
+    /// Reconciles in flight at once (see [`Context::turn`]): bounds the operator's memory and
+    /// the connections it opens when thousands of objects change together (start-up, relists).
     pub max_concurrent_reconciles: u16,
 }
 
@@ -103,7 +110,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
-    pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub resolvers: Resolvers,
     /// The finished Job whose results were last read, per check. Only spares reading a pod
@@ -114,11 +121,11 @@ pub struct Context {
     retries: Retries,
     /// Status writes made, for tests and benchmarks.
     pub status_writes: AtomicU64,
-    /// Reconciles doing work at once. A FIFO semaphore rather than the controller's own
-    /// concurrency limit: that one parks waiting objects in a hash set and takes them in hash
-    /// order, so under sustained load (more periodic runs due than the cluster can take) some
-    /// checks were never reconciled at all. Waiting here, they go in the order they arrived.
-    permits: tokio::sync::Semaphore,
+    /// The turns of EgressCheck reconciles (see [`line`]); a new one each time this replica
+    /// starts leading, so turns held by the last term's reconciles cannot leak into it.
+    line: Mutex<Arc<Line>>,
+    /// ConnectivityProfile reconciles at once (there are few profiles; they wait as tasks).
+    profile_permits: Semaphore,
 }
 
 impl Context {
@@ -128,23 +135,35 @@ impl Context {
             instance: Some(settings.identity.clone()),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             resolvers: Resolvers::default(),
             collected: Mutex::default(),
             retries: Retries::default(),
             status_writes: AtomicU64::new(0),
-            permits: tokio::sync::Semaphore::new(usize::from(
-                settings.max_concurrent_reconciles.max(1),
-            )),
+            line: Mutex::new(Arc::new(new_line(&settings))),
+            profile_permits: Semaphore::new(usize::from(settings.max_concurrent_reconciles.max(1))),
             settings,
         }
     }
 
+    /// A recorder for one event. Not shared: kube-runtime's recorder keeps every event it
+    /// published for six minutes and scans them all on each publish, to fold an event into an
+    /// earlier one of the same reason, keeping the earlier note. Events here mark transitions
+    /// (two of one reason say different things), and with thousands of checks the cache
+    /// grew with them.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    fn line(&self) -> Arc<Line> {
+        lock(&self.line).clone()
+    }
+
     /// Whether a check's finished Job has been read (and its outcome written) already.
     pub fn collected(&self, namespace: &str, check: &str, job_uid: &str) -> bool {
-        let collected = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let collected = lock(&self.collected);
         collected
             .get(&(namespace.to_owned(), check.to_owned()))
             .map(String::as_str)
@@ -153,7 +172,7 @@ impl Context {
 
     /// Records that a Job's outcome is in the check's status.
     pub fn mark_collected(&self, namespace: &str, check: &str, job_uid: &str) {
-        let mut collected = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut collected = lock(&self.collected);
         collected.insert((namespace.to_owned(), check.to_owned()), job_uid.to_owned());
     }
 }
@@ -188,7 +207,7 @@ fn retry_delay(failures: u32) -> Duration {
 impl Retries {
     /// Counts a failure and says how long to wait before the next attempt.
     fn failed(&self, key: RetryKey) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = lock(&self.failures);
         let count = failures.entry(key).or_default();
         *count = count.saturating_add(1);
         retry_delay(*count)
@@ -196,10 +215,7 @@ impl Retries {
 
     /// A success (or the object's deletion) starts the count over.
     fn reset(&self, key: &RetryKey) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        lock(&self.failures).remove(key);
     }
 }
 
@@ -217,6 +233,17 @@ where
     }
 }
 
+/// A poisoned lock still guards consistent data here: every holder only inserts or removes.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `--max-concurrent-reconciles` turns in line, and a quarter as many again for changes.
+fn new_line(settings: &Settings) -> Line {
+    let in_line = usize::from(settings.max_concurrent_reconciles.max(1));
+    Line::new(in_line, in_line / 4)
+}
+
 /// Runs a reconcile and keeps the object's failure count.
 async fn counted<K>(
     object: &K,
@@ -226,8 +253,6 @@ async fn counted<K>(
 where
     K: Resource<DynamicType = ()>,
 {
-    // Closed never happens (the semaphore lives as long as the context); go on without one.
-    let _permit = ctx.permits.acquire().await.ok();
     let result = reconcile.await;
     if result.is_ok() {
         ctx.retries.reset(&retry_key(&ObjectRef::from_obj(object)));
@@ -236,31 +261,24 @@ where
 }
 
 async fn reconcile_check(
-    guard: Arc<DeserializeGuard<EgressCheck>>,
+    guard: Arc<DeserializeGuard<CheckTrigger>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
-    counted(&*guard, &ctx, async {
-        match &guard.0 {
-            // Boxed: allocated once the permit is held, so waiting reconciles stay small.
-            Ok(check) => Box::pin(check::reconcile(Arc::new(check.clone()), ctx.clone())).await,
-            Err(invalid) => {
-                warn!(
-                    namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
-                    name = invalid.metadata.name.as_deref().unwrap_or_default(),
-                    error = %invalid.error,
-                    "skipping an EgressCheck that does not decode until it changes; correct it and apply it again"
-                );
-                Ok(Action::await_change())
-            }
-        }
-    })
-    .await
+    let key = (guard.namespace().unwrap_or_default(), guard.name_any());
+    let change = guard.0.as_ref().is_ok_and(CheckTrigger::pending_change);
+    // Not its turn: it waits in line and is called again (`Line::calls`) when it is.
+    let Some(_turn) = ctx.line().admit(&key, change) else {
+        return Ok(Action::await_change());
+    };
+    // The check is read whole there (one that does not decode is reported there too).
+    counted(&*guard, &ctx, check::reconcile(&key.0, &key.1, ctx.clone())).await
 }
 
 async fn reconcile_profile(
     guard: Arc<DeserializeGuard<ConnectivityProfile>>,
     ctx: Arc<Context>,
 ) -> Result<Action> {
+    let _permit = ctx.profile_permits.acquire().await;
     counted(&*guard, &ctx, async {
         match &guard.0 {
             Ok(profile) => Box::pin(profile::reconcile(Arc::new(profile.clone()), ctx.clone())).await,
@@ -290,6 +308,8 @@ fn finished<K: Resource>(
         Err(controller::Error::ObjectNotFound(gone)) => {
             ctx.retries.reset(&retry_key(&gone));
             if gone.dyntype.kind == EgressCheck::kind(&()) {
+                let namespace = gone.namespace.clone().unwrap_or_default();
+                ctx.line().forget(&(namespace, gone.name.clone()));
                 ctx.metrics
                     .forget_check(gone.namespace.as_deref().unwrap_or_default(), &gone.name);
             }
@@ -302,10 +322,11 @@ fn finished<K: Resource>(
 }
 
 /// Drops the metric series of checks gone from `store` (in `namespace`, or anywhere), every
-/// few seconds: level-based, so a deletion missed while a watch was down is caught too.
+/// few seconds: level-based, so a deletion missed while a watch was down is caught too. Also
+/// hands on turns kept for checks whose call was lost.
 async fn sweep_metrics(
     ctx: Arc<Context>,
-    store: Store<DeserializeGuard<EgressCheck>>,
+    store: Store<DeserializeGuard<CheckTrigger>>,
     namespace: Option<String>,
 ) {
     if store.wait_until_ready().await.is_err() {
@@ -314,6 +335,7 @@ async fn sweep_metrics(
     let mut tick = tokio::time::interval(METRICS_SWEEP);
     loop {
         tick.tick().await;
+        ctx.line().reclaim(CALL_GRACE);
         ctx.metrics.retain_checks(|ns, name| {
             namespace.as_deref().is_some_and(|scope| scope != ns)
                 || store.get(&ObjectRef::new(name).within(ns)).is_some()
@@ -332,31 +354,64 @@ where
     }
 }
 
+/// The probe Job events that concern its check: a run finished (its results wait to be read),
+/// or one not finished is going away (someone deleted it). The rest of a Job's life (created,
+/// pod started, pruned once read) would only queue reconciles that find nothing to do.
+fn job_trigger(event: watcher::Event<Job>) -> Option<Job> {
+    match event {
+        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+            (check::job_finished(&job).is_some() || job.metadata.deletion_timestamp.is_some())
+                .then_some(job)
+        }
+        watcher::Event::Delete(job) => check::job_finished(&job).is_none().then_some(job),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
 /// Both controllers for one namespace (or all). Every watch decodes through
 /// `DeserializeGuard`, so one object that does not decode cannot stall the others.
 fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'static, ()>> {
     let client = ctx.client.clone();
-    let checks: Api<DeserializeGuard<EgressCheck>> = api_for(&client, namespace);
+    let checks: Api<DeserializeGuard<CheckTrigger>> = api_for(&client, namespace);
     let profiles_for_checks: Api<DeserializeGuard<ConnectivityProfile>> =
         api_for(&client, namespace);
     let jobs: Api<Job> = api_for(&client, namespace);
     let profiles: Api<DeserializeGuard<ConnectivityProfile>> = api_for(&client, namespace);
-    // The debounce folds the burst of events one probe Job causes (created, running, done,
-    // deleted) into one reconcile. Concurrency is bounded by `Context::permits`, in order.
-    let config = controller::Config::default().debounce(Duration::from_millis(500));
-    let check_controller =
-        Controller::new(checks, watcher::Config::default()).with_config(config.clone());
-    let store = check_controller.store();
+    // The debounce folds triggers that come together (a run finishing as its interval is
+    // due, a relist) into one reconcile. Concurrency is bounded by `Context::line`.
+    let config = controller::Config::default().debounce(Duration::from_millis(100));
+    let (store, writer) = reflector::store();
+    // Status-only changes (this controller's own writes) trigger nothing: generation covers
+    // the spec, annotations cover run-now. A relist re-triggers only what changed meanwhile;
+    // every check has its own requeue for its interval.
+    let check_events = watcher(checks, watcher::Config::default())
+        .modify(trigger::slim)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            PredicateConfig::default(),
+        )
+        .inspect_ok({
+            let line = ctx.line();
+            move |check| line.expedite(&(check.namespace().unwrap_or_default(), check.name_any()))
+        });
+    let check_controller = Controller::for_stream(check_events, store.clone())
+        .with_config(config.clone())
+        .reconcile_on(ctx.line().calls(namespace.map(str::to_owned)));
     let sweep = sweep_metrics(ctx.clone(), store.clone(), namespace.map(str::to_owned));
     let check_ctx = ctx.clone();
     let check_future = check_controller
-        .owns(
-            jobs,
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                run::MANAGED_BY.0,
-                run::MANAGED_BY.1
-            )),
+        .owns_stream(
+            watcher(
+                jobs,
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    run::MANAGED_BY.0,
+                    run::MANAGED_BY.1
+                )),
+            )
+            .try_filter_map(|event| std::future::ready(Ok(job_trigger(event)))),
         )
         .watches(
             profiles_for_checks,
@@ -425,6 +480,7 @@ impl Drop for ForgetSeriesOnDrop {
 /// Runs every controller until the future ends (it does not on its own).
 async fn run_controllers(ctx: Arc<Context>) {
     let _forget = ForgetSeriesOnDrop(ctx.metrics.clone());
+    *lock(&ctx.line) = Arc::new(new_line(&ctx.settings));
     for controller in ["egresscheck", "connectivityprofile"] {
         ctx.metrics.expect_errors(controller, Error::REASONS);
     }
