@@ -190,8 +190,8 @@ impl Args {
 
 /// glibc gives each thread that meets contention an arena of its own, up to eight per core;
 /// the operator's small, long-lived objects then fragment across them, and its peak RSS at
-/// 5,000 checks varied from 56 to 70 MiB between identical runs. Two arenas held it at 50-53 MiB.
-/// Must run before the runtime starts its threads.
+/// 5,000 checks varied from 56 to 70 MiB between identical runs; two arenas held it at
+/// 50-53 MiB. Must run before the runtime starts its threads.
 fn bound_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; no other thread is allocating yet.

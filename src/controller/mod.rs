@@ -101,7 +101,7 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// This replica's name in the Lease.
     pub identity: String,
-    /// Reconciles in flight at once (see [`Context::turn`]): bounds the operator's memory and
+    /// Reconciles in flight at once (see [`line`]): bounds the operator's memory and
     /// the connections it opens when thousands of objects change together (start-up, relists).
     pub max_concurrent_reconciles: u16,
 }
