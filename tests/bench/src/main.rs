@@ -1,7 +1,7 @@
 //! `netreach-bench`: NetReach's benchmarks, each printing a table and writing a JSON summary
 //! under target/bench/. Build the release binaries first:
 //!   cargo build --release --bins --workspace
-//!   target/release/netreach-bench probes | operator | detection | all
+//!   target/release/netreach-bench probes | operator | steady | detection | all
 
 mod operator;
 mod probes;
@@ -41,6 +41,14 @@ enum Bench {
         /// Check interval, seconds.
         #[arg(long, default_value_t = 30)]
         interval: u64,
+    },
+    /// CPU per run at the same runs per second with 100, 1,000 and 5,000 EgressChecks.
+    Steady {
+        #[arg(long, value_delimiter = ',', default_values_t = [100, 1000, 5000])]
+        sizes: Vec<usize>,
+        /// Runs per second at every size (kube-sim starts about 14 probe pods a second here).
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
     },
     /// How long a failing endpoint takes to show as Ready=False.
     Detection {
@@ -91,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
         }),
         Bench::Operator { sizes, interval } => operator::run_scale(&sizes, interval),
+        Bench::Steady { sizes, rate } => operator::run_steady(&sizes, rate),
         Bench::Detection {
             interval,
             timeout,
@@ -100,6 +109,8 @@ fn main() -> anyhow::Result<()> {
             probes::run(probes_default())?;
             println!();
             operator::run_scale(&[100, 1000, 5000], 30)?;
+            println!();
+            operator::run_steady(&[100, 1000, 5000], 10.0)?;
             println!();
             operator::run_detection(10, 2, 5)
         }

@@ -220,10 +220,8 @@ fn count(counts: &BTreeMap<(String, String), u64>, verb: &str, resource: &str) -
         .unwrap_or(0)
 }
 
-/// One scale point: `n` checks of one TCP row each.
-async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
-    let cluster = start_cluster(&format!("scale{n}")).await?;
-    let (port, _target) = tcp_target().await?;
+/// The bench's namespace with one ConnectivityProfile, `target`, naming a TCP listener.
+async fn create_profile(cluster: &Cluster, port: u16) -> anyhow::Result<()> {
     let profiles: Api<DynamicObject> = Api::namespaced_with(
         cluster.client.clone(),
         NAMESPACE,
@@ -242,24 +240,101 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
     profiles
         .create(&PostParams::default(), &serde_json::from_value(profile)?)
         .await?;
-    let checks: Api<DynamicObject> =
-        Api::namespaced_with(cluster.client.clone(), NAMESPACE, &checks_resource());
+    Ok(())
+}
+
+fn check_object(i: usize, interval: u64) -> anyhow::Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "netreach.dev/v1alpha1", "kind": "EgressCheck", "metadata": {"name": format!("c{i:05}")},
+        "spec": {"profileRef": {"name": "target"}, "interval": format!("{interval}s"), "historyLimit": 1},
+    }))?)
+}
+
+/// `n` checks using the profile, created 16 at a time.
+async fn create_checks(checks: &Api<DynamicObject>, n: usize, interval: u64) -> anyhow::Result<()> {
     futures::stream::iter(0..n)
-        .map(|i| {
-            let checks = checks.clone();
-            async move {
-                let check = json!({
-                    "apiVersion": "netreach.dev/v1alpha1", "kind": "EgressCheck", "metadata": {"name": format!("c{i:05}")},
-                    "spec": {"profileRef": {"name": "target"}, "interval": format!("{interval}s"), "historyLimit": 1},
-                });
-                checks.create(&PostParams::default(), &serde_json::from_value(check)?).await.map(|_| ()).map_err(anyhow::Error::from)
-            }
+        .map(|i| async move {
+            checks
+                .create(&PostParams::default(), &check_object(i, interval)?)
+                .await?;
+            Ok::<_, anyhow::Error>(())
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(())
+}
+
+/// What the operator spends on its next `n` runs (every check once) from now: CPU, reconciles,
+/// API requests by verb and resource, status writes.
+async fn periodic_round(
+    cluster: &Cluster,
+    pid: u32,
+    metrics_port: u16,
+    n: usize,
+    deadline: Duration,
+) -> anyhow::Result<Value> {
+    let cpu_before = util::process_cpu(pid)?;
+    let reconciles_before = reconciles(metrics_port)?;
+    let requests_before = operator_requests(cluster)?;
+    let jobs_before = count(&requests_before, "create", "jobs");
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    loop {
+        let now = operator_requests(cluster)?;
+        let runs = count(&now, "create", "jobs") - jobs_before;
+        if runs >= n as u64 {
+            break;
+        }
+        if reported.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "  periodic round: {runs} of {n} runs after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
+        if started.elapsed() > deadline {
+            bail!("the periodic round did not finish in {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let delta: BTreeMap<(String, String), u64> = operator_requests(cluster)?
+        .into_iter()
+        .map(|(k, v)| {
+            let before = requests_before.get(&k).copied().unwrap_or(0);
+            (k, v - before)
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let cpu = util::process_cpu(pid)? - cpu_before;
+    let runs = count(&delta, "create", "jobs");
+    Ok(json!({
+        "seconds": seconds,
+        "runsPerSecond": runs as f64 / seconds,
+        "apiRequests": sum(&delta),
+        "apiRequestsPerCheck": sum(&delta) as f64 / n as f64,
+        "apiRequestsPerRun": sum(&delta) as f64 / runs.max(1) as f64,
+        "statusWrites": count(&delta, "patch", "egresschecks/status"),
+        "cpuSeconds": cpu.as_secs_f64(),
+        "reconciles": reconciles(metrics_port)? - reconciles_before,
+        "runs": runs,
+        "cpuMsPerRun": cpu.as_secs_f64() * 1000.0 / runs.max(1) as f64,
+        "byRequest": delta.iter().map(|((verb, resource), count)| json!({"verb": verb, "resource": resource, "count": count})).collect::<Vec<_>>(),
+    }))
+}
+
+/// One scale point: `n` checks of one TCP row each, created before the operator starts.
+async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
+    let cluster = start_cluster(&format!("scale{n}")).await?;
+    let (port, _target) = tcp_target().await?;
+    create_profile(&cluster, port).await?;
+    let checks: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), NAMESPACE, &checks_resource());
+    create_checks(&checks, n, interval).await?;
     let metrics_port = free_port()?;
     let operator = start_operator(&cluster, metrics_port)?;
     let pid = operator.0.id();
@@ -271,39 +346,14 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
     let rss_ready_kib = util::process_peak_rss_kib(pid)?;
 
     // A full periodic round: every check runs again with the same result.
-    let round_started = Instant::now();
-    let jobs_before = count(&requests_ready, "create", "jobs");
-    let mut reported = Instant::now();
-    loop {
-        let now = operator_requests(&cluster)?;
-        let runs = count(&now, "create", "jobs") - jobs_before;
-        if runs >= n as u64 {
-            break;
-        }
-        if reported.elapsed() >= PROGRESS_EVERY {
-            eprintln!(
-                "  periodic round: {runs} of {n} runs after {:.0} s",
-                round_started.elapsed().as_secs_f64()
-            );
-            reported = Instant::now();
-        }
-        if round_started.elapsed() > Duration::from_secs(interval * 3 + n as u64) {
-            bail!("the periodic round did not finish");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let requests_round = operator_requests(&cluster)?;
-    let round_delta: BTreeMap<(String, String), u64> = requests_round
-        .iter()
-        .map(|(k, v)| (k.clone(), v - requests_ready.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
-        .collect();
-    let status_writes_round = count(&round_delta, "patch", "egresschecks/status");
-    let cpu_round = util::process_cpu(pid)? - cpu_ready;
-    let reconciles_round = reconciles(metrics_port)? - reconciles_ready;
-    let runs_round = count(&round_delta, "create", "jobs");
-
+    let round = periodic_round(
+        &cluster,
+        pid,
+        metrics_port,
+        n,
+        Duration::from_secs(interval * 3 + n as u64),
+    )
+    .await?;
     let rss_round_kib = util::process_peak_rss_kib(pid)?;
 
     // Watch-restart recovery: drop every watch, change one check, time until it is probed.
@@ -346,16 +396,7 @@ async fn scale_point(n: usize, interval: u64) -> anyhow::Result<Value> {
         "cpuMsPerReconcile": cpu_ready.as_secs_f64() * 1000.0 / reconciles_ready.max(1.0),
         "apiRequestsUntilReady": sum(&requests_ready),
         "apiRequestsPerCheckUntilReady": sum(&requests_ready) as f64 / n as f64,
-        "periodicRound": {
-            "apiRequests": sum(&round_delta),
-            "apiRequestsPerCheck": sum(&round_delta) as f64 / n as f64,
-            "statusWrites": status_writes_round,
-            "cpuSeconds": cpu_round.as_secs_f64(),
-            "reconciles": reconciles_round,
-            "runs": runs_round,
-            "cpuMsPerRun": cpu_round.as_secs_f64() * 1000.0 / runs_round.max(1) as f64,
-            "byRequest": round_delta.iter().map(|((verb, resource), count)| json!({"verb": verb, "resource": resource, "count": count})).collect::<Vec<_>>(),
-        },
+        "periodicRound": round,
         "watchRestartRecoverySeconds": recovery.as_secs_f64(),
         "operatorPeakRssMiB": rss_kib as f64 / 1024.0,
         "operatorPeakRssMiBUntilReady": rss_ready_kib as f64 / 1024.0,
@@ -372,6 +413,101 @@ fn http_post(url: &str, path: &str) -> anyhow::Result<()> {
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "POST {path}: {text}");
+    Ok(())
+}
+
+/// The same load at every size: the operator runs first, checks arrive at `rate` a second and
+/// each runs every n / rate seconds, so every size sees `rate` runs a second spread evenly.
+/// What a run costs then depends only on the number of checks the operator keeps.
+async fn steady_point(n: usize, rate: f64) -> anyhow::Result<Value> {
+    let interval = (n as f64 / rate).ceil().max(1.0) as u64;
+    let cluster = start_cluster(&format!("steady{n}")).await?;
+    let (port, _target) = tcp_target().await?;
+    create_profile(&cluster, port).await?;
+    let checks: Api<DynamicObject> =
+        Api::namespaced_with(cluster.client.clone(), NAMESPACE, &checks_resource());
+    let metrics_port = free_port()?;
+    let operator = start_operator(&cluster, metrics_port)?;
+    let pid = operator.0.id();
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut reported = Instant::now();
+    for i in 0..n {
+        pace.tick().await;
+        checks
+            .create(&PostParams::default(), &check_object(i, interval)?)
+            .await?;
+        if reported.elapsed() >= PROGRESS_EVERY {
+            eprintln!("  created {i} of {n} checks");
+            reported = Instant::now();
+        }
+    }
+    wait_ready(&checks, n, Duration::from_secs(interval + 120)).await?;
+    let round = periodic_round(
+        &cluster,
+        pid,
+        metrics_port,
+        n,
+        Duration::from_secs(interval * 3 + 60),
+    )
+    .await?;
+    let rss_kib = util::process_peak_rss_kib(pid)?;
+    Ok(json!({
+        "checks": n,
+        "intervalSeconds": interval,
+        "round": round,
+        "operatorPeakRssMiB": rss_kib as f64 / 1024.0,
+    }))
+}
+
+/// CPU per run at equal runs per second, for each size: the operator's linearity in checks.
+pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0, "--rate must be above zero");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut points = Vec::new();
+    for &n in sizes {
+        eprintln!("operator steady load: {n} checks at {rate} runs/s…");
+        points.push(runtime.block_on(steady_point(n, rate))?);
+    }
+    let headers = [
+        "checks",
+        "interval s",
+        "runs/s",
+        "CPU ms/run",
+        "reconciles/run",
+        "API req/run",
+        "status writes",
+        "peak RSS MiB",
+    ];
+    let number = |v: &Value, digits: usize| format!("{:.*}", digits, v.as_f64().unwrap_or(0.0));
+    let rows: Vec<Vec<String>> = points
+        .iter()
+        .map(|p| {
+            let round = &p["round"];
+            let runs = round["runs"].as_f64().unwrap_or(0.0).max(1.0);
+            vec![
+                p["checks"].to_string(),
+                p["intervalSeconds"].to_string(),
+                number(&round["runsPerSecond"], 1),
+                number(&round["cpuMsPerRun"], 2),
+                format!("{:.2}", round["reconciles"].as_f64().unwrap_or(0.0) / runs),
+                number(&round["apiRequestsPerRun"], 1),
+                round["statusWrites"].to_string(),
+                number(&p["operatorPeakRssMiB"], 1),
+            ]
+        })
+        .collect();
+    println!(
+        "Operator on kube-sim at a steady {rate} runs/s: checks arrive at that rate and run every checks/rate seconds\n"
+    );
+    print!("{}", table(&headers, &rows));
+    let path = util::write_summary(
+        "steady",
+        &json!({"benchmark": "steady", "runsPerSecond": rate, "points": points}),
+    )?;
+    println!("summary: {}", path.display());
     Ok(())
 }
 
