@@ -459,18 +459,30 @@ async fn steady_point(n: usize, rate: f64) -> anyhow::Result<Value> {
     }))
 }
 
-/// CPU per run at equal runs per second, for each size: the operator's linearity in checks.
-pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
-    anyhow::ensure!(rate > 0.0, "--rate must be above zero");
+/// One point per size, one after another, each on a fresh cluster.
+fn each_size<Point>(sizes: &[usize], point: impl Fn(usize) -> Point) -> anyhow::Result<Vec<Value>>
+where
+    Point: std::future::Future<Output = anyhow::Result<Value>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut points = Vec::new();
-    for &n in sizes {
+    sizes.iter().map(|&n| runtime.block_on(point(n))).collect()
+}
+
+/// A JSON number as a table cell with `digits` decimals.
+fn number(value: &Value, digits: usize) -> String {
+    format!("{:.*}", digits, value.as_f64().unwrap_or(0.0))
+}
+
+/// CPU per run at equal runs per second, for each size: the operator's linearity in checks.
+pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0, "--rate must be above zero");
+    let points = each_size(sizes, |n| {
         eprintln!("operator steady load: {n} checks at {rate} runs/s…");
-        points.push(runtime.block_on(steady_point(n, rate))?);
-    }
+        steady_point(n, rate)
+    })?;
     let headers = [
         "checks",
         "interval s",
@@ -481,7 +493,6 @@ pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
         "status writes",
         "peak RSS MiB",
     ];
-    let number = |v: &Value, digits: usize| format!("{:.*}", digits, v.as_f64().unwrap_or(0.0));
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|p| {
@@ -512,15 +523,10 @@ pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
 }
 
 pub fn run_scale(sizes: &[usize], interval: u64) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let mut points = Vec::new();
-    for &n in sizes {
+    let points = each_size(sizes, |n| {
         eprintln!("operator scale: {n} checks…");
-        points.push(runtime.block_on(scale_point(n, interval))?);
-    }
+        scale_point(n, interval)
+    })?;
     let headers = [
         "checks",
         "all Ready s",
@@ -539,33 +545,16 @@ pub fn run_scale(sizes: &[usize], interval: u64) -> anyhow::Result<()> {
         .map(|p| {
             vec![
                 p["checks"].to_string(),
-                format!("{:.1}", p["secondsUntilAllReady"].as_f64().unwrap_or(0.0)),
-                format!(
-                    "{:.2}",
-                    p["operatorCpuSecondsUntilReady"].as_f64().unwrap_or(0.0)
-                ),
+                number(&p["secondsUntilAllReady"], 1),
+                number(&p["operatorCpuSecondsUntilReady"], 2),
                 p["reconcilesUntilReady"].to_string(),
-                format!("{:.2}", p["cpuMsPerReconcile"].as_f64().unwrap_or(0.0)),
-                format!(
-                    "{:.1}",
-                    p["apiRequestsPerCheckUntilReady"].as_f64().unwrap_or(0.0)
-                ),
-                format!(
-                    "{:.1}",
-                    p["periodicRound"]["apiRequestsPerCheck"]
-                        .as_f64()
-                        .unwrap_or(0.0)
-                ),
-                format!(
-                    "{:.2}",
-                    p["periodicRound"]["cpuMsPerRun"].as_f64().unwrap_or(0.0)
-                ),
+                number(&p["cpuMsPerReconcile"], 2),
+                number(&p["apiRequestsPerCheckUntilReady"], 1),
+                number(&p["periodicRound"]["apiRequestsPerCheck"], 1),
+                number(&p["periodicRound"]["cpuMsPerRun"], 2),
                 p["periodicRound"]["statusWrites"].to_string(),
-                format!(
-                    "{:.2}",
-                    p["watchRestartRecoverySeconds"].as_f64().unwrap_or(0.0)
-                ),
-                format!("{:.1}", p["operatorPeakRssMiB"].as_f64().unwrap_or(0.0)),
+                number(&p["watchRestartRecoverySeconds"], 2),
+                number(&p["operatorPeakRssMiB"], 1),
             ]
         })
         .collect();
