@@ -437,7 +437,7 @@ async fn steady_point(n: usize, rate: f64) -> anyhow::Result<Value> {
             .create(&PostParams::default(), &check_object(i, interval)?)
             .await?;
         if reported.elapsed() >= PROGRESS_EVERY {
-            eprintln!("  created {i} of {n} checks");
+            eprintln!("  created {} of {n} checks", i + 1);
             reported = Instant::now();
         }
     }
@@ -459,15 +459,20 @@ async fn steady_point(n: usize, rate: f64) -> anyhow::Result<Value> {
     }))
 }
 
+/// The bench's own client side: two threads, like the machine.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// One point per size, one after another, each on a fresh cluster.
 fn each_size<Point>(sizes: &[usize], point: impl Fn(usize) -> Point) -> anyhow::Result<Vec<Value>>
 where
     Point: std::future::Future<Output = anyhow::Result<Value>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = client_runtime()?;
     sizes.iter().map(|&n| runtime.block_on(point(n))).collect()
 }
 
@@ -514,11 +519,10 @@ pub fn run_steady(sizes: &[usize], rate: f64) -> anyhow::Result<()> {
         "Operator on kube-sim at a steady {rate} runs/s: checks arrive at that rate and run every checks/rate seconds\n"
     );
     print!("{}", table(&headers, &rows));
-    let path = util::write_summary(
+    util::write_summary(
         "steady",
         &json!({"benchmark": "steady", "runsPerSecond": rate, "points": points}),
     )?;
-    println!("summary: {}", path.display());
     Ok(())
 }
 
@@ -562,20 +566,16 @@ pub fn run_scale(sizes: &[usize], interval: u64) -> anyhow::Result<()> {
         "Operator on kube-sim: EgressChecks of one TCP row each, real `netreach probe` pods, interval {interval}s\n"
     );
     print!("{}", table(&headers, &rows));
-    let path = util::write_summary(
+    util::write_summary(
         "operator",
         &json!({"benchmark": "operator", "intervalSeconds": interval, "points": points}),
     )?;
-    println!("summary: {}", path.display());
     Ok(())
 }
 
 /// Time from an endpoint going down until the check says so, against interval + timeout.
 pub fn run_detection(interval: u64, timeout: u64, samples: usize) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = client_runtime()?;
     let results = runtime.block_on(async {
         let cluster = start_cluster("detect").await?;
         let metrics_port = free_port()?;
@@ -659,7 +659,7 @@ pub fn run_detection(interval: u64, timeout: u64, samples: usize) -> anyhow::Res
             ]]
         )
     );
-    let path = util::write_summary(
+    util::write_summary(
         "detection",
         &json!({
             "benchmark": "detection",
@@ -671,6 +671,5 @@ pub fn run_detection(interval: u64, timeout: u64, samples: usize) -> anyhow::Res
             "overheadAfterScheduledRunSeconds": overheads,
         }),
     )?;
-    println!("summary: {}", path.display());
     Ok(())
 }

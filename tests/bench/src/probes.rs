@@ -450,8 +450,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             "netreachThroughputVsBlackbox": throughput_vs_blackbox,
         },
     });
-    let path = util::write_summary("probes", &summary)?;
-    println!("summary: {}", path.display());
+    util::write_summary("probes", &summary)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -142,12 +142,14 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn write_summary(name: &str, value: &serde_json::Value) -> anyhow::Result<PathBuf> {
+/// Writes a benchmark's JSON summary to target/bench/<name>.json and says where.
+pub fn write_summary(name: &str, value: &serde_json::Value) -> anyhow::Result<()> {
     let dir = repo().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
-    Ok(path)
+    println!("summary: {}", path.display());
+    Ok(())
 }
 
 /// The loopback peers from the test harness, started into a fresh directory.
