@@ -4,10 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
-pub mod crdgen;
 pub mod emit;
-pub mod load;
-pub mod metrics;
+pub mod error;
 pub mod probe;
-pub mod status;
 pub mod telemetry;

@@ -6,8 +6,8 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use netreach::api::result::{Outcome, Reason, Stage};
 use netreach::probe::report::Report;
-use netreach::probe::result::{Outcome, Reason, Stage};
 use support::Peers;
 
 fn netreach() -> Command {
@@ -247,7 +247,7 @@ fn write_issuer_profile(dir: &Path, tls: &str) -> std::path::PathBuf {
     path
 }
 
-fn only_row(stdout: &str) -> netreach::probe::result::ProbeResult {
+fn only_row(stdout: &str) -> netreach::api::result::ProbeResult {
     let report: Report = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(report.summary.total, 1, "{stdout}");
     report.groups[0].results[0].clone()
@@ -365,8 +365,12 @@ fn check_reads_a_ca_bundle_ref_from_the_secrets_dir_and_says_when_it_cannot() {
     );
     assert!(
         row.message
-            .contains("pass --secrets-dir DIR holding DIR/corp-ca/ca.crt"),
+            .contains("create ConfigMap corp-ca with key ca.crt"),
         "{}",
         row.message
+    );
+    assert!(
+        stderr.contains("pass --secrets-dir DIR holding DIR/<name>/<key>"),
+        "{stderr}"
     );
 }

@@ -58,8 +58,8 @@ fn crds_without_output_dir_prints_both_documents() {
 
 #[test]
 fn every_shipped_example_loads() {
-    let loaded =
-        netreach::load::load_paths(&[repo().join("examples")]).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = netreach::api::load::load_paths(&[repo().join("examples")])
+        .unwrap_or_else(|e| panic!("{e}"));
     let kinds: Vec<String> = loaded
         .iter()
         .map(|l| format!("{} {}", l.document.kind(), l.document.name()))

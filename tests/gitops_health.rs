@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use netreach::api::check::EgressCheckStatus;
-use netreach::status::set_condition;
+use netreach::api::conditions::set_condition;
 use serde_json::json;
 
 const RUNNER: &str = r#"

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use netreach::api::EgressCheck;
-use netreach::probe::result::{Outcome, Reason};
+use netreach::api::result::{Outcome, Reason};
 use serde_json::json;
 use support::Peers;
 use support::cluster::{BROKEN_PROBE_IMAGE, Cluster, eventually};

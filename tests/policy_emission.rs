@@ -16,10 +16,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use netreach::api::{ConnectivityProfileSpec, Flavor};
 use netreach::emit::{
-    EGRESS_FIREWALL_RULES_ANNOTATION, FLAVORS, Input, allowlist, emit, flavor_name,
-    merge_egress_firewall, to_yaml, unmerge_egress_firewall,
+    EGRESS_FIREWALL_RULES_ANNOTATION, Input, allowlist, emit, merge_egress_firewall, to_yaml,
+    unmerge_egress_firewall,
 };
 use serde_json::{Value, json};
+use strum::IntoEnumIterator;
 use support::cluster::{Cluster, eventually};
 
 fn repo() -> PathBuf {
@@ -194,16 +195,16 @@ async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
         spec: &spec,
         addresses: &addresses,
     };
-    for flavor in FLAVORS {
+    for flavor in Flavor::iter() {
         let output = emit(flavor, &input);
         assert!(
             !output.objects.is_empty(),
             "{} emitted nothing: {:?}",
-            flavor_name(flavor),
+            flavor.as_str(),
             output.notes
         );
         for object in output.objects {
-            schemas.apply(&object, flavor_name(flavor)).await;
+            schemas.apply(&object, flavor.as_str()).await;
         }
     }
     assert!(schemas.applied >= 12, "applied {} objects", schemas.applied);
@@ -218,7 +219,7 @@ async fn every_golden_file_is_accepted_by_its_upstream_crd_schema() {
         .map(|file| file.unwrap().path())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 2 * FLAVORS.len(), "{files:?}");
+    assert_eq!(files.len(), 2 * Flavor::iter().count(), "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         for object in documents(&text) {
@@ -231,7 +232,10 @@ async fn every_golden_file_is_accepted_by_its_upstream_crd_schema() {
 #[tokio::test]
 async fn render_of_the_shipped_examples_is_accepted_by_the_upstream_crd_schemas() {
     let mut schemas = UpstreamSchemas::start().await;
-    let every = FLAVORS.map(flavor_name).join(",");
+    let every = Flavor::iter()
+        .map(Flavor::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
     let (ok, stdout, stderr) = render(&["--flavor", &every], &repo().join("examples"));
     assert!(ok, "{stderr}");
     let objects = documents(&stdout);
@@ -244,9 +248,9 @@ async fn render_of_the_shipped_examples_is_accepted_by_the_upstream_crd_schemas(
 /// Golden files: `NETREACH_UPDATE_GOLDEN=1 cargo test --test policy_emission` rewrites them.
 #[test]
 fn the_shipped_examples_render_as_their_golden_files() {
-    let loaded = netreach::load::load_paths(&[repo().join("examples")]).unwrap();
+    let loaded = netreach::api::load::load_paths(&[repo().join("examples")]).unwrap();
     for document in loaded {
-        let netreach::load::Document::Profile(profile) = document.document else {
+        let netreach::api::load::Document::Profile(profile) = document.document else {
             continue;
         };
         let name = profile.metadata.name.clone().unwrap();
@@ -270,7 +274,7 @@ fn the_shipped_examples_render_as_their_golden_files() {
             spec: &profile.spec,
             addresses: &addresses,
         };
-        for flavor in FLAVORS {
+        for flavor in Flavor::iter() {
             let output = emit(flavor, &input);
             let mut text = to_yaml(&output.objects);
             for note in &output.notes {
@@ -279,7 +283,7 @@ fn the_shipped_examples_render_as_their_golden_files() {
             let path = repo()
                 .join("tests/golden")
                 .join(&name)
-                .join(format!("{}.yaml", flavor_name(flavor)));
+                .join(format!("{}.yaml", flavor.as_str()));
             if std::env::var_os("NETREACH_UPDATE_GOLDEN").is_some() {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(&path, &text).unwrap();
@@ -1104,7 +1108,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
             spec: &spec,
             addresses: &addresses,
         };
-        for flavor in FLAVORS {
+        for flavor in Flavor::iter() {
             let output = emit(flavor, &input);
             for object in &output.objects {
                 kinds.insert(object["kind"].as_str().unwrap().to_owned());
@@ -1117,7 +1121,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                 if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
                     panic!(
                         "round {round}: {} selects more pods than the profile: {widened}\nprofile: {}\nobject: {object}",
-                        flavor_name(flavor),
+                        flavor.as_str(),
                         serde_json::to_string(&spec).unwrap()
                     );
                 }
@@ -1127,7 +1131,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                             port,
                             53,
                             "round {round}: {} allows DNS on {port}",
-                            flavor_name(flavor)
+                            flavor.as_str()
                         );
                         continue;
                     }
@@ -1140,7 +1144,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                     assert!(
                         ok,
                         "round {round}: {} allows {destination}:{port}, undeclared\nprofile: {}\nobject: {object}",
-                        flavor_name(flavor),
+                        flavor.as_str(),
                         serde_json::to_string(&spec).unwrap()
                     );
                 }

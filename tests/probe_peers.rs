@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netreach::load::load_str;
+use netreach::api::load::load_str;
+use netreach::api::result::{Outcome, ProbeResult, Reason, Stage};
 use netreach::probe::engine::{ProbeContext, probe_all};
 use netreach::probe::net::ProxyTarget;
 use netreach::probe::plan::plan_documents;
-use netreach::probe::result::{Outcome, ProbeResult, Reason, Stage};
 use netreach::probe::tls::TrustRoots;
 use support::Peers;
 use tokio::io::AsyncWriteExt;
@@ -1239,7 +1239,7 @@ async fn a_ca_bundle_ref_is_read_from_the_secrets_directory_or_reported_missing(
     for part in [
         "mpnsv2.m3.maas360.com:",
         "key ca.crt of ConfigMap peers-ca",
-        "pass --secrets-dir DIR holding DIR/peers-ca/ca.crt",
+        "create ConfigMap peers-ca with key ca.crt",
     ] {
         assert!(row.message.contains(part), "{part:?} in {}", row.message);
     }
@@ -1296,7 +1296,7 @@ async fn messages_name_host_port_and_a_next_step() {
         results[2].message.contains("mpnsv2.m3.maas360.com:443")
             && results[2]
                 .message
-                .contains("pass --secrets-dir DIR holding DIR/proxy-auth/username"),
+                .contains("create Secret proxy-auth with key username"),
         "{}",
         results[2].message
     );

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::SpecDuration;
 use super::endpoint::{DnsSpec, Endpoint, EndpointDefaults, Labels, ProxySpec};
-use crate::probe::result::ProbeResult;
+use crate::api::result::ProbeResult;
 
 /// Annotation whose every new value triggers a run.
 pub const RUN_NOW_ANNOTATION: &str = "netreach.dev/run-now";
@@ -188,7 +188,7 @@ pub struct ResultSummary {
 
 impl ResultSummary {
     pub fn of(results: &[ProbeResult]) -> Self {
-        use crate::probe::result::Outcome;
+        use crate::api::result::Outcome;
         let count =
             |pred: &dyn Fn(&ProbeResult) -> bool| results.iter().filter(|r| pred(r)).count() as i32;
         Self {

@@ -5,8 +5,12 @@ pub mod check;
 pub mod conditions;
 pub mod duration;
 pub mod endpoint;
+pub mod load;
 pub mod openapi;
 pub mod profile;
+pub mod result;
+pub mod source;
+pub mod wire;
 
 use std::sync::OnceLock;
 

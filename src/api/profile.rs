@@ -171,6 +171,7 @@ pub struct IstioOptions {
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    strum::EnumIter,
 )]
 pub enum Flavor {
     /// Kubernetes networking.k8s.io/v1 NetworkPolicy (ipBlocks from resolved addresses).
@@ -190,6 +191,8 @@ pub enum Flavor {
     /// OVN-Kubernetes / OpenShift k8s.ovn.org/v1 EgressFirewall.
     EgressFirewall,
 }
+
+crate::wire_names!(Flavor);
 
 /// Observed state of a ConnectivityProfile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

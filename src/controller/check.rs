@@ -28,12 +28,13 @@ use super::run::{
 use super::{Context, Error, Result};
 use crate::api::check::{EgressCheckStatus, RunRecord};
 use crate::api::conditions::{reasons, types};
+use crate::api::conditions::{set_condition, short_message};
 use crate::api::endpoint::CaBundleRef;
+use crate::api::result::ProbeResult;
+use crate::api::source::EndpointSource;
 use crate::api::{ConnectivityProfile, EgressCheck};
-use crate::probe::plan::{EndpointSource, Target};
-use crate::probe::result::ProbeResult;
+use crate::probe::plan::Target;
 use crate::probe::spec;
-use crate::status::{set_condition, short_message};
 
 pub const MANAGER: &str = "netreach/egresscheck";
 const DEFAULT_HISTORY: i32 = 5;

@@ -4,9 +4,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord};
+use crate::api::conditions::{conditions_equal_ignoring_time, set_condition, short_message};
 use crate::api::conditions::{reasons, types};
-use crate::probe::result::{Outcome, ProbeResult, Stage};
-use crate::status::{conditions_equal_ignoring_time, set_condition, short_message};
+use crate::api::result::{Outcome, ProbeResult, Stage};
 
 /// An event a status change deserves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -361,7 +361,7 @@ pub fn summarize(status: &mut EgressCheckStatus) {
 mod tests {
     use super::*;
     use crate::api::Protocol;
-    use crate::probe::result::{Latency, Reason, TlsFacts};
+    use crate::api::result::{Latency, Reason, TlsFacts};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod check_status;
 pub mod leader;
 pub mod line;
+pub mod metrics;
 pub mod policy;
 pub mod profile;
 pub mod run;
@@ -35,7 +36,7 @@ use tracing::instrument::WithSubscriber;
 use tracing::{error, info, warn};
 
 use crate::api::{ConnectivityProfile, EgressCheck};
-use crate::metrics::Metrics;
+use crate::controller::metrics::Metrics;
 use crate::probe::dns::Resolvers;
 use line::Line;
 use trigger::CheckTrigger;

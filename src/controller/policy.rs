@@ -15,7 +15,7 @@ use tracing::{debug, info};
 use super::Context;
 use crate::api::ConnectivityProfile;
 use crate::api::profile::AppliedPolicy;
-use crate::emit::{self, Input, flavor_name, merge_egress_firewall, unmerge_egress_firewall};
+use crate::emit::{self, Input, merge_egress_firewall, unmerge_egress_firewall};
 
 pub const MANAGER: &str = "netreach/connectivityprofile";
 pub const FINALIZER: &str = "connectivityprofiles.netreach.dev/cleanup";
@@ -155,7 +155,7 @@ pub async fn apply(
                 Err(lookup) => {
                     applied
                         .failures
-                        .push(format!("{}: {}", flavor_name(flavor), lookup.message()));
+                        .push(format!("{}: {}", flavor.as_str(), lookup.message()));
                     break;
                 }
             };
@@ -168,7 +168,7 @@ pub async fn apply(
                     Err(e) => {
                         applied.failures.push(format!(
                             "{}: reading EgressFirewall {namespace}/{object_name} to merge NetReach's rules into it failed, retrying: {e}",
-                            flavor_name(flavor)
+                            flavor.as_str()
                         ));
                         break;
                     }
@@ -188,7 +188,7 @@ pub async fn apply(
                 .await
             {
                 Ok(_) => applied.policies.push(AppliedPolicy {
-                    flavor: flavor_name(flavor).into(),
+                    flavor: flavor.as_str().into(),
                     api_version: api_version.clone(),
                     kind: kind.clone(),
                     name: object_name,
@@ -196,7 +196,7 @@ pub async fn apply(
                 }),
                 Err(e) => applied.failures.push(format!(
                     "{}: applying {kind} {object_name} failed: {e}",
-                    flavor_name(flavor)
+                    flavor.as_str()
                 )),
             }
         }

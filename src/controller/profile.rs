@@ -15,12 +15,12 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::{Context, Error, Result, policy};
+use crate::api::conditions::{conditions_equal_ignoring_time, set_condition, short_message};
 use crate::api::conditions::{reasons, types};
 use crate::api::profile::{ConnectivityProfileStatus, ResolvedEndpoint, RetainedAddress};
 use crate::api::{ConnectivityProfile, ConnectivityProfileSpec};
 use crate::probe::dns::parse_nameserver;
 use crate::probe::net::ProxyTarget;
-use crate::status::{conditions_equal_ignoring_time, set_condition, short_message};
 
 pub use super::policy::MANAGER;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);

@@ -3,7 +3,7 @@
 
 use super::Input;
 use crate::api::TlsMode;
-use crate::probe::plan::EndpointSource;
+use crate::api::source::EndpointSource;
 
 /// One row per endpoint×port.
 struct Row {

@@ -1,14 +1,17 @@
-//! Sharing a namespace's one `default` EgressFirewall with whoever else writes it. Rules are
-//! evaluated in order and the first match wins, so NetReach's Allow rules go after every rule
-//! someone else wrote (nobody's explicit Deny is overridden) and before one closing deny-all;
-//! what each profile added is recorded on the object, so it can be taken out again without
-//! touching anyone else's rules.
+//! OVN-Kubernetes EgressFirewall: the emitter, and sharing a namespace's one `default` object
+//! with whoever else writes it. Rules are evaluated in order and the first match wins, so
+//! NetReach's Allow rules go after every rule someone else wrote (nobody's explicit Deny is
+//! overridden) and before one closing deny-all; what each profile added is recorded on the
+//! object, so it can be taken out again without touching anyone else's rules.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::flavors::egress_firewall_denies;
+use super::shared::*;
+use super::types::{Object, ovn};
+use super::{Input, Note, Output, allows, metadata};
+use crate::api::Flavor;
 
 /// Annotation on the shared EgressFirewall: the rules each NetReach profile added, as a JSON
 /// object from profile name to rules (an older single list belongs to the profile reading it).
@@ -169,4 +172,104 @@ pub fn unmerge_egress_firewall(existing: &Value, profile: &str) -> Option<Value>
         "metadata": metadata,
         "spec": {"egress": remaining},
     }))
+}
+
+/// The deny rules that close an EgressFirewall allowlist.
+pub(super) fn egress_firewall_denies() -> Vec<ovn::EgressFirewallRule> {
+    ["0.0.0.0/0", "::/0"]
+        .into_iter()
+        .map(|cidr| ovn::EgressFirewallRule {
+            type_: ovn::RuleType::Deny,
+            to: ovn::Destination {
+                cidr_selector: Some(cidr.into()),
+                dns_name: None,
+            },
+            ports: vec![],
+        })
+        .collect()
+}
+
+/// Whether the profile narrows its policy to some pods, which EgressFirewall cannot do.
+fn selects_some_pods(input: &Input<'_>) -> bool {
+    input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.as_ref())
+        .is_some_and(|s| {
+            s.match_labels.as_ref().is_some_and(|l| !l.is_empty())
+                || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
+        })
+}
+
+/// The namespace's `default` EgressFirewall. What it cannot do, it says: it has no pod
+/// selector (it covers every pod of the namespace), and its closing deny-all also blocks the
+/// Kubernetes API server and any DNS server outside the pod network unless the profile
+/// declares them as endpoints. Cluster DNS pods need no rule: EgressFirewall only governs
+/// traffic to destinations outside the cluster (CRD description).
+pub fn egress_firewall(input: &Input<'_>) -> Output {
+    let flavor = Flavor::EgressFirewall;
+    let mut output = Output::default();
+    if selects_some_pods(input) {
+        output.notes.push(Note {
+            flavor,
+            endpoint: "*".into(),
+            message: format!(
+                "cannot select pods: it applies to every pod in namespace {}, not only to those of spec.policy.podSelector; use a flavor with a pod selector to confine the policy to them",
+                input.namespace
+            ),
+        });
+    }
+    let mut egress = Vec::new();
+    for allow in allows(input) {
+        let ports: Vec<ovn::Port> = allow
+            .ports
+            .iter()
+            .map(|p| ovn::Port {
+                protocol: "TCP".into(),
+                port: *p,
+            })
+            .collect();
+        let destinations: Vec<ovn::Destination> = match &allow.host {
+            Some(host) => {
+                if allow.is_wildcard() {
+                    output.notes.push(note(
+                        flavor,
+                        &allow,
+                        "wildcard dnsName rules need OVN-Kubernetes' DNSNameResolver feature",
+                    ));
+                }
+                vec![ovn::Destination {
+                    cidr_selector: None,
+                    dns_name: Some(host.clone()),
+                }]
+            }
+            None => allow
+                .nets
+                .iter()
+                .map(|n| ovn::Destination {
+                    cidr_selector: Some(n.trunc().to_string()),
+                    dns_name: None,
+                })
+                .collect(),
+        };
+        for to in destinations {
+            egress.push(ovn::EgressFirewallRule {
+                type_: ovn::RuleType::Allow,
+                to,
+                ports: ports.clone(),
+            });
+        }
+    }
+    // First match wins and unmatched traffic is allowed: an allowlist ends in deny-all.
+    egress.extend(egress_firewall_denies());
+    let mut meta = metadata(input, "default".into(), false);
+    meta.name = Some("default".into());
+    output.objects.push(to_value(&Object {
+        api_version: "k8s.ovn.org/v1".into(),
+        kind: "EgressFirewall".into(),
+        metadata: meta,
+        spec: ovn::EgressFirewallSpec { egress },
+    }));
+    output
 }

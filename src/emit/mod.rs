@@ -3,9 +3,13 @@
 //! DNS; what a flavor cannot express is reported, never widened.
 
 pub mod allowlist;
-pub mod cli;
+mod calico;
+mod cilium;
 mod egress_firewall;
-mod flavors;
+mod istio;
+mod networkpolicy;
+mod networkpolicyapi;
+mod shared;
 pub mod types;
 
 pub use egress_firewall::{
@@ -17,6 +21,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+
+use strum::IntoEnumIterator;
 
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -36,35 +42,11 @@ pub enum RenderFormat {
     AllowlistMarkdown,
 }
 
-pub const FLAVORS: [Flavor; 8] = [
-    Flavor::NetworkPolicy,
-    Flavor::Cilium,
-    Flavor::CiliumEgressGateway,
-    Flavor::Calico,
-    Flavor::Istio,
-    Flavor::AdminNetworkPolicy,
-    Flavor::ClusterNetworkPolicy,
-    Flavor::EgressFirewall,
-];
-
-pub fn flavor_name(flavor: Flavor) -> &'static str {
-    match flavor {
-        Flavor::NetworkPolicy => "NetworkPolicy",
-        Flavor::Cilium => "Cilium",
-        Flavor::CiliumEgressGateway => "CiliumEgressGateway",
-        Flavor::Calico => "Calico",
-        Flavor::Istio => "Istio",
-        Flavor::AdminNetworkPolicy => "AdminNetworkPolicy",
-        Flavor::ClusterNetworkPolicy => "ClusterNetworkPolicy",
-        Flavor::EgressFirewall => "EgressFirewall",
-    }
-}
-
 impl FromStr for RenderFormat {
     type Err = String;
 
     /// Any case (`--flavor networkpolicy`). `spec.policy.flavors` is a schema enum and takes
-    /// only the canonical spelling of [`flavor_name`], which `Display` prints.
+    /// only the canonical spelling of [`Flavor::as_str`], which `Display` prints.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let wanted = text.trim();
         if wanted.eq_ignore_ascii_case("AllowlistCSV") {
@@ -73,14 +55,12 @@ impl FromStr for RenderFormat {
         if wanted.eq_ignore_ascii_case("AllowlistMarkdown") {
             return Ok(RenderFormat::AllowlistMarkdown);
         }
-        FLAVORS
-            .into_iter()
-            .find(|f| flavor_name(*f).eq_ignore_ascii_case(wanted))
+        Flavor::iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(wanted))
             .map(RenderFormat::Policy)
             .ok_or_else(|| {
-                let known: Vec<&str> = FLAVORS
-                    .iter()
-                    .map(|f| flavor_name(*f))
+                let known: Vec<&str> = Flavor::iter()
+                    .map(Flavor::as_str)
                     .chain(["AllowlistCSV", "AllowlistMarkdown"])
                     .collect();
                 format!("unknown flavor {text:?}; known: {}", known.join(", "))
@@ -91,7 +71,7 @@ impl FromStr for RenderFormat {
 impl fmt::Display for RenderFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RenderFormat::Policy(flavor) => f.write_str(flavor_name(*flavor)),
+            RenderFormat::Policy(flavor) => f.write_str(flavor.as_str()),
             RenderFormat::AllowlistCsv => f.write_str("AllowlistCSV"),
             RenderFormat::AllowlistMarkdown => f.write_str("AllowlistMarkdown"),
         }
@@ -180,7 +160,7 @@ impl fmt::Display for Note {
         write!(
             f,
             "{}: endpoint {}: {}",
-            flavor_name(self.flavor),
+            self.flavor.as_str(),
             self.endpoint,
             self.message
         )
@@ -197,14 +177,14 @@ pub struct Output {
 /// Emits one flavor's objects for a profile.
 pub fn emit(flavor: Flavor, input: &Input<'_>) -> Output {
     let mut output = match flavor {
-        Flavor::NetworkPolicy => flavors::network_policy(input),
-        Flavor::Cilium => flavors::cilium(input),
-        Flavor::CiliumEgressGateway => flavors::cilium_egress_gateway(input),
-        Flavor::Calico => flavors::calico(input),
-        Flavor::Istio => flavors::istio(input),
-        Flavor::AdminNetworkPolicy => flavors::admin_network_policy(input),
-        Flavor::ClusterNetworkPolicy => flavors::cluster_network_policy(input),
-        Flavor::EgressFirewall => flavors::egress_firewall(input),
+        Flavor::NetworkPolicy => networkpolicy::network_policy(input),
+        Flavor::Cilium => cilium::cilium(input),
+        Flavor::CiliumEgressGateway => cilium::cilium_egress_gateway(input),
+        Flavor::Calico => calico::calico(input),
+        Flavor::Istio => istio::istio(input),
+        Flavor::AdminNetworkPolicy => networkpolicyapi::admin_network_policy(input),
+        Flavor::ClusterNetworkPolicy => networkpolicyapi::cluster_network_policy(input),
+        Flavor::EgressFirewall => egress_firewall::egress_firewall(input),
     };
     output
         .notes

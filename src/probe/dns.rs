@@ -12,7 +12,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 
-use super::result::Reason;
+use crate::api::result::Reason;
 
 /// Why a name did not resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Resolvers {
             TokioResolver::builder(provider).map_err(|e| DnsFailure {
                 reason: Reason::DnsError,
                 message: format!(
-                    "cannot read the system resolver configuration: {e}; pass --nameserver"
+                    "cannot read the system resolver configuration: {e}; set dns.nameservers in the profile"
                 ),
             })?
         } else {

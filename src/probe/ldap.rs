@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::net::{BoxStream, Deadline, Failure};
-use super::result::{Reason, Stage};
+use crate::api::result::{Reason, Stage};
 
 const START_TLS_OID: &str = "1.3.6.1.4.1.1466.20037";
 /// Largest LDAP message accepted (a base-scope search with no attributes is tiny).

@@ -1,14 +1,15 @@
 //! The probe engine: resolve, connect, upgrade, handshake and speak each endpoint's protocol,
 //! stopping at the first failing stage and saying why.
 
-pub mod cli;
+mod aggregate;
+pub mod context;
 pub mod dns;
 pub mod engine;
 pub mod ldap;
 pub mod net;
+mod pipeline;
 pub mod plan;
 pub mod protocols;
 pub mod report;
-pub mod result;
 pub mod spec;
 pub mod tls;

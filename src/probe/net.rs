@@ -8,8 +8,8 @@ use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::result::{Reason, Stage};
 use crate::api::openapi::redact_userinfo;
+use crate::api::result::{Reason, Stage};
 
 /// Any bidirectional byte stream a protocol can run over (plain TCP, or TLS on top).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}

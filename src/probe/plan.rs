@@ -6,11 +6,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::endpoint::{
-    CaBundleRef, DnsSpec, Endpoint, EndpointDefaults, HttpExpectation, IssuerMatch,
-    LdapExpectation, MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
+    CaBundleRef, DnsSpec, HttpExpectation, IssuerMatch, LdapExpectation, MailExpectation,
+    MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
 };
-use crate::api::{ConnectivityProfileSpec, EgressCheckSpec, Protocol, TlsMode};
-use crate::load::{Document, Loaded};
+use crate::api::load::{Document, Loaded};
+use crate::api::source::EndpointSource;
+use crate::api::{ConnectivityProfileSpec, Protocol, TlsMode};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MIN_DAYS_VALID: i32 = 14;
@@ -83,46 +84,8 @@ impl Target {
     }
 }
 
-/// Where a list of endpoints and its settings come from.
-pub struct EndpointSource<'a> {
-    pub endpoints: &'a [Endpoint],
-    pub defaults: Option<&'a EndpointDefaults>,
-    pub proxy: Option<&'a ProxySpec>,
-    pub dns: Option<&'a DnsSpec>,
-}
-
-impl<'a> EndpointSource<'a> {
-    pub fn from_profile(spec: &'a ConnectivityProfileSpec) -> Self {
-        Self {
-            endpoints: &spec.endpoints,
-            defaults: spec.defaults.as_ref(),
-            proxy: spec.proxy.as_ref(),
-            dns: spec.dns.as_ref(),
-        }
-    }
-
-    /// A check over a profile: the check's proxy and dns override the profile's.
-    pub fn from_check(
-        check: &'a EgressCheckSpec,
-        profile: Option<&'a ConnectivityProfileSpec>,
-    ) -> Option<Self> {
-        let base = match (&check.endpoints, profile) {
-            (Some(endpoints), _) => Self {
-                endpoints,
-                defaults: check.defaults.as_ref(),
-                proxy: None,
-                dns: None,
-            },
-            (None, Some(profile)) => Self::from_profile(profile),
-            (None, None) => return None,
-        };
-        Some(Self {
-            proxy: check.proxy.as_ref().or(base.proxy),
-            dns: check.dns.as_ref().or(base.dns),
-            ..base
-        })
-    }
-
+/// Planning is defined here, beside [`Target`]; the source itself is API-level.
+impl EndpointSource<'_> {
     /// One target per endpoint×port, in declaration order.
     pub fn targets(&self) -> Vec<Target> {
         let defaults = self.defaults.cloned().unwrap_or_default();
@@ -301,7 +264,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::load::load_str;
+    use crate::api::load::load_str;
 
     fn targets(defaults: &str, endpoint_tls: &str, ports: &str) -> Vec<Target> {
         let yaml = format!(

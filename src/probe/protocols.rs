@@ -6,8 +6,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 use super::net::{BoxStream, Deadline, Failure, MAX_REPLY_LINES, Wire};
-use super::result::{Reason, Stage};
 use crate::api::endpoint::HttpExpectation;
+use crate::api::result::{Reason, Stage};
 
 /// Largest response head (status line and headers) accepted from an HTTP server.
 const MAX_HTTP_HEAD: usize = 64 * 1024;

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::result::{Outcome, ProbeResult};
 use crate::api::check::ResultSummary;
+use crate::api::result::{Outcome, ProbeResult};
 
 /// Results of one profile or check.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,7 +237,7 @@ pub fn junit(report: &Report) -> String {
 mod tests {
     use super::*;
     use crate::api::Protocol;
-    use crate::probe::result::{Latency, Reason, Stage};
+    use crate::api::result::{Latency, Reason, Stage};
 
     fn result(endpoint: &str, outcome: Outcome, required: bool) -> ProbeResult {
         ProbeResult {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Target;
-use super::result::ProbeResult;
 use crate::api::check::ResultSummary;
+use crate::api::result::ProbeResult;
 
 /// Format version of the framing; bumped when it changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -125,7 +125,7 @@ pub fn decode(log: &str, termination_message: &str) -> Result<Vec<ProbeResult>, 
 mod tests {
     use super::*;
     use crate::api::Protocol;
-    use crate::probe::result::{Latency, Outcome, Reason, Stage};
+    use crate::api::result::{Latency, Outcome, Reason, Stage};
 
     fn rows(n: usize) -> Vec<ProbeResult> {
         (0..n)

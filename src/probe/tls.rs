@@ -16,8 +16,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::net::{BoxStream, Deadline, Failure};
 use super::plan::TlsPlan;
-use super::result::{Reason, Stage, TlsFacts};
 use crate::api::endpoint::{CaBundleRef, IssuerMatch, MismatchAction};
+use crate::api::result::{Reason, Stage, TlsFacts};
 
 /// The key of a `caBundleRef` that names none.
 pub const DEFAULT_BUNDLE_KEY: &str = "ca.crt";
@@ -44,10 +44,10 @@ pub enum RootsError {
     Empty { path: String },
     #[error("{name} holds no usable PEM certificate")]
     EmptyBundle { name: String },
-    /// The root store cannot verify anything, e.g. `--system-roots` on a machine whose system
+    /// The root store cannot verify anything, e.g. the system store on a machine whose system
     /// store is empty or unreadable.
     #[error(
-        "cannot verify certificates with {roots}; drop --system-roots to use the built-in web PKI roots, or pass --ca-file with the CA to trust"
+        "cannot verify certificates with {roots}: it holds no usable CA; use the built-in web PKI roots, or add the CA to trust"
     )]
     Verifier {
         roots: String,
@@ -232,7 +232,7 @@ pub async fn handshake(
                     Reason::CaBundleUnavailable,
                     format!(
                         "TLS to {target}: {}; put PEM certificates in the bundle",
-                        crate::cli::error_chain(&e)
+                        crate::error::error_chain(&e)
                     ),
                 )
             })?
@@ -390,7 +390,7 @@ fn judge(
             other => (
                 Reason::UntrustedIssuer,
                 format!(
-                    "the certificate issued by {} is not trusted ({other}); if a TLS-inspecting proxy re-signs traffic, exclude {server_name} from SSL decryption, else add the issuing CA with --ca-file or caBundleRef",
+                    "the certificate issued by {} is not trusted ({other}); if a TLS-inspecting proxy re-signs traffic, exclude {server_name} from SSL decryption, else add the issuing CA to the port's tls.caBundleRef",
                     facts.issuer
                 ),
             ),
@@ -540,10 +540,10 @@ mod tests {
             Err(error) => error,
         };
         assert!(matches!(error, RootsError::Verifier { .. }), "{error:?}");
-        let text = crate::cli::error_chain(&error);
+        let text = crate::error::error_chain(&error);
         assert!(
             text.starts_with(
-                "cannot verify certificates with the system root store (0 certificates); drop --system-roots"
+                "cannot verify certificates with the system root store (0 certificates): it holds no usable CA"
             ),
             "{text}"
         );

@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{Input, RenderFormat, allowlist, emit, to_yaml};
+use std::path::PathBuf;
+
+use super::{EXIT_FAILED, EXIT_INVALID_INPUT, load_or_exit};
 use crate::api::ConnectivityProfile;
-use crate::cli::{EXIT_FAILED, EXIT_INVALID_INPUT, RenderArgs, load_or_exit};
-use crate::load::Document;
+use crate::api::load::Document;
+use crate::emit::{Input, RenderFormat, allowlist, emit, to_yaml};
 use crate::probe::dns::{Resolvers, parse_nameserver};
 
 /// Addresses known for a profile: its status (from `kubectl get -o yaml`), then a fresh
@@ -60,7 +62,7 @@ fn addresses(
     (known, problems)
 }
 
-pub fn run_render(args: &RenderArgs) -> ExitCode {
+pub(super) fn run_render(args: &RenderArgs) -> ExitCode {
     let loaded = match load_or_exit(&args.files) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -148,4 +150,26 @@ pub fn run_render(args: &RenderArgs) -> ExitCode {
         return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// YAML files or directories holding ConnectivityProfiles.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Flavors to render, comma-separated, case-insensitive: NetworkPolicy, Cilium,
+    /// CiliumEgressGateway, Calico, Istio, AdminNetworkPolicy, ClusterNetworkPolicy,
+    /// EgressFirewall, AllowlistCSV, AllowlistMarkdown.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<crate::emit::RenderFormat>()))]
+    pub flavor: Vec<crate::emit::RenderFormat>,
+    /// Resolve host names now (address-based flavors need addresses; without this, those in
+    /// the profiles' status are used).
+    #[arg(long)]
+    pub resolve: bool,
+    /// Nameserver for --resolve (IP or IP:port), instead of the profile's or the system's.
+    #[arg(long, value_name = "ADDR")]
+    pub nameserver: Vec<String>,
+    /// Fail (exit 1) when a flavor cannot express an endpoint, instead of warning.
+    #[arg(long)]
+    pub strict: bool,
 }

@@ -1,8 +1,6 @@
 //! The probe result model: one row per endpoint×port, shared by the CLI, probe pods and
 //! EgressCheck status.
 
-use std::fmt;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +19,7 @@ use crate::api::Protocol;
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    strum::EnumIter,
 )]
 pub enum Outcome {
     Pass,
@@ -28,15 +27,7 @@ pub enum Outcome {
     Fail,
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Outcome::Pass => "Pass",
-            Outcome::Warn => "Warn",
-            Outcome::Fail => "Fail",
-        })
-    }
-}
+crate::wire_names!(Outcome);
 
 /// The stage a probe reached: the failing one, or the last one passed.
 #[derive(
@@ -51,6 +42,7 @@ impl fmt::Display for Outcome {
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    strum::EnumIter,
 )]
 pub enum Stage {
     #[serde(rename = "DNS")]
@@ -66,23 +58,21 @@ pub enum Stage {
     Auth,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::Dns => "DNS",
-            Stage::Connect => "Connect",
-            Stage::Proxy => "Proxy",
-            Stage::StartTls => "StartTLS",
-            Stage::Tls => "TLS",
-            Stage::Issuer => "Issuer",
-            Stage::Protocol => "Protocol",
-            Stage::Auth => "Auth",
-        })
-    }
-}
+crate::wire_names!(Stage);
 
 /// Why a row has its outcome (CamelCase, stable: dashboards and alerts match on it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    strum::EnumIter,
+)]
 pub enum Reason {
     /// Every stage passed.
     Reachable,
@@ -134,57 +124,7 @@ pub enum Reason {
     DeadlineExceeded,
 }
 
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Reachable => "Reachable",
-            Reason::NxDomain => "NXDomain",
-            Reason::NoAnswer => "NoAnswer",
-            Reason::ServFail => "ServFail",
-            Reason::DnsTimeout => "DnsTimeout",
-            Reason::DnsError => "DnsError",
-            Reason::WildcardHost => "WildcardHost",
-            Reason::ConnectionRefused => "ConnectionRefused",
-            Reason::ConnectTimeout => "ConnectTimeout",
-            Reason::HostUnreachable => "HostUnreachable",
-            Reason::NetworkUnreachable => "NetworkUnreachable",
-            Reason::ConnectError => "ConnectError",
-            Reason::ProxyRejected => "ProxyRejected",
-            Reason::ProxyAuthRequired => "ProxyAuthRequired",
-            Reason::ProxyTimeout => "ProxyTimeout",
-            Reason::ProxyError => "ProxyError",
-            Reason::BannerMismatch => "BannerMismatch",
-            Reason::BannerTimeout => "BannerTimeout",
-            Reason::StartTlsNotOffered => "StartTLSNotOffered",
-            Reason::StartTlsRejected => "StartTLSRejected",
-            Reason::TlsHandshakeFailed => "TLSHandshakeFailed",
-            Reason::TlsTimeout => "TLSTimeout",
-            Reason::UntrustedIssuer => "UntrustedIssuer",
-            Reason::HostnameMismatch => "HostnameMismatch",
-            Reason::CertificateExpired => "CertificateExpired",
-            Reason::CertificateNotYetValid => "CertificateNotYetValid",
-            Reason::CertificateExpiringSoon => "CertificateExpiringSoon",
-            Reason::IssuerMismatch => "IssuerMismatch",
-            Reason::PinMismatch => "PinMismatch",
-            Reason::HttpStatusMismatch => "HTTPStatusMismatch",
-            Reason::ProtocolError => "ProtocolError",
-            Reason::ResponseTimeout => "ResponseTimeout",
-            Reason::AuthMechanismMissing => "AuthMechanismMissing",
-            Reason::CapabilityMissing => "CapabilityMissing",
-            Reason::BindFailed => "BindFailed",
-            Reason::SearchFailed => "SearchFailed",
-            Reason::CredentialsUnavailable => "CredentialsUnavailable",
-            Reason::CaBundleUnavailable => "CABundleUnavailable",
-            Reason::DeadlineExceeded => "DeadlineExceeded",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::wire_names!(Reason);
 
 /// One endpoint×port.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

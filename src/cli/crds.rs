@@ -1,10 +1,14 @@
-//! Rendering the CRDs as YAML, for `netreach crds` and the committed `crds/` directory.
+//! `netreach crds`: the CRDs as YAML, printed or written to the committed `crds/` directory.
 
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+use std::process::ExitCode;
+
+use super::EXIT_FAILED;
 use crate::api::Kind;
+use crate::error::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,4 +63,29 @@ pub fn write_crds(dir: &Path) -> Result<Vec<PathBuf>> {
             Ok(path)
         })
         .collect()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CrdsArgs {
+    /// Write `DIR/<crd name>.yaml` per CRD instead of printing them.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+pub(super) fn run_crds(args: &CrdsArgs) -> ExitCode {
+    let result = match &args.output_dir {
+        Some(dir) => write_crds(dir).map(|paths| {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+        }),
+        None => all_crds_yaml().map(|yaml| print!("{yaml}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::probe::result::{Outcome, ProbeResult};
+use crate::api::result::{Outcome, ProbeResult};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -290,7 +290,7 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::api::Protocol;
-    use crate::probe::result::{Latency, Reason, Stage, TlsFacts};
+    use crate::api::result::{Latency, Reason, Stage, TlsFacts};
 
     fn row(endpoint: &str, tls: bool) -> ProbeResult {
         ProbeResult {

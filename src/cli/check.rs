@@ -1,33 +1,21 @@
-//! `netreach check` (probe YAML inputs from this machine) and `netreach probe` (what probe pods
-//! run): flags to a probe context, results to the chosen output, outcome to an exit code.
+//! `netreach check`: probe YAML inputs from this machine; flags to a probe context, results to
+//! the chosen output, outcome to an exit code.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::dns::parse_nameserver;
-use super::engine::{ProbeContext, probe_all};
-use super::net::ProxyTarget;
-use super::plan::plan_documents;
-use super::report::{self, GroupResults, Report};
-use super::spec::{self, ProbeSpec};
-use super::tls::TrustRoots;
+use super::{EXIT_FAILED, invalid, load_or_exit, runtime};
 use crate::api::SpecDuration;
-use crate::cli::{
-    CheckArgs, EXIT_FAILED, EXIT_INVALID_INPUT, OutputFormat, ProbeArgs, error_chain, load_or_exit,
-};
-
-fn invalid(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(EXIT_INVALID_INPUT)
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts")
-}
+use crate::api::result::Reason;
+use crate::error::error_chain;
+use crate::probe::dns::parse_nameserver;
+use crate::probe::engine::{ProbeContext, probe_all};
+use crate::probe::net::ProxyTarget;
+use crate::probe::plan::plan_documents;
+use crate::probe::report::{self, GroupResults, Report};
+use crate::probe::tls::TrustRoots;
+use std::path::PathBuf;
 
 /// Builds the probe context from flags; errors are invalid input.
 fn context(args: &CheckArgs) -> Result<ProbeContext, String> {
@@ -37,7 +25,12 @@ fn context(args: &CheckArgs) -> Result<ProbeContext, String> {
             .map_err(|e| format!("cannot read --ca-file {}: {e}", path.display()))?;
         extra.push((path.display().to_string(), pem));
     }
-    let roots = TrustRoots::new(args.system_roots, &extra).map_err(|e| error_chain(&e))?;
+    let roots = TrustRoots::new(args.system_roots, &extra).map_err(|e| {
+        format!(
+            "{}; drop --system-roots, or pass --ca-file with the CA to trust",
+            error_chain(&e)
+        )
+    })?;
     for server in &args.nameserver {
         parse_nameserver(server).map_err(|e| format!("--nameserver: {e}"))?;
     }
@@ -53,7 +46,7 @@ fn context(args: &CheckArgs) -> Result<ProbeContext, String> {
     Ok(ctx)
 }
 
-pub fn run_check(args: CheckArgs) -> ExitCode {
+pub(super) fn run_check(args: CheckArgs) -> ExitCode {
     let loaded = match load_or_exit(&args.files) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -135,6 +128,17 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
         OutputFormat::Junit => report::junit(&report),
     };
     print!("{text}");
+    let needs_mounts = report.groups.iter().flat_map(|g| &g.results).any(|r| {
+        matches!(
+            r.reason,
+            Reason::CredentialsUnavailable | Reason::CaBundleUnavailable
+        )
+    });
+    if needs_mounts && args.secrets_dir.is_none() {
+        eprintln!(
+            "hint: rows read Secrets and ConfigMaps as a probe pod mounts them; pass --secrets-dir DIR holding DIR/<name>/<key>"
+        );
+    }
     if report.required_failed > 0 {
         ExitCode::from(EXIT_FAILED)
     } else {
@@ -142,56 +146,49 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
     }
 }
 
-/// Runs a probe spec and prints the framed results; writes the digest to
-/// `--termination-log` (the pod's termination message path).
-pub fn run_probe(args: &ProbeArgs) -> ExitCode {
-    let text = if args.spec.as_os_str() == "-" {
-        let mut text = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-            return invalid(format!(
-                "cannot read the probe spec from standard input: {e}"
-            ));
-        }
-        text
-    } else {
-        match std::fs::read_to_string(&args.spec) {
-            Ok(text) => text,
-            Err(e) => {
-                return invalid(format!(
-                    "cannot read probe spec {}: {e}",
-                    args.spec.display()
-                ));
-            }
-        }
-    };
-    let spec: ProbeSpec = match serde_norway::from_str(&text) {
-        Ok(spec) => spec,
-        Err(e) => return invalid(format!("probe spec {}: {e}", args.spec.display())),
-    };
-    let roots = match TrustRoots::new(false, &[]) {
-        Ok(roots) => roots,
-        Err(e) => return invalid(error_chain(&e)),
-    };
-    let mut ctx = ProbeContext::new(roots);
-    ctx.first_address_only = spec.first_address_only;
-    ctx.secrets_dir = Some(
-        spec.secrets_dir
-            .clone()
-            .unwrap_or_else(|| spec::DEFAULT_SECRETS_DIR.into()),
-    );
-    let concurrency = spec.concurrency.unwrap_or(64);
-    let results = runtime().block_on(probe_all(&spec.targets, Arc::new(ctx), concurrency, None));
-    let (log, digest) = spec::encode(&results);
-    print!("{log}");
-    let _ = std::io::stdout().flush();
-    if let Some(path) = &args.termination_log
-        && let Err(e) = std::fs::write(path, &digest)
-    {
-        eprintln!(
-            "error: cannot write the termination message to {}: {e}",
-            path.display()
-        );
-        return ExitCode::from(EXIT_FAILED);
-    }
-    ExitCode::SUCCESS
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// YAML files or directories holding ConnectivityProfiles and EgressChecks.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Ask this nameserver (IP or IP:port) instead of the system resolver; repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub nameserver: Vec<String>,
+    /// Probe through this HTTP CONNECT proxy (http://[user:pass@]host:port).
+    #[arg(long, value_name = "URL", env = "NETREACH_PROXY")]
+    pub proxy: Option<String>,
+    /// Deadline per endpoint×port, all stages included (overrides the files), e.g. 5s.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// How many endpoint×port probes run at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Extra CA certificates (PEM) to trust besides the public web PKI roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Vec<PathBuf>,
+    /// Trust the system's CA store instead of the bundled web PKI roots.
+    #[arg(long)]
+    pub system_roots: bool,
+    /// Probe only the endpoints with this name; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
+    /// Directory of Secrets as files, `DIR/<secret>/<key>` (as a pod mounts them).
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Stop at the first address that answers instead of probing every resolved address.
+    #[arg(long)]
+    pub first_address_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table for people.
+    Table,
+    /// The result model as JSON.
+    Json,
+    /// JUnit XML, one testcase per endpoint×port, for CI gates.
+    Junit,
 }

@@ -1,0 +1,77 @@
+//! `netreach probe`: what probe pods run; a probe spec in, framed rows on stdout and the
+//! result digest in the termination message.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::{EXIT_FAILED, invalid, runtime};
+use crate::error::error_chain;
+use crate::probe::engine::{ProbeContext, probe_all};
+use crate::probe::spec::{self, ProbeSpec};
+use crate::probe::tls::TrustRoots;
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Probe spec (JSON or YAML); `-` reads standard input.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    pub spec: PathBuf,
+    /// Also write the result digest here (the pod's terminationMessagePath).
+    #[arg(long, value_name = "FILE")]
+    pub termination_log: Option<PathBuf>,
+}
+
+/// Runs a probe spec and prints the framed results; writes the digest to
+/// `--termination-log` (the pod's termination message path).
+pub(super) fn run_probe(args: &ProbeArgs) -> ExitCode {
+    let text = if args.spec.as_os_str() == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            return invalid(format!(
+                "cannot read the probe spec from standard input: {e}"
+            ));
+        }
+        text
+    } else {
+        match std::fs::read_to_string(&args.spec) {
+            Ok(text) => text,
+            Err(e) => {
+                return invalid(format!(
+                    "cannot read probe spec {}: {e}",
+                    args.spec.display()
+                ));
+            }
+        }
+    };
+    let spec: ProbeSpec = match serde_norway::from_str(&text) {
+        Ok(spec) => spec,
+        Err(e) => return invalid(format!("probe spec {}: {e}", args.spec.display())),
+    };
+    let roots = match TrustRoots::new(false, &[]) {
+        Ok(roots) => roots,
+        Err(e) => return invalid(error_chain(&e)),
+    };
+    let mut ctx = ProbeContext::new(roots);
+    ctx.first_address_only = spec.first_address_only;
+    ctx.secrets_dir = Some(
+        spec.secrets_dir
+            .clone()
+            .unwrap_or_else(|| spec::DEFAULT_SECRETS_DIR.into()),
+    );
+    let concurrency = spec.concurrency.unwrap_or(64);
+    let results = runtime().block_on(probe_all(&spec.targets, Arc::new(ctx), concurrency, None));
+    let (log, digest) = spec::encode(&results);
+    print!("{log}");
+    let _ = std::io::stdout().flush();
+    if let Some(path) = &args.termination_log
+        && let Err(e) = std::fs::write(path, &digest)
+    {
+        eprintln!(
+            "error: cannot write the termination message to {}: {e}",
+            path.display()
+        );
+        return ExitCode::from(EXIT_FAILED);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,91 @@
+//! Kubernetes NetworkPolicy: ipBlocks from resolved addresses, TCP ports, cluster DNS.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{Input, Output, allows, cluster_dns, metadata, object_name};
+use crate::api::Flavor;
+
+use super::shared::*;
+
+pub fn network_policy(input: &Input<'_>) -> Output {
+    let mut output = Output::default();
+    let tcp = |port: u16| NetworkPolicyPort {
+        protocol: Some("TCP".into()),
+        port: Some(IntOrString::Int(i32::from(port))),
+        end_port: None,
+    };
+    let mut egress = Vec::new();
+    for allow in allows(input) {
+        match address_nets(Flavor::NetworkPolicy, &allow) {
+            Ok(nets) => egress.push(NetworkPolicyEgressRule {
+                to: Some(
+                    nets.iter()
+                        .map(|net| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: net.trunc().to_string(),
+                                except: None,
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        })
+                        .collect(),
+                ),
+                ports: Some(allow.ports.iter().map(|p| tcp(*p)).collect()),
+            }),
+            Err(n) => output.notes.push(n),
+        }
+    }
+    let (dns_namespace, dns_labels) = cluster_dns(input);
+    egress.push(NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    NAMESPACE_NAME_LABEL.to_owned(),
+                    dns_namespace,
+                )])),
+                match_expressions: None,
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(dns_labels),
+                match_expressions: None,
+            }),
+            ip_block: None,
+        }]),
+        ports: Some(
+            ["UDP", "TCP"]
+                .into_iter()
+                .map(|protocol| NetworkPolicyPort {
+                    protocol: Some(protocol.into()),
+                    port: Some(IntOrString::Int(53)),
+                    end_port: None,
+                })
+                .collect(),
+        ),
+    });
+    let selector = input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.clone())
+        .unwrap_or_default();
+    let policy = NetworkPolicy {
+        metadata: metadata(input, object_name(input, false), false),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector),
+            policy_types: Some(vec!["Egress".into()]),
+            egress: Some(egress),
+            ingress: None,
+        }),
+    };
+    let mut value = to_value(&policy);
+    value["apiVersion"] = "networking.k8s.io/v1".into();
+    value["kind"] = "NetworkPolicy".into();
+    output.objects.push(value);
+    output
+}

@@ -1,0 +1,84 @@
+//! Helpers every flavor's emitter shares: notes, address and label selection, selectors.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::types::MatchLabels;
+use super::{Allow, Input, Note, pod_labels};
+use crate::api::Flavor;
+
+pub(super) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub(super) const ANP_MAX_RULES: usize = 100;
+pub(super) const ANP_MAX_PEERS: usize = 25;
+
+pub(super) fn to_value<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("emitted objects serialize")
+}
+
+pub(super) fn note(flavor: Flavor, allow: &Allow, message: impl Into<String>) -> Note {
+    Note {
+        flavor,
+        endpoint: allow.endpoint.clone(),
+        message: message.into(),
+    }
+}
+
+/// The networks an address-based flavor may use for an endpoint, or the note why none.
+pub(super) fn address_nets(flavor: Flavor, allow: &Allow) -> Result<Vec<IpNet>, Note> {
+    if allow.is_wildcard() {
+        return Err(note(
+            flavor,
+            allow,
+            "a wildcard host has no addresses to allow; this flavor matches addresses only",
+        ));
+    }
+    if allow.nets.is_empty() {
+        let host = allow.host.as_deref().unwrap_or("?");
+        return Err(note(
+            flavor,
+            allow,
+            format!(
+                "no resolved addresses for {host} yet; resolve it when rendering, or let the operator record its addresses in the profile's status"
+            ),
+        ));
+    }
+    Ok(allow.nets.clone())
+}
+
+/// The profile's pod selector as plain labels, or a note when it has expressions this flavor
+/// cannot carry (dropping them would select more pods).
+pub(super) fn plain_labels(
+    flavor: Flavor,
+    input: &Input<'_>,
+) -> Result<BTreeMap<String, String>, Note> {
+    let has_expressions = input
+        .spec
+        .policy
+        .as_ref()
+        .and_then(|p| p.pod_selector.as_ref())
+        .and_then(|s| s.match_expressions.as_ref())
+        .is_some_and(|e| !e.is_empty());
+    if has_expressions {
+        return Err(Note {
+            flavor,
+            endpoint: "*".into(),
+            message: "spec.policy.podSelector.matchExpressions cannot be expressed in this flavor; use matchLabels".into(),
+        });
+    }
+    Ok(pod_labels(input))
+}
+
+pub(super) fn labels_selector(labels: BTreeMap<String, String>) -> MatchLabels {
+    MatchLabels {
+        match_labels: labels,
+    }
+}
+
+pub(super) fn namespace_selector(namespace: &str) -> MatchLabels {
+    labels_selector(BTreeMap::from([(
+        NAMESPACE_NAME_LABEL.to_owned(),
+        namespace.to_owned(),
+    )]))
+}

@@ -1,0 +1,434 @@
+//! The stages after connect on one stream: StartTLS, TLS, issuer, then the application
+//! protocol and its authentication, carrying what each stage found.
+
+use std::time::Instant;
+
+use super::aggregate::*;
+use super::context::ProbeContext;
+use super::engine::*;
+use super::ldap::LdapConn;
+use super::net::{BoxStream, Deadline, Failure, Wire};
+use super::plan::Target;
+use super::protocols::{self, MailProtocol, Upgrade};
+use super::tls::{self};
+use crate::api::result::{Latency, Outcome, Reason, Stage, TlsFacts};
+use crate::api::{Protocol, TlsMode};
+
+const DEFAULT_EHLO_NAME: &str = "netreach.invalid";
+
+/// What a session has gathered so far, carried through the stages.
+pub(super) struct Progress {
+    pub(super) tls: Option<TlsFacts>,
+    /// A problem that does not stop the probe (expiry soon, a mismatch set to warn).
+    pub(super) warning: Option<Failure>,
+    pub(super) latency: Latency,
+}
+
+/// Where a session runs: the target, the name to verify, shared settings and the deadline.
+pub(super) struct Scope<'a> {
+    pub(super) target: &'a Target,
+    pub(super) peer_host: &'a str,
+    pub(super) ctx: &'a ProbeContext,
+    pub(super) deadline: &'a Deadline,
+}
+
+/// Runs the stages after connect on one stream.
+pub(super) async fn session(
+    stream: BoxStream,
+    target: &Target,
+    peer_host: &str,
+    ctx: &ProbeContext,
+    deadline: &Deadline,
+    latency: Latency,
+) -> Session {
+    let shown = target.display();
+    let scope = Scope {
+        target,
+        peer_host,
+        ctx,
+        deadline,
+    };
+    let mut progress = Progress {
+        tls: None,
+        warning: None,
+        latency,
+    };
+
+    // Implicit TLS first, for every protocol that has it.
+    let stream = if target.tls.mode == TlsMode::Implicit {
+        let started = Instant::now();
+        match tls::handshake(
+            stream,
+            tls_server_name(target, peer_host),
+            &target.tls,
+            &ctx.roots,
+            &shown,
+            deadline,
+        )
+        .await
+        {
+            Ok(done) => {
+                progress.latency.tls_ms = Some(started.elapsed().as_millis() as u64);
+                progress.tls = Some(done.facts);
+                progress.warning = done.warning;
+                done.stream
+            }
+            Err(rejected) => {
+                return Session::failed(rejected.failure, progress.latency, rejected.facts);
+            }
+        }
+    } else {
+        stream
+    };
+
+    let started = Instant::now();
+    let outcome = application(stream, &scope, &mut progress).await;
+    let Progress {
+        tls,
+        warning,
+        mut latency,
+    } = progress;
+    if !matches!(target.protocol, Protocol::Tcp | Protocol::Tls) {
+        latency.protocol_ms = Some(started.elapsed().as_millis() as u64);
+    }
+    match outcome {
+        Err(failure) => {
+            // A failure after an issuer warning still carries the interception flag.
+            let intercepted =
+                failure.intercepted || warning.as_ref().is_some_and(|w| w.intercepted);
+            let mut session = Session::failed(failure, latency, tls);
+            session.intercepted = intercepted;
+            session
+        }
+        Ok((stage, detail)) => {
+            let (outcome, stage, reason, message, intercepted) = match warning {
+                Some(w) => (Outcome::Warn, w.stage, w.reason, w.message, w.intercepted),
+                None => (
+                    Outcome::Pass,
+                    stage,
+                    Reason::Reachable,
+                    reachable_message(target, &detail, tls.as_ref()),
+                    false,
+                ),
+            };
+            Session {
+                outcome,
+                stage,
+                reason,
+                message,
+                intercepted,
+                tls,
+                detail,
+                latency,
+            }
+        }
+    }
+}
+
+pub(super) fn reachable_message(
+    target: &Target,
+    detail: &Option<String>,
+    tls: Option<&TlsFacts>,
+) -> String {
+    let mut message = format!("{} reachable over {}", target.display(), target.protocol);
+    if let Some(detail) = detail {
+        message.push_str(&format!(": {detail}"));
+    }
+    if let Some(tls) = tls {
+        message.push_str(&format!(
+            "; {} certificate issued by {}",
+            tls.version, tls.issuer
+        ));
+    }
+    message
+}
+
+/// Runs a TLS upgrade on a stream after STARTTLS was accepted.
+pub(super) async fn upgrade(
+    stream: BoxStream,
+    scope: &Scope<'_>,
+    progress: &mut Progress,
+) -> Result<BoxStream, Failure> {
+    let target = scope.target;
+    let started = Instant::now();
+    let server_name = tls_server_name(target, scope.peer_host);
+    let done = tls::handshake(
+        stream,
+        server_name,
+        &target.tls,
+        &scope.ctx.roots,
+        &target.display(),
+        scope.deadline,
+    )
+    .await
+    .map_err(|rejected| {
+        progress.tls = rejected.facts;
+        rejected.failure
+    })?;
+    progress.latency.tls_ms = Some(started.elapsed().as_millis() as u64);
+    progress.tls = Some(done.facts);
+    progress.warning = done.warning;
+    Ok(done.stream)
+}
+
+pub(super) fn upgrade_policy(mode: TlsMode) -> Upgrade {
+    match mode {
+        TlsMode::StartTls => Upgrade::Required,
+        TlsMode::Opportunistic => Upgrade::IfOffered,
+        TlsMode::Disabled | TlsMode::Implicit => Upgrade::No,
+    }
+}
+
+/// The protocol stage (and StartTLS where the protocol has it). Returns the stage reached and
+/// what it saw.
+pub(super) async fn application(
+    stream: BoxStream,
+    scope: &Scope<'_>,
+    progress: &mut Progress,
+) -> Result<(Stage, Option<String>), Failure> {
+    let Scope {
+        target,
+        peer_host,
+        ctx,
+        deadline,
+    } = *scope;
+    let shown = target.display();
+    let mode = target.tls.mode;
+    match target.protocol {
+        Protocol::Tcp => Ok((Stage::Connect, None)),
+        Protocol::Tls => Ok((Stage::Tls, None)),
+        Protocol::Http | Protocol::Https => {
+            let host_header = match target.port {
+                80 | 443 => peer_host.to_owned(),
+                port => format!("{peer_host}:{port}"),
+            };
+            let line =
+                protocols::http_get(stream, &host_header, target.http.as_ref(), &shown, deadline)
+                    .await?;
+            Ok((Stage::Protocol, Some(line)))
+        }
+        Protocol::Smtp | Protocol::Smtps => {
+            let ehlo_name = target
+                .smtp
+                .as_ref()
+                .and_then(|s| s.ehlo_name.as_deref())
+                .unwrap_or(DEFAULT_EHLO_NAME);
+            let capabilities =
+                mail_session(MailProtocol::Smtp { ehlo_name }, stream, scope, progress).await?;
+            let offered: Vec<String> = capabilities
+                .iter()
+                .filter_map(|c| c.strip_prefix("AUTH="))
+                .map(str::to_owned)
+                .collect();
+            let expected = target
+                .smtp
+                .as_ref()
+                .map(|s| s.expected_auth.as_slice())
+                .unwrap_or_default();
+            let missing = protocols::missing_items(expected, &offered);
+            if !missing.is_empty() {
+                return Err(Failure::new(
+                    Stage::Auth,
+                    Reason::AuthMechanismMissing,
+                    format!(
+                        "{shown} does not offer AUTH {} (offers: {}); enable them on the mail server{}",
+                        missing.join(", "),
+                        if offered.is_empty() {
+                            "none".into()
+                        } else {
+                            offered.join(" ")
+                        },
+                        if progress.tls.is_none() {
+                            ", or use STARTTLS: many servers offer AUTH only over TLS"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            let detail = if offered.is_empty() {
+                "AUTH not offered".to_owned()
+            } else {
+                format!("AUTH {}", offered.join(" "))
+            };
+            let stage = if expected.is_empty() {
+                Stage::Protocol
+            } else {
+                Stage::Auth
+            };
+            Ok((stage, Some(detail)))
+        }
+        Protocol::Imap | Protocol::Imaps => {
+            let capabilities = mail_session(MailProtocol::Imap, stream, scope, progress).await?;
+            check_capabilities(target, &capabilities, &shown)
+        }
+        Protocol::Pop3 | Protocol::Pop3s => {
+            let capabilities = mail_session(MailProtocol::Pop3, stream, scope, progress).await?;
+            check_capabilities(target, &capabilities, &shown)
+        }
+        Protocol::Ldap | Protocol::Ldaps => {
+            let mut conn = LdapConn::new(stream);
+            if target.protocol == Protocol::Ldap
+                && matches!(mode, TlsMode::StartTls | TlsMode::Opportunistic)
+            {
+                match conn.start_tls(&shown, deadline).await {
+                    Ok(()) => {
+                        let stream = upgrade(conn.stream, scope, progress).await?;
+                        conn = LdapConn::new(stream);
+                    }
+                    Err(failure) if mode == TlsMode::StartTls => return Err(failure),
+                    // Opportunistic: the refusal leaves the plain session usable, unless an
+                    // issuer or pin would then go unchecked.
+                    Err(_) => {
+                        if let Some(why) = tls_expected(target) {
+                            return Err(stripped("StartTLS", &shown, &why));
+                        }
+                    }
+                }
+            }
+            let ldap = target.ldap.as_ref();
+            let (dn, password) = match ldap.and_then(|l| l.bind_secret_ref.as_ref()) {
+                Some(secret) => {
+                    let creds = ctx.secret(&secret.name, "bindDN", &shown).and_then(|dn| {
+                        ctx.secret(&secret.name, "password", &shown)
+                            .map(|pw| (dn, pw))
+                    });
+                    match creds {
+                        Ok(creds) => creds,
+                        Err(message) => {
+                            return Err(Failure::new(
+                                Stage::Auth,
+                                Reason::CredentialsUnavailable,
+                                message,
+                            ));
+                        }
+                    }
+                }
+                None => (String::new(), String::new()),
+            };
+            conn.bind(&dn, &password, &shown, deadline).await?;
+            let base = ldap.and_then(|l| l.base_dn.as_deref()).unwrap_or("");
+            conn.search_base(base, &shown, deadline).await?;
+            conn.unbind().await;
+            let who = if dn.is_empty() {
+                "anonymous bind".to_owned()
+            } else {
+                format!("bound as {dn}")
+            };
+            let what = if base.is_empty() {
+                "root DSE read".to_owned()
+            } else {
+                format!("{base} readable")
+            };
+            Ok((Stage::Protocol, Some(format!("{who}, {what}"))))
+        }
+    }
+}
+
+/// A mail dialogue with its STARTTLS upgrade when the port's TLS mode asks for one; returns
+/// the capabilities seen last (after TLS when upgraded).
+pub(super) async fn mail_session(
+    protocol: MailProtocol<'_>,
+    stream: BoxStream,
+    scope: &Scope<'_>,
+    progress: &mut Progress,
+) -> Result<Vec<String>, Failure> {
+    let Scope {
+        target, deadline, ..
+    } = *scope;
+    let shown = target.display();
+    let implicit = matches!(
+        target.protocol,
+        Protocol::Smtps | Protocol::Imaps | Protocol::Pop3s
+    );
+    let expected = tls_expected(target);
+    let policy = match (implicit, upgrade_policy(target.tls.mode)) {
+        (true, _) => Upgrade::No,
+        // An issuer or pin can only be checked over TLS: a server that stays plain (or a
+        // middlebox that strips STARTTLS from its capabilities) must not pass unchecked.
+        (false, Upgrade::IfOffered) if expected.is_some() => Upgrade::Required,
+        (false, policy) => policy,
+    };
+    let dialogue = protocols::open_mail(protocol, Wire::new(stream), policy, &shown, deadline)
+        .await
+        .map_err(|failure| match &expected {
+            Some(why)
+                if failure.reason == Reason::StartTlsNotOffered
+                    && target.tls.mode == TlsMode::Opportunistic =>
+            {
+                stripped(protocol.starttls(), &shown, why)
+            }
+            _ => failure,
+        })?;
+    let (mut wire, capabilities) = if dialogue.upgrade {
+        let stream = dialogue
+            .wire
+            .into_stream()
+            .map_err(|e| starttls_injection(&shown, e))?;
+        let mut wire = Wire::new(upgrade(stream, scope, progress).await?);
+        let capabilities = protocol.capabilities(&mut wire, &shown, deadline).await?;
+        (wire, capabilities)
+    } else {
+        (dialogue.wire, dialogue.capabilities)
+    };
+    protocol.close(&mut wire, &shown, deadline).await;
+    Ok(capabilities)
+}
+
+/// Why a port must reach TLS even when its mode would settle for plain: the expectation that
+/// only a certificate can satisfy.
+pub(super) fn tls_expected(target: &Target) -> Option<String> {
+    match (&target.tls.expected_issuer, target.tls.spki_pins.is_empty()) {
+        (Some(issuer), _) => Some(format!("an issuer is expected ({issuer})")),
+        (None, false) => Some("SPKI pins are expected".to_owned()),
+        (None, true) => None,
+    }
+}
+
+/// The failure of an opportunistic upgrade that had to happen: the plain session would leave
+/// the expected issuer or pins unchecked.
+pub(super) fn stripped(command: &str, shown: &str, why: &str) -> Failure {
+    Failure::new(
+        Stage::StartTls,
+        Reason::StartTlsNotOffered,
+        format!(
+            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked; make sure the server offers {command} and that nothing in the path removes it (or set tls.mode: Disabled if this port is meant to stay plain)"
+        ),
+    )
+}
+
+pub(super) fn starttls_injection(target: &str, detail: String) -> Failure {
+    Failure::new(
+        Stage::StartTls,
+        Reason::ProtocolError,
+        format!("{target}: {detail}; refusing to upgrade"),
+    )
+}
+
+pub(super) fn check_capabilities(
+    target: &Target,
+    capabilities: &[String],
+    shown: &str,
+) -> Result<(Stage, Option<String>), Failure> {
+    let expected = target
+        .mail
+        .as_ref()
+        .map(|m| m.expected_capabilities.as_slice())
+        .unwrap_or_default();
+    let missing = protocols::missing_items(expected, capabilities);
+    if !missing.is_empty() {
+        return Err(Failure::new(
+            Stage::Protocol,
+            Reason::CapabilityMissing,
+            format!(
+                "{shown} does not announce {} (announces: {})",
+                missing.join(", "),
+                capabilities.join(" ")
+            ),
+        ));
+    }
+    Ok((
+        Stage::Protocol,
+        Some(format!("capabilities: {}", capabilities.join(" "))),
+    ))
+}
