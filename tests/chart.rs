@@ -486,7 +486,21 @@ async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
     .await;
     assert!(applied.len() >= 12, "{applied:?}");
     // Runs every second with historyLimit 1: finished Jobs get pruned; the Lease is renewed.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(
+        Duration::from_secs(30),
+        "a job pruned and the lease renewed",
+        || {
+            let calls = sim.audit("netreach-operator");
+            async move {
+                let made = |verb: &str, group: &str, resource: &str| {
+                    calls.contains(&(verb.into(), group.into(), resource.into()))
+                };
+                (made("delete", "batch", "jobs") && made("update", "coordination.k8s.io", "leases"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     // No flavors any more: every kind is deleted (and the EgressFirewall read first).
     profiles
         .patch(
@@ -509,7 +523,15 @@ async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
     )
     .await;
     profiles.delete("p", &Default::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(
+        Duration::from_secs(30),
+        "the profile's cleanup finalizer released",
+        || {
+            let profiles = profiles.clone();
+            async move { profiles.get_opt("p").await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
     operator.abort();
 
     let calls: BTreeSet<(String, String, String)> = sim

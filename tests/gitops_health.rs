@@ -1,5 +1,6 @@
 //! The shipped Argo CD health check (Lua) maps the conditions the operator writes the way
-//! kstatus (Flux, `kubectl wait`) reads them. Runs the snippet with the real Lua interpreter.
+//! kstatus (Flux, `kubectl wait`) reads them. Runs the snippet with the real Lua interpreter
+//! on statuses the operator's own reconcile decision writes.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,8 +8,12 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use netreach::api::check::EgressCheckStatus;
-use netreach::api::conditions::set_condition;
+use netreach::api::EgressCheck;
+use netreach::api::check::{EgressCheckStatus, RunTrigger};
+use netreach::api::result::ProbeResult;
+use netreach::controller::check::decide::decide;
+use netreach::controller::check::jobs::{JobEnd, RunJob};
+use netreach::controller::check::observe::{FinishedRun, Observed, ProfileLookup};
 use serde_json::json;
 
 const RUNNER: &str = r#"
@@ -55,80 +60,117 @@ fn health(generation: i64, status: Option<&EgressCheckStatus>) -> (String, Strin
     (status.to_owned(), message.to_owned())
 }
 
-fn status(generation: i64, conditions: &[(&str, bool, &str)]) -> EgressCheckStatus {
-    let now = Time(Timestamp::now());
-    let mut status = EgressCheckStatus {
-        observed_generation: Some(generation),
-        ..Default::default()
-    };
-    for (type_, value, message) in conditions {
-        set_condition(
-            &mut status.conditions,
-            type_,
-            *value,
-            "Reason",
-            *message,
-            Some(generation),
-            &now,
-        );
+/// A check over a one-endpoint profile, at `generation`, with `status`.
+fn check(generation: i64, status: Option<EgressCheckStatus>) -> EgressCheck {
+    let mut check: EgressCheck = serde_json::from_value(json!({
+        "apiVersion": "netreach.dev/v1alpha1", "kind": "EgressCheck",
+        "metadata": {"name": "c", "namespace": "ns", "uid": "u", "generation": generation},
+        "spec": {"profileRef": {"name": "p"}}
+    }))
+    .unwrap();
+    check.status = status;
+    check
+}
+
+fn profile() -> ProfileLookup {
+    ProfileLookup::Found(Box::new(
+        serde_json::from_value(json!({
+            "apiVersion": "netreach.dev/v1alpha1", "kind": "ConnectivityProfile",
+            "metadata": {"name": "p", "namespace": "ns", "generation": 1},
+            "spec": {"endpoints": [{"name": "mpnsv2-m3", "host": "mpnsv2.m3.maas360.com",
+                                    "ports": [{"port": 443, "protocol": "HTTPS"}]}]}
+        }))
+        .unwrap(),
+    ))
+}
+
+fn run_job(run: i64, generation: i64, finished: bool) -> RunJob {
+    RunJob {
+        name: format!("c-{run}"),
+        uid: format!("job-{run}"),
+        owner_uid: Some("u".into()),
+        run,
+        run_key: Some(format!("{generation}/1/")),
+        trigger: Some(RunTrigger::Created),
+        end: finished.then_some(JobEnd::Complete),
+        start_time: None,
+        completion_time: finished.then(|| Time(Timestamp::now())),
     }
-    status
+}
+
+fn row(reason: &str) -> ProbeResult {
+    let passed = reason == "Reachable";
+    serde_json::from_value(json!({
+        "endpoint": "mpnsv2-m3", "host": "mpnsv2.m3.maas360.com", "port": 443,
+        "protocol": "HTTPS", "required": true,
+        "outcome": if passed { "Pass" } else { "Fail" },
+        "stage": if passed { "Protocol" } else { "Issuer" },
+        "reason": reason, "message": "m"
+    }))
+    .unwrap()
+}
+
+/// The status the operator's reconcile writes for `observed`.
+fn written(observed: &Observed) -> EgressCheckStatus {
+    decide(observed, &Time(Timestamp::now()), "netreach:test")
+        .status
+        .expect("the operator writes a status")
+}
+
+fn observed(generation: i64, status: Option<EgressCheckStatus>) -> Observed {
+    Observed {
+        check: check(generation, status),
+        profile: profile(),
+        ca_bundles: Ok(Default::default()),
+        jobs: Vec::new(),
+        finished: None,
+        next_run_config: None,
+    }
+}
+
+/// The status after run 1 of generation `generation` returned `rows`.
+fn after_run(generation: i64, rows: Vec<ProbeResult>) -> EgressCheckStatus {
+    let probing = written(&observed(generation, None));
+    written(&Observed {
+        jobs: vec![run_job(1, generation, true)],
+        finished: Some(FinishedRun {
+            job: run_job(1, generation, true),
+            outcome: Ok(rows),
+        }),
+        ..observed(generation, Some(probing))
+    })
 }
 
 #[test]
 fn the_argocd_health_check_follows_the_operators_conditions() {
     assert_eq!(health(1, None).0, "Progressing");
-    let ready = status(
-        2,
-        &[
-            ("Ready", true, "all pass"),
-            ("Reconciling", false, ""),
-            ("Stalled", false, ""),
-        ],
-    );
-    assert_eq!(
-        health(2, Some(&ready)),
-        ("Healthy".into(), "all pass".into())
-    );
+    // The first run in flight.
+    let probing = written(&observed(2, None));
+    let (state, message) = health(2, Some(&probing));
+    assert_eq!(state, "Progressing");
+    assert!(message.contains("probe job c-1 is running"), "{message}");
+
+    let ready = after_run(2, vec![row("Reachable")]);
+    assert_eq!(health(2, Some(&ready)).0, "Healthy");
     assert_eq!(
         health(3, Some(&ready)).0,
         "Progressing",
         "a newer generation is not yet probed"
     );
-    let failing = status(
-        2,
-        &[
-            ("Ready", false, "mpnsv2-m3: IssuerMismatch"),
-            ("Reconciling", false, ""),
-            ("Stalled", false, ""),
-        ],
-    );
-    assert_eq!(
-        health(2, Some(&failing)),
-        ("Degraded".into(), "mpnsv2-m3: IssuerMismatch".into())
-    );
-    let probing = status(
-        2,
-        &[
-            ("Ready", false, "no run yet"),
-            ("Reconciling", true, "probe job c-1 is running"),
-            ("Stalled", false, ""),
-        ],
-    );
-    assert_eq!(
-        health(2, Some(&probing)),
-        ("Progressing".into(), "probe job c-1 is running".into())
-    );
-    let stalled = status(
-        2,
-        &[
-            ("Ready", false, "x"),
-            ("Reconciling", false, ""),
-            ("Stalled", true, "profile missing"),
-        ],
-    );
-    assert_eq!(
-        health(2, Some(&stalled)),
-        ("Degraded".into(), "profile missing".into())
+
+    let failing = after_run(2, vec![row("IssuerMismatch")]);
+    let (state, message) = health(2, Some(&failing));
+    assert_eq!(state, "Degraded");
+    assert!(message.contains("IssuerMismatch"), "{message}");
+
+    let stalled = written(&Observed {
+        profile: ProfileLookup::Missing { name: "p".into() },
+        ..observed(2, Some(ready))
+    });
+    let (state, message) = health(2, Some(&stalled));
+    assert_eq!(state, "Degraded");
+    assert!(
+        message.contains("ConnectivityProfile ns/p does not exist"),
+        "{message}"
     );
 }

@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use netreach::api::EgressCheck;
+use netreach::api::check::{RunState, RunTrigger};
 use netreach::api::result::{Outcome, Reason};
+use netreach::controller::Context;
 use serde_json::json;
 use support::Peers;
 use support::cluster::{BROKEN_PROBE_IMAGE, Cluster, eventually};
@@ -219,10 +221,20 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
         "{recovered:?}"
     );
     // More passing runs add no events of either kind.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    read_more_runs(&ctx, 2).await;
     assert_eq!(events(&cluster, "EndpointRecovered").await.len(), 1);
     assert_eq!(events(&cluster, "EndpointUnreachable").await.len(), 1);
     operator.abort();
+}
+
+/// Waits until `ctx` has read and applied `more` finished runs beyond those it had read when
+/// called: the positive signal before asserting that runs changed nothing.
+async fn read_more_runs(ctx: &Context, more: u64) {
+    let start = ctx.runs_read.load(Ordering::SeqCst);
+    eventually(WAIT, &format!("{more} more runs read"), || async move {
+        (ctx.runs_read.load(Ordering::SeqCst) >= start + more).then_some(())
+    })
+    .await;
 }
 
 /// Runs finished after the first failure was recorded (from the probe jobs' history).
@@ -319,21 +331,7 @@ async fn unchanged_periodic_runs_write_no_status() {
         .unwrap()
         .metadata
         .resource_version;
-    let before = jobs(&cluster, "steady").await.len();
-    eventually(WAIT, "three more runs", || {
-        let cluster = &cluster;
-        async move {
-            let done = jobs(cluster, "steady")
-                .await
-                .iter()
-                .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
-                .count();
-            (done >= before + 3).then_some(())
-        }
-    })
-    .await;
-    // Give the last run's collection a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_more_runs(&ctx, 3).await;
     assert_eq!(
         ctx.status_writes.load(Ordering::Relaxed),
         writes,
@@ -416,9 +414,14 @@ async fn run_now_starts_a_run_and_the_probe_pod_is_locked_down() {
         .apply_yaml(&profile_yaml("once", &http_row(port)))
         .await;
     cluster.apply_yaml(&check_yaml("once", "once", "")).await;
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    let (ctx, operator) = cluster.operator(cluster.settings("one"));
     wait_condition(&cluster, "once", "Ready", "True").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reconcile that read the run has decided what comes next.
+    eventually(WAIT, "the first run read", || {
+        let ctx = &ctx;
+        async move { (ctx.runs_read.load(Ordering::SeqCst) >= 1).then_some(()) }
+    })
+    .await;
     assert_eq!(
         jobs(&cluster, "once").await.len(),
         1,
@@ -444,8 +447,8 @@ async fn run_now_starts_a_run_and_the_probe_pod_is_locked_down() {
                 c.status
                     .as_ref()
                     .and_then(|s| s.last_run.as_ref())
-                    .and_then(|r| r.trigger.as_deref())
-                    == Some("RunNow")
+                    .and_then(|r| r.trigger)
+                    == Some(RunTrigger::RunNow)
             })
         }
     })
@@ -543,7 +546,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over() {
         .apply_yaml(&check_yaml("ha", "ha", "  interval: 1s\n"))
         .await;
     wait_condition(&cluster, "ha", "Ready", "True").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    read_more_runs(&a, 2).await;
     assert!(a.status_writes.load(Ordering::Relaxed) > 0);
     assert_eq!(
         b.status_writes.load(Ordering::Relaxed),
@@ -932,7 +935,7 @@ async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again(
     cluster
         .apply_yaml(&check_yaml("vendor", "vendor", "  interval: 1s\n"))
         .await;
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    let (ctx, operator) = cluster.operator(cluster.settings("one"));
     wait_condition(&cluster, "vendor", "Ready", "True").await;
 
     // A periodic run hangs on the silent endpoint, and someone deletes its Job.
@@ -973,7 +976,7 @@ async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again(
         }
     })
     .await;
-    assert_eq!(reported_run.state.as_deref(), Some("Failed"));
+    assert_eq!(reported_run.state, Some(RunState::Failed));
     assert_eq!(reported_run.run, Some(run));
     assert!(
         reported_run
@@ -991,7 +994,7 @@ async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again(
             let check = api.get("vendor").await.ok()?;
             let last = check.status.as_ref()?.last_run.clone()?;
             (last.run? > run
-                && last.state.as_deref() == Some("Succeeded")
+                && last.state == Some(RunState::Succeeded)
                 && condition(&check, "Ready")?.0 == "True")
                 .then_some(check)
         }
@@ -1001,18 +1004,16 @@ async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again(
         condition(&recovered, "Ready").unwrap().1,
         "AllRequiredEndpointsPass"
     );
-    for _ in 0..15 {
-        let names: Vec<(String, i64)> = jobs(&cluster, "vendor")
-            .await
-            .iter()
-            .map(|j| (j.name_any(), run_of(j)))
-            .collect();
-        assert!(
-            names.iter().all(|(name, n)| *name != deleted && *n != run),
-            "the deleted run was started again: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    read_more_runs(&ctx, 3).await;
+    let names: Vec<(String, i64)> = jobs(&cluster, "vendor")
+        .await
+        .iter()
+        .map(|j| (j.name_any(), run_of(j)))
+        .collect();
+    assert!(
+        names.iter().all(|(name, n)| *name != deleted && *n != run),
+        "the deleted run was started again: {names:?}"
+    );
     assert_eq!(published(&cluster, "RunFailed").await, 1);
     let event = reported(&cluster, "RunFailed").await.remove(0);
     assert!(
@@ -1058,21 +1059,26 @@ async fn a_failing_probe_pod_sets_ready_false_with_one_run_failed_event_even_acr
     let (_, _, message) = condition(&failed, "Ready").unwrap();
     assert!(message.contains("exited with"), "{message}");
     let last = failed.status.as_ref().unwrap().last_run.clone().unwrap();
-    assert_eq!(last.state.as_deref(), Some("Failed"));
+    assert_eq!(last.state, Some(RunState::Failed));
     let first_failed = last.run.unwrap();
 
     // Failing the same way again writes nothing and publishes nothing.
     let writes = ctx.status_writes.load(Ordering::Relaxed);
+    let read = ctx.runs_read.load(Ordering::SeqCst);
     finished_run(&cluster, "broken", first_failed + 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(WAIT, "run +3 read", || {
+        let ctx = &ctx;
+        async move { (ctx.runs_read.load(Ordering::SeqCst) > read).then_some(()) }
+    })
+    .await;
     assert_eq!(ctx.status_writes.load(Ordering::Relaxed), writes);
     assert_eq!(published(&cluster, "RunFailed").await, 1);
 
     // A restarted operator knows from the status that this failure was reported.
     operator.abort();
-    let (_ctx, operator) = cluster.operator(cluster.settings("two"));
+    let (ctx, operator) = cluster.operator(cluster.settings("two"));
     finished_run(&cluster, "broken", first_failed + 6).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    read_more_runs(&ctx, 1).await;
     assert_eq!(published(&cluster, "RunFailed").await, 1);
     let check = api.get("broken").await.unwrap();
     assert_eq!(condition(&check, "Ready").unwrap().1, "RunFailed");
@@ -1087,8 +1093,8 @@ async fn a_failing_probe_pod_sets_ready_false_with_one_run_failed_event_even_acr
     .unwrap();
     let ready = wait_condition(&cluster, "broken", "Ready", "True").await;
     assert_eq!(
-        ready.status.unwrap().last_run.unwrap().state.as_deref(),
-        Some("Succeeded")
+        ready.status.unwrap().last_run.unwrap().state,
+        Some(RunState::Succeeded)
     );
     assert_eq!(published(&cluster, "RunFailed").await, 1);
     operator.abort();
@@ -1202,8 +1208,8 @@ async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
     })
     .await;
     assert_eq!(
-        rerun.last_run.unwrap().trigger.as_deref(),
-        Some("ProfileChanged")
+        rerun.last_run.unwrap().trigger,
+        Some(RunTrigger::ProfileChanged)
     );
     // Stalled waits for a change instead of failing and retrying.
     let text = ctx.metrics.encode();

@@ -201,6 +201,56 @@ impl ResultSummary {
     }
 }
 
+/// What started a probe run.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    strum::EnumIter,
+)]
+pub enum RunTrigger {
+    /// The check's first run.
+    Created,
+    /// The check's spec changed.
+    SpecChanged,
+    /// The referenced profile changed.
+    ProfileChanged,
+    /// The `netreach.dev/run-now` annotation got a new value.
+    RunNow,
+    /// The interval elapsed.
+    Interval,
+}
+
+crate::wire_names!(RunTrigger);
+
+/// How a probe run itself went (not its endpoints).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    strum::EnumIter,
+)]
+pub enum RunState {
+    Running,
+    Succeeded,
+    /// The Job failed, vanished, or its results did not come back whole.
+    Failed,
+}
+
+crate::wire_names!(RunState);
+
 /// One probe run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -215,16 +265,16 @@ pub struct RunRecord {
     /// run-now value, as `generation/profileGeneration/runNow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_key: Option<String>,
-    /// What started it: Created, SpecChanged, ProfileChanged, Interval, RunNow.
+    /// What started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trigger: Option<String>,
+    pub trigger: Option<RunTrigger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
-    /// Succeeded, Failed (the run itself, not the endpoints) or Running.
+    /// How the run itself went (not the endpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    pub state: Option<RunState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

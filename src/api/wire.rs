@@ -24,6 +24,11 @@ macro_rules! wire_names {
                 // declaration order, which is the order EnumIter yields them.
                 &names[self as usize]
             }
+
+            /// The variant with this wire name.
+            pub fn from_wire(name: &str) -> Option<Self> {
+                <$ty as strum::IntoEnumIterator>::iter().find(|value| value.as_str() == name)
+            }
         }
 
         impl std::fmt::Display for $ty {

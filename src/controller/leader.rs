@@ -18,6 +18,17 @@ pub struct LeaderElection {
     name: String,
     identity: String,
     duration: Duration,
+    /// The lease record last seen and when, on this replica's monotonic clock. As in
+    /// client-go, a lease expires when its record has not changed for its duration as *this*
+    /// replica saw it: the holder's wall clock, which wrote renewTime, may be skewed.
+    observed: std::sync::Mutex<Option<ObservedRecord>>,
+}
+
+#[derive(Debug)]
+struct ObservedRecord {
+    holder: String,
+    renew_time: Option<Timestamp>,
+    at: Instant,
 }
 
 /// What one attempt found.
@@ -34,6 +45,7 @@ impl LeaderElection {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: std::sync::Mutex::default(),
         }
     }
 
@@ -174,13 +186,10 @@ impl LeaderElection {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let renewed = spec
-            .renew_time
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(Timestamp::UNIX_EPOCH);
-        let held_for = i64::from(spec.lease_duration_seconds.unwrap_or(15)) * 1000;
-        let expired = now.as_millisecond() - renewed.as_millisecond() > held_for;
+        let held_for = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        );
+        let expired = self.unchanged_for(&holder, spec.renew_time.as_ref().map(|t| t.0)) > held_for;
         if holder != self.identity && !holder.is_empty() && !expired {
             return Ok(Attempt::Following(holder));
         }
@@ -211,6 +220,27 @@ impl LeaderElection {
                 Ok(Attempt::Following(holder))
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl LeaderElection {
+    /// How long the lease record (holder, renewTime) has looked the same to this replica.
+    fn unchanged_for(&self, holder: &str, renew_time: Option<Timestamp>) -> Duration {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match observed.as_ref() {
+            Some(seen) if seen.holder == holder && seen.renew_time == renew_time => {
+                now.duration_since(seen.at)
+            }
+            _ => {
+                *observed = Some(ObservedRecord {
+                    holder: holder.to_owned(),
+                    renew_time,
+                    at: now,
+                });
+                Duration::ZERO
+            }
         }
     }
 }
@@ -343,5 +373,66 @@ mod tests {
             faults.delay_next("update", "leases", 1000, Duration::from_secs(60))
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_standby_judges_expiry_by_its_own_clock_not_the_holders() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = kube_sim::KubeSim::start(kube_sim::Options::default())
+            .await
+            .unwrap();
+        let leases: Api<Lease> = Api::namespaced(sim.client(), "default");
+        // The holder's clock runs an hour behind: every renewTime it writes is an hour old.
+        let skewed =
+            || MicroTime(Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1));
+        let mut lease = leases
+            .create(
+                &PostParams::default(),
+                &Lease {
+                    metadata: ObjectMeta {
+                        name: Some("lease".into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some("behind".into()),
+                        lease_duration_seconds: Some(1),
+                        renew_time: Some(skewed()),
+                        ..LeaseSpec::default()
+                    }),
+                },
+            )
+            .await
+            .unwrap();
+        let standby =
+            LeaderElection::new(leases.clone(), "lease", "standby", Duration::from_secs(1));
+        // While the holder renews, however old its renewTime reads, the standby follows.
+        for _ in 0..8 {
+            assert_eq!(
+                standby.try_acquire().await.unwrap(),
+                Attempt::Following("behind".into())
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            lease.spec.as_mut().unwrap().renew_time = Some(skewed());
+            lease = leases
+                .replace("lease", &PostParams::default(), &lease)
+                .await
+                .unwrap();
+        }
+        // Once it stops renewing, the standby takes over after the lease's duration.
+        let started = Instant::now();
+        let mut attempt = standby.try_acquire().await.unwrap();
+        while attempt != Attempt::Leading {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never took over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            attempt = standby.try_acquire().await.unwrap();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "took over {:?} after the last renewal, before the lease's duration",
+            started.elapsed()
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! metrics and health endpoints, wired together for `netreach run`.
 
 pub mod check;
-pub mod check_status;
 pub mod leader;
 pub mod line;
 pub mod metrics;
@@ -38,6 +37,7 @@ use tracing::{error, info, warn};
 use crate::api::{ConnectivityProfile, EgressCheck};
 use crate::controller::metrics::Metrics;
 use crate::probe::dns::Resolvers;
+use check::jobs::{JobIndex, job_finished};
 use line::Line;
 use trigger::CheckTrigger;
 
@@ -122,11 +122,24 @@ pub struct Context {
     retries: Retries,
     /// Status writes made, for tests and benchmarks.
     pub status_writes: AtomicU64,
+    /// Finished runs whose outcome was read and applied (status, cleanup, events), for tests
+    /// to wait on before asserting that a run changed nothing.
+    pub runs_read: AtomicU64,
     /// The turns of EgressCheck reconciles (see [`line`]); a new one each time this replica
     /// starts leading, so turns held by the last term's reconciles cannot leak into it.
     line: Mutex<Arc<Line>>,
     /// ConnectivityProfile reconciles at once (there are few profiles; they wait as tasks).
     profile_permits: Semaphore,
+    /// What the watches of each scope (a namespace, or all) hold, for reconciles to read.
+    scopes: Mutex<Vec<WatchedScope>>,
+}
+
+/// The stores one scope's watches keep: profiles and probe Jobs.
+#[derive(Clone)]
+struct WatchedScope {
+    namespace: Option<String>,
+    profiles: Store<DeserializeGuard<ConnectivityProfile>>,
+    jobs: Arc<JobIndex>,
 }
 
 impl Context {
@@ -143,8 +156,10 @@ impl Context {
             collected: Mutex::default(),
             retries: Retries::default(),
             status_writes: AtomicU64::new(0),
+            runs_read: AtomicU64::new(0),
             line: Mutex::new(Arc::new(new_line(&settings))),
             profile_permits: Semaphore::new(usize::from(settings.max_concurrent_reconciles.max(1))),
+            scopes: Mutex::default(),
             settings,
         }
     }
@@ -169,6 +184,32 @@ impl Context {
             .get(&(namespace.to_owned(), check.to_owned()))
             .map(String::as_str)
             == Some(job_uid)
+    }
+
+    /// The scope watching `namespace`: registered by [`controllers`] before any reconcile of it
+    /// runs.
+    fn scope(&self, namespace: &str) -> WatchedScope {
+        lock(&self.scopes)
+            .iter()
+            .find(|s| s.namespace.as_deref().is_none_or(|ns| ns == namespace))
+            .cloned()
+            .expect("a reconcile runs only for a watched namespace")
+    }
+
+    /// The profiles the watch of `namespace` holds.
+    pub fn profile_store(&self, namespace: &str) -> Store<DeserializeGuard<ConnectivityProfile>> {
+        self.scope(namespace).profiles
+    }
+
+    /// The probe Jobs the watch of `namespace` holds, by check.
+    pub fn job_index(&self, namespace: &str) -> Arc<JobIndex> {
+        self.scope(namespace).jobs
+    }
+
+    fn watch_scope(&self, scope: WatchedScope) {
+        let mut scopes = lock(&self.scopes);
+        scopes.retain(|s| s.namespace != scope.namespace);
+        scopes.push(scope);
     }
 
     /// Records that a Job's outcome is in the check's status.
@@ -361,10 +402,9 @@ where
 fn job_trigger(event: watcher::Event<Job>) -> Option<Job> {
     match event {
         watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
-            (check::job_finished(&job).is_some() || job.metadata.deletion_timestamp.is_some())
-                .then_some(job)
+            (job_finished(&job) || job.metadata.deletion_timestamp.is_some()).then_some(job)
         }
-        watcher::Event::Delete(job) => check::job_finished(&job).is_none().then_some(job),
+        watcher::Event::Delete(job) => (!job_finished(&job)).then_some(job),
         watcher::Event::Init | watcher::Event::InitDone => None,
     }
 }
@@ -382,6 +422,13 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
     // due, a relist) into one reconcile. Concurrency is bounded by `Context::line`.
     let config = controller::Config::default().debounce(Duration::from_millis(100));
     let (store, writer) = reflector::store();
+    let (profile_store, profile_writer) = reflector::store();
+    let job_index = Arc::new(JobIndex::default());
+    ctx.watch_scope(WatchedScope {
+        namespace: namespace.map(str::to_owned),
+        profiles: profile_store,
+        jobs: job_index.clone(),
+    });
     // Status-only changes (this controller's own writes) trigger nothing: generation covers
     // the spec, annotations cover run-now. A relist re-triggers only what changed meanwhile;
     // every check has its own requeue for its interval.
@@ -412,11 +459,13 @@ fn controllers(ctx: Arc<Context>, namespace: Option<&str>) -> Vec<BoxFuture<'sta
                     run::MANAGED_BY.1
                 )),
             )
+            .inspect_ok(move |event| job_index.apply(event))
             .try_filter_map(|event| std::future::ready(Ok(job_trigger(event)))),
         )
-        .watches(
-            profiles_for_checks,
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(profiles_for_checks, watcher::Config::default())
+                .reflect(profile_writer)
+                .touched_objects(),
             // A profile that does not decode still names itself: its checks learn why.
             move |profile| {
                 let namespace = profile.namespace();

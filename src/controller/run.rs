@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use kube::Resource;
 
 use crate::api::EgressCheck;
-use crate::api::check::RUN_NOW_ANNOTATION;
+use crate::api::check::{RUN_NOW_ANNOTATION, RunTrigger};
 use crate::probe::plan::Target;
 use crate::probe::spec::{DEFAULT_SECRETS_DIR, ProbeSpec};
 
@@ -67,24 +67,24 @@ pub fn due_run(
     latest: Option<&FinishedRun>,
     interval: Option<Duration>,
     now: &Time,
-) -> Option<&'static str> {
+) -> Option<RunTrigger> {
     let Some(latest) = latest else {
-        return Some("Created");
+        return Some(RunTrigger::Created);
     };
     let (generation, profile, run_now) = key_parts(current_key);
     let (last_generation, last_profile, last_run_now) = key_parts(&latest.key);
     if generation != last_generation {
-        return Some("SpecChanged");
+        return Some(RunTrigger::SpecChanged);
     }
     if profile != last_profile {
-        return Some("ProfileChanged");
+        return Some(RunTrigger::ProfileChanged);
     }
     if run_now != last_run_now {
-        return Some("RunNow");
+        return Some(RunTrigger::RunNow);
     }
     let interval = interval?;
     let next = next_run(&latest.completed, interval);
-    (next.0 <= now.0).then_some("Interval")
+    (next.0 <= now.0).then_some(RunTrigger::Interval)
 }
 
 pub fn next_run(completed: &Time, interval: Duration) -> Time {
@@ -144,7 +144,7 @@ pub fn build_run(
     targets: &[Target],
     run: i64,
     key: &str,
-    trigger: &str,
+    trigger: RunTrigger,
     probe_image: &str,
 ) -> RunObjects {
     let name = check.metadata.name.clone().unwrap_or_default();
@@ -165,7 +165,7 @@ pub fn build_run(
     ]);
     let annotations = BTreeMap::from([
         (RUN_KEY_ANNOTATION.to_owned(), key.to_owned()),
-        (TRIGGER_ANNOTATION.to_owned(), trigger.to_owned()),
+        (TRIGGER_ANNOTATION.to_owned(), trigger.as_str().to_owned()),
     ]);
     let spec = ProbeSpec {
         targets: targets.to_vec(),
@@ -329,23 +329,26 @@ mod tests {
             completed: at(1000),
         };
         let interval = Some(Duration::from_secs(600));
-        assert_eq!(due_run("2/5/", None, interval, &at(1000)), Some("Created"));
+        assert_eq!(
+            due_run("2/5/", None, interval, &at(1000)),
+            Some(RunTrigger::Created)
+        );
         assert_eq!(
             due_run("3/5/", Some(&done), interval, &at(1001)),
-            Some("SpecChanged")
+            Some(RunTrigger::SpecChanged)
         );
         assert_eq!(
             due_run("2/6/", Some(&done), interval, &at(1001)),
-            Some("ProfileChanged")
+            Some(RunTrigger::ProfileChanged)
         );
         assert_eq!(
             due_run("2/5/x", Some(&done), interval, &at(1001)),
-            Some("RunNow")
+            Some(RunTrigger::RunNow)
         );
         assert_eq!(due_run("2/5/", Some(&done), interval, &at(1599)), None);
         assert_eq!(
             due_run("2/5/", Some(&done), interval, &at(1600)),
-            Some("Interval")
+            Some(RunTrigger::Interval)
         );
         assert_eq!(
             due_run("2/5/", Some(&done), None, &at(99_999)),

@@ -10,7 +10,7 @@ use kube::Resource;
 use kube::core::DeserializeGuard;
 use serde::Deserialize;
 
-use super::check_status::key_generation;
+use super::check::status::key_generation;
 use crate::api::EgressCheck;
 use crate::api::check::{ProfileRef, RUN_NOW_ANNOTATION};
 

@@ -30,11 +30,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The rules the operator needs in every watched namespace (or cluster-wide): exactly the
 calls src/controller makes, checked in both directions by tests/chart.rs. */}}
 {{- define "netreach.rules" -}}
-{{- /* get: a check reads its profile, and itself fresh before starting a run; patch: the
-profiles' cleanup finalizer. */}}
+{{- /* A check reads its profile from the watch, and itself fresh (get) before starting a
+run; patch: the profiles' cleanup finalizer. */}}
 - apiGroups: [netreach.dev]
   resources: [connectivityprofiles]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [netreach.dev]
   resources: [egresschecks]
   verbs: [get, list, watch]

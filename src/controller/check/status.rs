@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord};
+use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord, RunState};
 use crate::api::conditions::{conditions_equal_ignoring_time, set_condition, short_message};
 use crate::api::conditions::{reasons, types};
 use crate::api::result::{Outcome, ProbeResult, Stage};
@@ -269,7 +269,7 @@ pub fn same_failure(status: &EgressCheckStatus, record: &RunRecord) -> bool {
         .iter()
         .any(|c| c.type_ == types::READY && c.status == "False" && c.reason == reasons::RUN_FAILED);
     ready_says_so
-        && last.state.as_deref() == Some("Failed")
+        && last.state == Some(RunState::Failed)
         && last.run_key == record.run_key
         && failure_signature(last) == failure_signature(record)
 }
@@ -361,6 +361,7 @@ pub fn summarize(status: &mut EgressCheckStatus) {
 mod tests {
     use super::*;
     use crate::api::Protocol;
+    use crate::api::check::RunTrigger;
     use crate::api::result::{Latency, Reason, TlsFacts};
     use k8s_openapi::jiff::Timestamp;
 
@@ -477,8 +478,8 @@ mod tests {
             run: Some(run),
             job_name: Some(job.clone()),
             run_key: Some(key.into()),
-            trigger: Some("Interval".into()),
-            state: Some("Failed".into()),
+            trigger: Some(RunTrigger::Interval),
+            state: Some(RunState::Failed),
             message: Some(message.replace("<job>", &job)),
             ..RunRecord::default()
         }
