@@ -132,23 +132,69 @@ fn check_yaml(name: &str, profile: &str, extra: &str) -> String {
     )
 }
 
+/// One e2e setting: a cluster with the peers' CA, a loopback HTTP endpoint (`port`), and the
+/// profiles and checks a test applies; derefs to its [`Cluster`].
+struct Scenario {
+    cluster: Cluster,
+    /// The HTTP endpoint's port, and the server (abort it to take the endpoint down).
+    port: u16,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::ops::Deref for Scenario {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl Scenario {
+    async fn start(test: &str) -> Scenario {
+        let cluster = Cluster::start(test).await;
+        peers_ca(&cluster).await;
+        let (port, server) = http_endpoint().await;
+        Scenario {
+            cluster,
+            port,
+            server,
+        }
+    }
+
+    /// Applies profile `name` with these endpoint rows.
+    async fn profile(&self, name: &str, endpoints: &str) -> &Self {
+        self.apply_yaml(&profile_yaml(name, endpoints)).await;
+        self
+    }
+
+    /// Applies profile `name` probing the HTTP endpoint.
+    async fn http_profile(&self, name: &str) -> &Self {
+        self.profile(name, &http_row(self.port)).await
+    }
+
+    /// Applies check `name` over `profile`, with `extra` spec lines.
+    async fn check(&self, name: &str, profile: &str, extra: &str) -> &Self {
+        self.apply_yaml(&check_yaml(name, profile, extra)).await;
+        self
+    }
+
+    /// Starts one operator replica.
+    fn start_operator(&self) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
+        self.cluster.operator(self.settings("one"))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_one_event_each() {
-    let cluster = Cluster::start("ready-then-down").await;
-    peers_ca(&cluster).await;
-    let (port, server) = http_endpoint().await;
+    let cluster = Scenario::start("ready-then-down").await;
+    let port = cluster.port;
     let https = Peers::get().port("PEER_HTTPS_PORT");
     let endpoints = format!(
         "    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n{}",
         http_row(port)
     );
-    cluster
-        .apply_yaml(&profile_yaml("vendor", &endpoints))
-        .await;
-    cluster
-        .apply_yaml(&check_yaml("vendor", "vendor", "  interval: 2s\n"))
-        .await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    cluster.profile("vendor", &endpoints).await;
+    cluster.check("vendor", "vendor", "  interval: 2s\n").await;
+    let (ctx, operator) = cluster.start_operator();
 
     let ready = wait_condition(&cluster, "vendor", "Ready", "True").await;
     let status = ready.status.clone().unwrap();
@@ -164,7 +210,7 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
     let tls = status.results[0].tls.as_ref().unwrap();
     assert_eq!(tls.issuer_organization.as_deref(), Some("Test Public CA"));
 
-    server.abort();
+    cluster.server.abort();
     let down = wait_condition(&cluster, "vendor", "Ready", "False").await;
     let (_, reason, message) = condition(&down, "Ready").unwrap();
     assert_eq!(reason, "RequiredEndpointsFailing");
@@ -263,20 +309,12 @@ async fn ctx_runs(cluster: &Cluster) -> usize {
 /// and an edit made meanwhile is probed through the change lane.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_serves_every_check_and_an_edit_still_gets_probed() {
-    let cluster = Cluster::start("backlog").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&profile_yaml("shared", &http_row(port)))
-        .await;
+    let cluster = Scenario::start("backlog").await;
+    cluster.http_profile("shared").await;
     let names: Vec<String> = (0..12).map(|i| format!("busy-{i}")).collect();
     for name in &names {
         cluster
-            .apply_yaml(&check_yaml(
-                name,
-                "shared",
-                "  interval: 1s\n  historyLimit: 1\n",
-            ))
+            .check(name, "shared", "  interval: 1s\n  historyLimit: 1\n")
             .await;
     }
     let mut settings = cluster.settings("one");
@@ -308,20 +346,12 @@ async fn a_backlog_serves_every_check_and_an_edit_still_gets_probed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_periodic_runs_write_no_status() {
-    let cluster = Cluster::start("no-writes").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
+    let cluster = Scenario::start("no-writes").await;
+    cluster.http_profile("steady").await;
     cluster
-        .apply_yaml(&profile_yaml("steady", &http_row(port)))
+        .check("steady", "steady", "  interval: 1s\n  historyLimit: 10\n")
         .await;
-    cluster
-        .apply_yaml(&check_yaml(
-            "steady",
-            "steady",
-            "  interval: 1s\n  historyLimit: 10\n",
-        ))
-        .await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    let (ctx, operator) = cluster.start_operator();
     wait_condition(&cluster, "steady", "Reconciling", "False").await;
     let writes = ctx.status_writes.load(Ordering::Relaxed);
     let version = cluster
@@ -348,24 +378,19 @@ async fn unchanged_periodic_runs_write_no_status() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_mitmproxy_path_raises_tls_intercepted_naming_the_proxy_ca() {
-    let cluster = Cluster::start("intercepted").await;
-    peers_ca(&cluster).await;
+    let cluster = Scenario::start("intercepted").await;
     let peers = Peers::get();
     let endpoints = format!(
         "    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {}, protocol: HTTPS}}]}}\n",
         peers.port("PEER_HTTPS_PORT")
     );
-    cluster
-        .apply_yaml(&profile_yaml("vendor", &endpoints))
-        .await;
+    cluster.profile("vendor", &endpoints).await;
     let proxy = format!(
         "  proxy: {{url: \"http://127.0.0.1:{}\"}}\n",
         peers.port("PEER_MITM_PORT")
     );
-    cluster
-        .apply_yaml(&check_yaml("via-proxy", "vendor", &proxy))
-        .await;
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    cluster.check("via-proxy", "vendor", &proxy).await;
+    let (_ctx, operator) = cluster.start_operator();
     let check = wait_condition(&cluster, "via-proxy", "TLSIntercepted", "True").await;
     let (_, reason, message) = condition(&check, "TLSIntercepted").unwrap();
     assert_eq!(reason, "InterceptionDetected");
@@ -407,14 +432,10 @@ async fn the_mitmproxy_path_raises_tls_intercepted_naming_the_proxy_ca() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_now_starts_a_run_and_the_probe_pod_is_locked_down() {
-    let cluster = Cluster::start("run-now").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&profile_yaml("once", &http_row(port)))
-        .await;
-    cluster.apply_yaml(&check_yaml("once", "once", "")).await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    let cluster = Scenario::start("run-now").await;
+    cluster.http_profile("once").await;
+    cluster.check("once", "once", "").await;
+    let (ctx, operator) = cluster.start_operator();
     wait_condition(&cluster, "once", "Ready", "True").await;
     // The reconcile that read the run has decided what comes next.
     eventually(WAIT, "the first run read", || {
@@ -480,8 +501,7 @@ async fn run_now_starts_a_run_and_the_probe_pod_is_locked_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_operator_adopts_the_job_in_flight() {
-    let cluster = Cluster::start("adopt").await;
-    peers_ca(&cluster).await;
+    let cluster = Scenario::start("adopt").await;
     // A server that accepts and never answers keeps the run busy for its timeout.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -491,10 +511,8 @@ async fn a_restarted_operator_adopts_the_job_in_flight() {
             held.push(stream);
         }
     });
-    cluster
-        .apply_yaml(&profile_yaml("slow", &format!("    - {{name: slow, cidr: 127.0.0.1, timeout: 3s, ports: [{{port: {port}, protocol: HTTP}}]}}\n")))
-        .await;
-    cluster.apply_yaml(&check_yaml("slow", "slow", "")).await;
+    cluster.profile("slow", &format!("    - {{name: slow, cidr: 127.0.0.1, timeout: 3s, ports: [{{port: {port}, protocol: HTTP}}]}}\n")).await;
+    cluster.check("slow", "slow", "").await;
     let (_first, operator) = cluster.operator(cluster.settings("first"));
     eventually(WAIT, "the first job", || {
         let cluster = &cluster;
@@ -516,12 +534,8 @@ async fn a_restarted_operator_adopts_the_job_in_flight() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_elect_one_leader_and_the_standby_takes_over() {
-    let cluster = Cluster::start("leader").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&profile_yaml("ha", &http_row(port)))
-        .await;
+    let cluster = Scenario::start("leader").await;
+    cluster.http_profile("ha").await;
     let elected = |identity: &str| netreach::controller::Settings {
         leader_election: true,
         ..cluster.settings(identity)
@@ -542,9 +556,7 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over() {
     })
     .await;
     let (b, b_handle) = cluster.operator(elected("replica-b"));
-    cluster
-        .apply_yaml(&check_yaml("ha", "ha", "  interval: 1s\n"))
-        .await;
+    cluster.check("ha", "ha", "  interval: 1s\n").await;
     wait_condition(&cluster, "ha", "Ready", "True").await;
     read_more_runs(&a, 2).await;
     assert!(a.status_writes.load(Ordering::Relaxed) > 0);
@@ -595,13 +607,9 @@ async fn two_replicas_elect_one_leader_and_the_standby_takes_over() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn injected_api_faults_change_nothing_in_the_final_state() {
-    let cluster = Cluster::start("faults").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&profile_yaml("flaky", &http_row(port)))
-        .await;
-    cluster.apply_yaml(&check_yaml("flaky", "flaky", "")).await;
+    let cluster = Scenario::start("faults").await;
+    cluster.http_profile("flaky").await;
+    cluster.check("flaky", "flaky", "").await;
     let sim = cluster
         .sim
         .as_ref()
@@ -610,7 +618,7 @@ async fn injected_api_faults_change_nothing_in_the_final_state() {
         .fail_next("patch", "egresschecks/status", 3, 500);
     sim.faults().fail_next("create", "jobs", 2, 503);
     sim.faults().fail_next("list", "jobs", 1, 500);
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    let (_ctx, operator) = cluster.start_operator();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         sim.faults().close_watches();
@@ -631,20 +639,14 @@ async fn injected_api_faults_change_nothing_in_the_final_state() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_profile_stalls_the_check_until_it_exists() {
-    let cluster = Cluster::start("stalled").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&check_yaml("waiting", "later", ""))
-        .await;
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    let cluster = Scenario::start("stalled").await;
+    cluster.check("waiting", "later", "").await;
+    let (_ctx, operator) = cluster.start_operator();
     let stalled = wait_condition(&cluster, "waiting", "Stalled", "True").await;
     let (_, reason, message) = condition(&stalled, "Stalled").unwrap();
     assert_eq!(reason, "ProfileNotFound");
     assert!(message.contains("later"), "{message}");
-    cluster
-        .apply_yaml(&profile_yaml("later", &http_row(port)))
-        .await;
+    cluster.http_profile("later").await;
     let ready = wait_condition(&cluster, "waiting", "Ready", "True").await;
     assert_eq!(condition(&ready, "Stalled").unwrap().0, "False");
     operator.abort();
@@ -652,16 +654,15 @@ async fn a_missing_profile_stalls_the_check_until_it_exists() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_rows_come_back_intact() {
-    let cluster = Cluster::start("five-hundred").await;
-    peers_ca(&cluster).await;
+    let cluster = Scenario::start("five-hundred").await;
     let (port_a, _a) = http_endpoint().await;
     let (port_b, _b) = http_endpoint().await;
     let endpoints: String = (0..250)
         .map(|i| format!("    - {{name: e{i:03}, cidr: 127.0.0.1, ports: [{{port: {port_a}, protocol: HTTP}}, {{port: {port_b}, protocol: TCP}}]}}\n"))
         .collect();
-    cluster.apply_yaml(&profile_yaml("big", &endpoints)).await;
-    cluster.apply_yaml(&check_yaml("big", "big", "")).await;
-    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    cluster.profile("big", &endpoints).await;
+    cluster.check("big", "big", "").await;
+    let (_ctx, operator) = cluster.start_operator();
     let check = wait_condition(&cluster, "big", "Ready", "True").await;
     let status = check.status.unwrap();
     assert_eq!(status.results.len(), 500);
@@ -922,20 +923,13 @@ async fn finished_run(cluster: &Cluster, check: &str, run: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again() {
-    let cluster = Cluster::start("job-deleted").await;
-    peers_ca(&cluster).await;
+    let cluster = Scenario::start("job-deleted").await;
     let hang = Arc::new(AtomicBool::new(false));
     let (port, _server) = http_endpoint_on(0, hang.clone()).await;
-    cluster
-        .apply_yaml(&profile_yaml(
-            "vendor",
-            &format!("    - {{name: api, cidr: 127.0.0.1, timeout: 20s, ports: [{{port: {port}, protocol: HTTP}}]}}\n"),
-        ))
-        .await;
-    cluster
-        .apply_yaml(&check_yaml("vendor", "vendor", "  interval: 1s\n"))
-        .await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    cluster.profile("vendor",
+            &format!("    - {{name: api, cidr: 127.0.0.1, timeout: 20s, ports: [{{port: {port}, protocol: HTTP}}]}}\n")).await;
+    cluster.check("vendor", "vendor", "  interval: 1s\n").await;
+    let (ctx, operator) = cluster.start_operator();
     wait_condition(&cluster, "vendor", "Ready", "True").await;
 
     // A periodic run hangs on the silent endpoint, and someone deletes its Job.
@@ -1034,18 +1028,14 @@ async fn a_periodic_run_whose_job_is_deleted_is_reported_once_and_not_run_again(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_probe_pod_sets_ready_false_with_one_run_failed_event_even_across_a_restart() {
-    let cluster = Cluster::start("pod-fails").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
-    cluster
-        .apply_yaml(&profile_yaml("vendor", &http_row(port)))
-        .await;
+    let cluster = Scenario::start("pod-fails").await;
+    cluster.http_profile("vendor").await;
     cluster
         .apply_yaml(&format!(
             "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: broken}}\nspec:\n  profileRef: {{name: vendor}}\n  interval: 1s\n  runner: {{image: \"{BROKEN_PROBE_IMAGE}\"}}\n"
         ))
         .await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    let (ctx, operator) = cluster.start_operator();
     let api = cluster.api::<EgressCheck>();
     let failed = eventually(WAIT, "Ready=False for a failed run", || {
         let api = api.clone();
@@ -1116,9 +1106,8 @@ fn profile_crd_before_durations() -> serde_json::Value {
 async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::CustomResourceExt;
-    let cluster = Cluster::start("undecodable").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
+    let cluster = Scenario::start("undecodable").await;
+    let port = cluster.port;
     let endpoint = http_row(port);
     // Written under an earlier schema, the object stays as it was when the CRD changes.
     let crds = Api::<CustomResourceDefinition>::all(cluster.client.clone());
@@ -1170,12 +1159,10 @@ async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
         "the premise: the stored profile does not decode"
     );
 
-    cluster.apply_yaml(&profile_yaml("good", &endpoint)).await;
-    cluster.apply_yaml(&check_yaml("good", "good", "")).await;
-    cluster
-        .apply_yaml(&check_yaml("on-legacy", "legacy", ""))
-        .await;
-    let (ctx, operator) = cluster.operator(cluster.settings("one"));
+    cluster.profile("good", &endpoint).await;
+    cluster.check("good", "good", "").await;
+    cluster.check("on-legacy", "legacy", "").await;
+    let (ctx, operator) = cluster.start_operator();
 
     let good = wait_condition(&cluster, "good", "Ready", "True").await;
     let stalled = wait_condition(&cluster, "on-legacy", "Stalled", "True").await;
@@ -1190,12 +1177,8 @@ async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
 
     // The profile watch still works for the others: a change re-runs the check using it.
     let first_run = good.status.unwrap().last_run.unwrap().run.unwrap();
-    cluster
-        .apply_yaml(&profile_yaml(
-            "good",
-            &format!("{endpoint}    - {{name: again, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: TCP}}]}}\n"),
-        ))
-        .await;
+    cluster.profile("good",
+            &format!("{endpoint}    - {{name: again, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: TCP}}]}}\n")).await;
     let api = cluster.api::<EgressCheck>();
     let rerun = eventually(WAIT, "the profile change probed", || {
         let api = api.clone();
@@ -1221,7 +1204,7 @@ async fn a_profile_that_no_longer_decodes_stalls_only_its_own_checks() {
     assert!(failures.is_empty(), "{failures:?}");
 
     // Correcting the profile brings its check back.
-    cluster.apply_yaml(&profile_yaml("legacy", &endpoint)).await;
+    cluster.profile("legacy", &endpoint).await;
     let fixed = wait_condition(&cluster, "on-legacy", "Ready", "True").await;
     assert_eq!(condition(&fixed, "Stalled").unwrap().0, "False");
     operator.abort();
@@ -1237,20 +1220,13 @@ fn sample(text: &str, name: &str, with: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_describe_each_endpoint_and_leave_with_the_check() {
-    let cluster = Cluster::start("metrics").await;
-    peers_ca(&cluster).await;
-    let (port, _server) = http_endpoint().await;
+    let cluster = Scenario::start("metrics").await;
+    let port = cluster.port;
     let https = Peers::get().port("PEER_HTTPS_PORT");
-    cluster
-        .apply_yaml(&profile_yaml(
-            "vendor",
-            &format!("    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n    - {{name: closed, cidr: 127.0.0.1, required: false, ports: [{{port: 1, protocol: TCP}}]}}\n"),
-        ))
-        .await;
-    cluster
-        .apply_yaml(&check_yaml("vendor", "vendor", ""))
-        .await;
-    cluster.apply_yaml(&check_yaml("other", "vendor", "")).await;
+    cluster.profile("vendor",
+            &format!("    - {{name: mpnsv2, host: mpnsv2.m3.maas360.com, ports: [{{port: {https}, protocol: HTTPS}}]}}\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n    - {{name: closed, cidr: 127.0.0.1, required: false, ports: [{{port: 1, protocol: TCP}}]}}\n")).await;
+    cluster.check("vendor", "vendor", "").await;
+    cluster.check("other", "vendor", "").await;
     if let Some(sim) = &cluster.sim {
         // A failed status write, so the error counter counts one.
         sim.faults()
@@ -1395,8 +1371,7 @@ async fn metrics_describe_each_endpoint_and_leave_with_the_check() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
-    let cluster = Cluster::start("secrets").await;
-    peers_ca(&cluster).await;
+    let cluster = Scenario::start("secrets").await;
     let peers = Peers::get();
     let password = peers.var("PEER_LDAP_BIND_PASSWORD").to_owned();
     let wrong = "not-the-password-7f3a91";
@@ -1414,15 +1389,9 @@ async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
         ))
         .await;
     let ldap = peers.port("PEER_LDAP_PORT");
-    cluster
-        .apply_yaml(&profile_yaml(
-            "directory",
-            &format!("    - name: ad\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"dc=example,dc=com\"}}}}]\n    - name: ad-wrong\n      cidr: 127.0.0.1\n      required: false\n      ports: [{{port: {ldap}, protocol: LDAP, ldap: {{bindSecretRef: {{name: wrong}}}}}}]\n"),
-        ))
-        .await;
-    cluster
-        .apply_yaml(&check_yaml("directory", "directory", ""))
-        .await;
+    cluster.profile("directory",
+            &format!("    - name: ad\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"dc=example,dc=com\"}}}}]\n    - name: ad-wrong\n      cidr: 127.0.0.1\n      required: false\n      ports: [{{port: {ldap}, protocol: LDAP, ldap: {{bindSecretRef: {{name: wrong}}}}}}]\n")).await;
+    cluster.check("directory", "directory", "").await;
     let operator = cluster.observed_operator(cluster.settings("one")).await;
     let check = wait_condition(&cluster, "directory", "Reconciling", "False").await;
     let status = check.status.clone().unwrap();
