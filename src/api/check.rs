@@ -201,55 +201,31 @@ impl ResultSummary {
     }
 }
 
-/// What started a probe run.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum RunTrigger {
-    /// The check's first run.
-    Created,
-    /// The check's spec changed.
-    SpecChanged,
-    /// The referenced profile changed.
-    ProfileChanged,
-    /// The `netreach.dev/run-now` annotation got a new value.
-    RunNow,
-    /// The interval elapsed.
-    Interval,
+crate::wire_enum! {
+    /// What started a probe run.
+    pub enum RunTrigger {
+        /// The check's first run.
+        Created,
+        /// The check's spec changed.
+        SpecChanged,
+        /// The referenced profile changed.
+        ProfileChanged,
+        /// The `netreach.dev/run-now` annotation got a new value.
+        RunNow,
+        /// The interval elapsed.
+        Interval,
+    }
 }
 
-crate::wire_names!(RunTrigger);
-
-/// How a probe run itself went (not its endpoints).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum RunState {
-    Running,
-    Succeeded,
-    /// The Job failed, vanished, or its results did not come back whole.
-    Failed,
+crate::wire_enum! {
+    /// How a probe run itself went (not its endpoints).
+    pub enum RunState {
+        Running,
+        Succeeded,
+        /// The Job failed, vanished, or its results did not come back whole.
+        Failed,
+    }
 }
-
-crate::wire_names!(RunState);
 
 /// One probe run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

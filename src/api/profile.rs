@@ -158,41 +158,27 @@ pub struct IstioOptions {
     pub registry_only: Option<bool>,
 }
 
-/// A policy format NetReach can emit.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum Flavor {
-    /// Kubernetes networking.k8s.io/v1 NetworkPolicy (ipBlocks from resolved addresses).
-    NetworkPolicy,
-    /// CiliumNetworkPolicy with toFQDNs.
-    Cilium,
-    /// CiliumEgressGatewayPolicy: fixed source IP through gateway nodes.
-    CiliumEgressGateway,
-    /// Calico projectcalico.org/v3 NetworkPolicy and GlobalNetworkSet.
-    Calico,
-    /// Istio ServiceEntry (and optional egress gateway objects).
-    Istio,
-    /// policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
-    AdminNetworkPolicy,
-    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
-    ClusterNetworkPolicy,
-    /// OVN-Kubernetes / OpenShift k8s.ovn.org/v1 EgressFirewall.
-    EgressFirewall,
+crate::wire_enum! {
+    /// A policy format NetReach can emit.
+    pub enum Flavor {
+        /// Kubernetes networking.k8s.io/v1 NetworkPolicy (ipBlocks from resolved addresses).
+        NetworkPolicy,
+        /// CiliumNetworkPolicy with toFQDNs.
+        Cilium,
+        /// CiliumEgressGatewayPolicy: fixed source IP through gateway nodes.
+        CiliumEgressGateway,
+        /// Calico projectcalico.org/v3 NetworkPolicy and GlobalNetworkSet.
+        Calico,
+        /// Istio ServiceEntry (and optional egress gateway objects).
+        Istio,
+        /// policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
+        AdminNetworkPolicy,
+        /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+        ClusterNetworkPolicy,
+        /// OVN-Kubernetes / OpenShift k8s.ovn.org/v1 EgressFirewall.
+        EgressFirewall,
+    }
 }
-
-crate::wire_names!(Flavor);
 
 /// Observed state of a ConnectivityProfile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

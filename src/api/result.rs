@@ -6,125 +6,85 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Protocol;
 
-/// Verdict of one endpoint×port.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum Outcome {
-    Pass,
-    Warn,
-    Fail,
+crate::wire_enum! {
+    /// Verdict of one endpoint×port.
+    pub enum Outcome {
+        Pass,
+        Warn,
+        Fail,
+    }
 }
 
-crate::wire_names!(Outcome);
-
-/// The stage a probe reached: the failing one, or the last one passed.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum Stage {
-    #[serde(rename = "DNS")]
-    Dns,
-    Connect,
-    Proxy,
-    #[serde(rename = "StartTLS")]
-    StartTls,
-    #[serde(rename = "TLS")]
-    Tls,
-    Issuer,
-    Protocol,
-    Auth,
+crate::wire_enum! {
+    /// The stage a probe reached: the failing one, or the last one passed.
+    pub enum Stage {
+        #[serde(rename = "DNS")]
+        Dns,
+        Connect,
+        Proxy,
+        #[serde(rename = "StartTLS")]
+        StartTls,
+        #[serde(rename = "TLS")]
+        Tls,
+        Issuer,
+        Protocol,
+        Auth,
+    }
 }
 
-crate::wire_names!(Stage);
-
-/// Why a row has its outcome (CamelCase, stable: dashboards and alerts match on it).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-    strum::EnumIter,
-)]
-pub enum Reason {
-    /// Every stage passed.
-    Reachable,
-    #[serde(rename = "NXDomain")]
-    NxDomain,
-    NoAnswer,
-    ServFail,
-    DnsTimeout,
-    DnsError,
-    WildcardHost,
-    ConnectionRefused,
-    ConnectTimeout,
-    HostUnreachable,
-    NetworkUnreachable,
-    ConnectError,
-    ProxyRejected,
-    ProxyAuthRequired,
-    ProxyTimeout,
-    ProxyError,
-    BannerMismatch,
-    BannerTimeout,
-    #[serde(rename = "StartTLSNotOffered")]
-    StartTlsNotOffered,
-    #[serde(rename = "StartTLSRejected")]
-    StartTlsRejected,
-    #[serde(rename = "TLSHandshakeFailed")]
-    TlsHandshakeFailed,
-    #[serde(rename = "TLSTimeout")]
-    TlsTimeout,
-    UntrustedIssuer,
-    HostnameMismatch,
-    CertificateExpired,
-    CertificateNotYetValid,
-    CertificateExpiringSoon,
-    IssuerMismatch,
-    PinMismatch,
-    #[serde(rename = "HTTPStatusMismatch")]
-    HttpStatusMismatch,
-    ProtocolError,
-    ResponseTimeout,
-    AuthMechanismMissing,
-    CapabilityMissing,
-    BindFailed,
-    SearchFailed,
-    CredentialsUnavailable,
-    /// The `caBundleRef` of the port cannot be read or holds no certificate.
-    #[serde(rename = "CABundleUnavailable")]
-    CaBundleUnavailable,
-    DeadlineExceeded,
+crate::wire_enum! {
+    /// Why a row has its outcome (CamelCase, stable: dashboards and alerts match on it).
+    pub enum Reason {
+        /// Every stage passed.
+        Reachable,
+        #[serde(rename = "NXDomain")]
+        NxDomain,
+        NoAnswer,
+        ServFail,
+        DnsTimeout,
+        DnsError,
+        WildcardHost,
+        ConnectionRefused,
+        ConnectTimeout,
+        HostUnreachable,
+        NetworkUnreachable,
+        ConnectError,
+        ProxyRejected,
+        ProxyAuthRequired,
+        ProxyTimeout,
+        ProxyError,
+        BannerMismatch,
+        BannerTimeout,
+        #[serde(rename = "StartTLSNotOffered")]
+        StartTlsNotOffered,
+        #[serde(rename = "StartTLSRejected")]
+        StartTlsRejected,
+        #[serde(rename = "TLSHandshakeFailed")]
+        TlsHandshakeFailed,
+        #[serde(rename = "TLSTimeout")]
+        TlsTimeout,
+        UntrustedIssuer,
+        HostnameMismatch,
+        CertificateExpired,
+        CertificateNotYetValid,
+        CertificateExpiringSoon,
+        IssuerMismatch,
+        PinMismatch,
+        #[serde(rename = "HTTPStatusMismatch")]
+        HttpStatusMismatch,
+        ProtocolError,
+        ResponseTimeout,
+        AuthMechanismMissing,
+        CapabilityMissing,
+        BindFailed,
+        SearchFailed,
+        CredentialsUnavailable,
+        /// The `caBundleRef` of the port cannot be read or holds no certificate.
+        #[serde(rename = "CABundleUnavailable")]
+        CaBundleUnavailable,
+        DeadlineExceeded,
+    }
 }
-
-crate::wire_names!(Reason);
 
 /// One endpoint×port.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

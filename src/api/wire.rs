@@ -1,5 +1,6 @@
-//! Wire names of unit enums, derived once from their serde names so that `as_str`, `Display`
-//! and the serialized form cannot drift apart.
+//! The API's unit enums (outcomes, stages, reasons, run states, flavors): one set of derives,
+//! and wire names derived once from their serde names so that `as_str`, `Display` and the
+//! serialized form cannot drift apart.
 
 /// Implements `as_str`, `ALL` order and `Display` for a fieldless enum deriving `Serialize`
 /// and `strum::EnumIter`, taking each name from its serde serialization.
@@ -36,5 +37,33 @@ macro_rules! wire_names {
                 f.write_str(self.as_str())
             }
         }
+    };
+}
+
+/// Declares a fieldless API enum with the derives every such enum here shares (serde, schema,
+/// ordering, iteration) and its [`wire_names!`].
+#[macro_export]
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(
+            Clone,
+            Copy,
+            Debug,
+            PartialEq,
+            Eq,
+            PartialOrd,
+            Ord,
+            Hash,
+            serde::Serialize,
+            serde::Deserialize,
+            schemars::JsonSchema,
+            strum::EnumIter,
+        )]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant),*
+        }
+
+        $crate::wire_names!($name);
     };
 }

@@ -102,6 +102,11 @@ fn passed_status(run: i64, key: &str) -> EgressCheckStatus {
     status
 }
 
+/// The check after run 1 passed, with these Jobs.
+fn after_first_run(jobs: Vec<RunJob>) -> Observed {
+    with_status(Observed { jobs, ..observed() }, passed_status(1, KEY))
+}
+
 fn with_status(mut observed: Observed, status: EgressCheckStatus) -> Observed {
     observed.check.status = Some(status);
     observed
@@ -166,13 +171,7 @@ fn a_new_check_starts_its_first_run_and_says_so() {
 
 #[test]
 fn a_due_interval_starts_a_run_the_status_does_not_record() {
-    let observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000))],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let observed = after_first_run(vec![job(1, KEY, Some(1000))]);
     let plan = decide(&observed, &at(1061), IMAGE);
     assert_eq!(trigger(&plan), Some(RunTrigger::Interval));
     assert!(plan.status.is_none(), "a periodic run writes no status");
@@ -180,13 +179,7 @@ fn a_due_interval_starts_a_run_the_status_does_not_record() {
 
 #[test]
 fn an_interval_not_yet_due_waits_until_it_is() {
-    let observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000))],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let observed = after_first_run(vec![job(1, KEY, Some(1000))]);
     let plan = decide(&observed, &at(1030), IMAGE);
     assert!(plan.run.is_none());
     assert!(plan.status.is_none());
@@ -195,13 +188,7 @@ fn an_interval_not_yet_due_waits_until_it_is() {
 
 #[test]
 fn a_new_run_now_value_starts_a_run_and_is_remembered() {
-    let mut observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000))],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000))]);
     observed.check.metadata.annotations = Some(BTreeMap::from([(
         RUN_NOW_ANNOTATION.to_owned(),
         "now-1".to_owned(),
@@ -236,13 +223,7 @@ fn a_run_now_value_already_probed_starts_nothing() {
 
 #[test]
 fn a_spec_change_during_a_run_waits_for_it() {
-    let mut observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000)), job(2, KEY, None)],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000)), job(2, KEY, None)]);
     observed.check.metadata.generation = Some(2);
     let plan = decide(&observed, &at(1070), IMAGE);
     assert!(plan.run.is_none(), "one run at a time");
@@ -254,13 +235,7 @@ fn a_spec_change_during_a_run_waits_for_it() {
 
 #[test]
 fn a_spec_change_after_a_run_starts_the_next_one() {
-    let mut observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000))],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000))]);
     observed.check.metadata.generation = Some(2);
     let plan = decide(&observed, &at(1010), IMAGE);
     assert_eq!(trigger(&plan), Some(RunTrigger::SpecChanged));
@@ -296,13 +271,7 @@ fn a_profile_change_during_a_run_waits_and_then_reruns() {
 
 #[test]
 fn a_run_of_a_change_in_flight_is_adopted_after_a_restart() {
-    let mut observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000)), job(2, "2/1/", None)],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000)), job(2, "2/1/", None)]);
     observed.check.metadata.generation = Some(2);
     let plan = decide(&observed, &at(1010), IMAGE);
     assert!(plan.run.is_none());
@@ -527,13 +496,7 @@ fn a_success_after_a_failed_run_brings_ready_back() {
 
 #[test]
 fn a_suspended_check_starts_nothing_and_waits_for_a_change() {
-    let mut observed = with_status(
-        Observed {
-            jobs: vec![job(1, KEY, Some(1000))],
-            ..observed()
-        },
-        passed_status(1, KEY),
-    );
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000))]);
     observed.check.spec.suspend = Some(true);
     let plan = decide(&observed, &at(5000), IMAGE);
     assert!(plan.run.is_none());
