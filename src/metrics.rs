@@ -316,6 +316,7 @@ mod tests {
             }),
             detail: None,
             last_transition_time: None,
+            streak: Default::default(),
         }
     }
 

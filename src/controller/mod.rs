@@ -5,6 +5,7 @@ pub mod check;
 pub mod check_status;
 pub mod leader;
 pub mod line;
+pub mod outages;
 pub mod policy;
 pub mod profile;
 pub mod run;

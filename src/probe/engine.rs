@@ -177,6 +177,7 @@ fn row(
         tls: None,
         detail: None,
         last_transition_time: None,
+        streak: Default::default(),
     }
 }
 
