@@ -508,6 +508,17 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         ctx.metrics.forget_check(&namespace, &name);
         return Ok(Action::await_change());
     }
+    // The interval while runs are scheduled: what staleness alerts compare the last run to.
+    ctx.metrics.observe_check(
+        &namespace,
+        &name,
+        check
+            .spec
+            .interval
+            .as_ref()
+            .filter(|_| check.spec.suspend != Some(true))
+            .map(|i| i.as_duration().as_secs_f64()),
+    );
 
     let profile = match &check.spec.profile_ref {
         Some(reference) => {
@@ -679,6 +690,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                 }
             }
             Err(failure) => {
+                ctx.metrics.record_failed_run(&namespace, &name);
                 record.state = Some("Failed".into());
                 record.message = Some(short_message(&failure.summary));
                 let next = next_after(record.completion_time.as_ref());
@@ -718,6 +730,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
         starting = Some(wait);
     }
     if let Untracked::Vanished(mut record) = untracked {
+        ctx.metrics.record_failed_run(&namespace, &name);
         let job_name = record.job_name.clone().unwrap_or_default();
         let message = format!(
             "probe job {job_name} was deleted before its results were read; it is not run again, the next run starts on the next change or interval"
