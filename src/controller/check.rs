@@ -22,6 +22,7 @@ use super::check_status::{
     failure_text, key_generation, merge_results, push_history, record_run_failure,
     result_conditions, results_changed, same_status, summarize,
 };
+use super::outages::{self, Thresholds};
 use super::run::{
     self, CHECK_LABEL, FinishedRun, RUN_KEY_ANNOTATION, RUN_LABEL, TRIGGER_ANNOTATION,
 };
@@ -636,6 +637,7 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     // Collect the newest finished run once; events wait until its status is written. What
     // it changes is judged against the status, so reading it again changes nothing.
     let mut pending_events: Vec<(bool, &'static str, String)> = Vec::new();
+    let mut opened: Vec<ProbeResult> = Vec::new();
     let mut collected_job: Option<String> = None;
     let mut finished_configs: Vec<String> = Vec::new();
     // A run the status already has a newer one than (a later run whose Job vanished).
@@ -660,14 +662,31 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                     .as_ref()
                     .map(|t| t.0.as_second() as f64)
                     .unwrap_or_default();
-                ctx.metrics
-                    .record_run(&namespace, &name, &rows, finished_at);
                 let new_key = old.last_run.as_ref().and_then(|r| r.run_key.clone()) != job_key;
                 // After a failed run, a success is news even with the same results: Ready
                 // has to come back from RunFailed.
                 if new_key || last_failed || results_changed(&old, &rows) {
                     let (rows, transitions) = merge_results(&old.results, rows, &now);
-                    status.results = rows;
+                    let thresholds =
+                        Thresholds::of(check.spec.failure_threshold, check.spec.success_threshold);
+                    let ledger = outages::apply(&old.results, &old.outages, rows, thresholds, &now);
+                    status.results = ledger.rows;
+                    status.outages = ledger.outages;
+                    ctx.metrics
+                        .record_run(&namespace, &name, &status.results, finished_at);
+                    opened.extend(ledger.opened.iter().filter_map(|(endpoint, port)| {
+                        status
+                            .results
+                            .iter()
+                            .find(|r| (&r.endpoint, r.port) == (endpoint, *port))
+                            .cloned()
+                    }));
+                    pending_events.extend(
+                        ledger
+                            .events
+                            .into_iter()
+                            .map(|e| (e.warning, e.reason, e.note)),
+                    );
                     summarize(&mut status);
                     result_conditions(&mut status, key_generation(job_key.as_deref()), &now);
                     let summary = status.summary.clone().unwrap_or_default();
@@ -681,11 +700,14 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                     pending_events.extend(
                         transitions
                             .into_iter()
-                            .take(20)
                             .map(|t| (t.warning, t.reason, t.note)),
                     );
+                    pending_events.truncate(20);
                     info!(job = %job.name_any(), passed = summary.passed, failed = summary.failed, "run changed the status");
                 } else {
+                    // Nothing new, so no row has a streak: the rows as they came are current.
+                    ctx.metrics
+                        .record_run(&namespace, &name, &rows, finished_at);
                     debug!(job = %job.name_any(), "run found nothing new");
                 }
             }
@@ -917,6 +939,9 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
     }
     for config in finished_configs {
         delete_run_config(ctx, &namespace, &config).await;
+    }
+    for row in &opened {
+        ctx.metrics.outage_opened(&namespace, &name, row);
     }
     for (warning, reason, note) in pending_events {
         publish(ctx, check, warning, reason, note).await;
