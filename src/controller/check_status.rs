@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord};
 use crate::api::conditions::{reasons, types};
-use crate::probe::result::{Outcome, ProbeResult, Stage};
+use crate::probe::result::{ProbeResult, Stage};
 use crate::status::{conditions_equal_ignoring_time, set_condition, short_message};
 
 use super::outages::counts_as_failing;
@@ -343,7 +343,7 @@ pub fn summarize(status: &mut EgressCheckStatus) {
 mod tests {
     use super::*;
     use crate::api::Protocol;
-    use crate::probe::result::{Latency, Reason, TlsFacts};
+    use crate::probe::result::{Latency, Outcome, Reason, TlsFacts};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {
