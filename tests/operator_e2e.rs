@@ -181,10 +181,16 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
         (Outcome::Fail, Reason::ConnectionRefused)
     );
     assert_eq!(condition(&down, "Reachable").unwrap().0, "False");
+    let failed_at = down
+        .status
+        .as_ref()
+        .and_then(|s| s.last_run.as_ref())
+        .and_then(|r| r.run)
+        .unwrap();
     // More runs of the same failure add no events.
     eventually(WAIT, "two more runs", || {
         let cluster = &cluster;
-        async move { (ctx_runs(cluster).await >= 2).then_some(()) }
+        async move { (ctx_runs(cluster, failed_at).await >= 2).then_some(()) }
     })
     .await;
     let unreachable = events(&cluster, "EndpointUnreachable").await;
@@ -210,13 +216,39 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
         }
     })
     .await;
+    let message = recovered[0].message.as_deref().unwrap();
     assert!(
-        recovered[0]
-            .message
+        message.contains("api (127.0.0.1:") && message.contains(" again after "),
+        "the recovery says how long it was down: {recovered:?}"
+    );
+    // The outage ledger has the one outage: start, end, how long, why.
+    let outages = wait_condition(&cluster, "vendor", "Ready", "True")
+        .await
+        .status
+        .unwrap()
+        .outages;
+    assert_eq!(outages.len(), 1, "{outages:?}");
+    let outage = &outages[0];
+    assert_eq!(
+        (outage.endpoint.as_str(), outage.reason.as_str()),
+        ("api", "ConnectionRefused")
+    );
+    assert!(outage.message.contains("refused"), "{outage:?}");
+    assert!(outage.runs >= 3, "the failed runs it counted: {outage:?}");
+    let end = outage.end.as_ref().expect("the outage ended");
+    assert!(end.0 >= outage.start.0, "{outage:?}");
+    assert!(
+        outage
+            .recovery
             .as_deref()
-            .unwrap()
-            .contains("api (127.0.0.1:"),
-        "{recovered:?}"
+            .is_some_and(|r| r.starts_with("restored after ")),
+        "{outage:?}"
+    );
+    let down_row = row.streak.clone();
+    assert!(
+        down_row.consecutive_failures >= Some(1)
+            && down_row.outage_since == Some(outage.start.clone()),
+        "while down, the row counted its failures and named the outage: {down_row:?}"
     );
     // More passing runs add no events of either kind.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -225,14 +257,98 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
     operator.abort();
 }
 
-/// Runs finished after the first failure was recorded (from the probe jobs' history).
-async fn ctx_runs(cluster: &Cluster) -> usize {
-    let check = cluster.api::<EgressCheck>().get("vendor").await.unwrap();
-    let failed_at = check
-        .status
-        .and_then(|s| s.last_run)
-        .and_then(|r| r.run)
-        .unwrap_or(i64::MAX);
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_failure_threshold_of_three_one_failed_run_changes_nothing_and_the_third_opens_an_outage()
+ {
+    let cluster = Cluster::start("failure-threshold").await;
+    let (port, server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: flappy}}\nspec:\n  interval: 1s\n  failureThreshold: 3\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        ))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    wait_condition(&cluster, "flappy", "Ready", "True").await;
+    let api = cluster.api::<EgressCheck>();
+    let failures = |check: &EgressCheck| {
+        check
+            .status
+            .as_ref()
+            .and_then(|s| s.results.first())
+            .and_then(|r| r.streak.consecutive_failures)
+    };
+
+    // One failed run: the row shows it, nothing else moves.
+    server.abort();
+    let once = eventually(WAIT, "a failed run on the row", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            (failures(&check).is_some()).then_some(check)
+        }
+    })
+    .await;
+    let (_, server) = http_endpoint_on(port, Arc::default()).await;
+    let status = once.status.clone().unwrap();
+    assert_eq!(status.results[0].outcome, Outcome::Fail);
+    assert!(failures(&once) < Some(3), "{:?}", status.results[0]);
+    assert!(status.results[0].streak.outage_since.is_none());
+    assert_eq!(condition(&once, "Ready").unwrap().0, "True");
+    assert_eq!(condition(&once, "Reachable").unwrap().0, "True");
+    assert!(status.outages.is_empty(), "{:?}", status.outages);
+    // It passes again, the count goes, and no outage, event or condition change happened.
+    let passed = eventually(WAIT, "a passing run again", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            let row = check.status.as_ref()?.results.first()?.clone();
+            (row.outcome == Outcome::Pass).then_some(check)
+        }
+    })
+    .await;
+    assert_eq!(failures(&passed), None);
+    assert!(passed.status.as_ref().unwrap().outages.is_empty());
+    assert_eq!(condition(&passed, "Ready").unwrap().0, "True");
+    assert!(events(&cluster, "EndpointUnreachable").await.is_empty());
+
+    // Down for good: the third failed run opens the outage, starting at the first.
+    server.abort();
+    let down = wait_condition(&cluster, "flappy", "Ready", "False").await;
+    let status = down.status.clone().unwrap();
+    assert!(failures(&down) >= Some(3), "{:?}", status.results[0]);
+    assert_eq!(status.outages.len(), 1, "{:?}", status.outages);
+    assert!(status.outages[0].runs >= 3 && status.outages[0].end.is_none());
+    // It started at the first failed run of the three, when the row's outcome changed.
+    assert_eq!(
+        Some(&status.outages[0].start),
+        status.results[0].last_transition_time.as_ref()
+    );
+    assert_eq!(
+        status.results[0].streak.outage_since.as_ref(),
+        Some(&status.outages[0].start)
+    );
+    let unreachable = eventually(WAIT, "an EndpointUnreachable event", || {
+        let cluster = &cluster;
+        async move {
+            let found = events(cluster, "EndpointUnreachable").await;
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(unreachable.len(), 1);
+    assert!(
+        unreachable[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("3 failed runs in a row"),
+        "{unreachable:?}"
+    );
+    operator.abort();
+}
+
+/// Runs of "vendor" finished after run `failed_at` (from the probe jobs' history).
+async fn ctx_runs(cluster: &Cluster, failed_at: i64) -> usize {
     jobs(cluster, "vendor")
         .await
         .iter()
