@@ -244,6 +244,30 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
             .is_some_and(|r| r.starts_with("restored after ")),
         "{outage:?}"
     );
+    // kubectl describe shows the ledger.
+    let described = std::process::Command::new("kubectl")
+        .args([
+            "describe",
+            "egresscheck",
+            "vendor",
+            "-n",
+            &cluster.namespace,
+        ])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("kubectl runs");
+    let described = String::from_utf8_lossy(&described.stdout);
+    let ledger = &described[described.find("  Outages:").expect("an Outages section")..];
+    for field in [
+        "End:",
+        "Endpoint:  api",
+        "Reason:    ConnectionRefused",
+        "Recovery:  restored after",
+        "Runs:",
+        "Start:",
+    ] {
+        assert!(ledger.contains(field), "{field} missing from:\n{described}");
+    }
     let down_row = row.streak.clone();
     assert!(
         down_row.consecutive_failures >= Some(1)
