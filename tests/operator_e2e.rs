@@ -371,6 +371,55 @@ async fn with_a_failure_threshold_of_three_one_failed_run_changes_nothing_and_th
     operator.abort();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_operator_carries_on_counting_failed_runs_from_the_status() {
+    let cluster = Cluster::start("threshold-restart").await;
+    let (port, server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: flappy}}\nspec:\n  interval: 2s\n  failureThreshold: 3\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        ))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    wait_condition(&cluster, "flappy", "Ready", "True").await;
+    let api = cluster.api::<EgressCheck>();
+    server.abort();
+    // Two failed runs recorded; the operator stops before the third.
+    let two = eventually(WAIT, "two failed runs on the row", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            let row = check.status.as_ref()?.results.first()?.clone();
+            (row.streak.consecutive_failures == Some(2)).then_some(check)
+        }
+    })
+    .await;
+    operator.abort();
+    let _ = operator.await;
+    let status = two.status.clone().unwrap();
+    assert!(status.outages.is_empty(), "{:?}", status.outages);
+    assert_eq!(condition(&two, "Ready").unwrap().0, "True");
+    let first_failure = status.results[0].last_transition_time.clone().unwrap();
+
+    // A new operator, with nothing in memory: its first failed run is the third.
+    let (_ctx, operator) = cluster.operator(cluster.settings("two"));
+    let down = wait_condition(&cluster, "flappy", "Ready", "False").await;
+    let status = down.status.clone().unwrap();
+    assert_eq!(status.outages.len(), 1, "{:?}", status.outages);
+    assert_eq!(status.outages[0].start, first_failure);
+    assert_eq!(status.results[0].streak.consecutive_failures, Some(3));
+    assert_eq!(status.outages[0].runs, 3);
+    // ...from a run of its own: the one the first operator recorded is not counted again.
+    let run = |check: &EgressCheck| check.status.as_ref()?.last_run.as_ref()?.run;
+    assert!(
+        run(&down) > run(&two),
+        "{:?} after {:?}",
+        run(&down),
+        run(&two)
+    );
+    operator.abort();
+}
+
 /// Runs of "vendor" finished after run `failed_at` (from the probe jobs' history).
 async fn ctx_runs(cluster: &Cluster, failed_at: i64) -> usize {
     jobs(cluster, "vendor")

@@ -665,7 +665,16 @@ async fn reconcile_inner(check: &EgressCheck, ctx: &Context) -> Result<Action> {
                 let new_key = old.last_run.as_ref().and_then(|r| r.run_key.clone()) != job_key;
                 // After a failed run, a success is news even with the same results: Ready
                 // has to come back from RunFailed.
-                if new_key || last_failed || results_changed(&old, &rows) {
+                // A run the status already records (read again after a restart) must not
+                // count twice in the rows' streaks.
+                let recorded = old.last_run.as_ref().is_some_and(|r| {
+                    r.run == Some(job_run(job)) && r.state.as_deref() == Some("Succeeded")
+                });
+                if recorded {
+                    ctx.metrics
+                        .record_run(&namespace, &name, &old.results, finished_at);
+                    debug!(job = %job.name_any(), "run already in the status");
+                } else if new_key || last_failed || results_changed(&old, &rows) {
                     let (rows, transitions) = merge_results(&old.results, rows, &now);
                     let thresholds =
                         Thresholds::of(check.spec.failure_threshold, check.spec.success_threshold);

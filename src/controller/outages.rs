@@ -211,7 +211,7 @@ pub fn apply(
             });
         }
     }
-    outages.sort_by(|a, b| b.start.0.cmp(&a.start.0));
+    outages.sort_by_key(|o| std::cmp::Reverse(o.start.0));
     outages.truncate(MAX_OUTAGES);
     Ledger {
         rows,
