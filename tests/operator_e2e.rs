@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -229,10 +230,16 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
         (Outcome::Fail, Reason::ConnectionRefused)
     );
     assert_eq!(condition(&down, "Reachable").unwrap().0, "False");
+    let failed_at = down
+        .status
+        .as_ref()
+        .and_then(|s| s.last_run.as_ref())
+        .and_then(|r| r.run)
+        .unwrap();
     // More runs of the same failure add no events.
     eventually(WAIT, "two more runs", || {
         let cluster = &cluster;
-        async move { (ctx_runs(cluster).await >= 2).then_some(()) }
+        async move { (ctx_runs(cluster, failed_at).await >= 2).then_some(()) }
     })
     .await;
     let unreachable = events(&cluster, "EndpointUnreachable").await;
@@ -258,13 +265,63 @@ async fn a_stopped_endpoint_flips_a_ready_check_and_its_return_recovers_it_with_
         }
     })
     .await;
+    let message = recovered[0].message.as_deref().unwrap();
     assert!(
-        recovered[0]
-            .message
+        message.contains("api (127.0.0.1:") && message.contains(" again after "),
+        "the recovery says how long it was down: {recovered:?}"
+    );
+    // The outage ledger has the one outage: start, end, how long, why.
+    let outages = wait_condition(&cluster, "vendor", "Ready", "True")
+        .await
+        .status
+        .unwrap()
+        .outages;
+    assert_eq!(outages.len(), 1, "{outages:?}");
+    let outage = &outages[0];
+    assert_eq!(
+        (outage.endpoint.as_str(), outage.reason.as_str()),
+        ("api", "ConnectionRefused")
+    );
+    assert!(outage.message.contains("refused"), "{outage:?}");
+    assert!(outage.runs >= 3, "the failed runs it counted: {outage:?}");
+    let end = outage.end.as_ref().expect("the outage ended");
+    assert!(end.0 >= outage.start.0, "{outage:?}");
+    assert!(
+        outage
+            .recovery
             .as_deref()
-            .unwrap()
-            .contains("api (127.0.0.1:"),
-        "{recovered:?}"
+            .is_some_and(|r| r.starts_with("restored after ")),
+        "{outage:?}"
+    );
+    // kubectl describe shows the ledger.
+    let described = std::process::Command::new("kubectl")
+        .args([
+            "describe",
+            "egresscheck",
+            "vendor",
+            "-n",
+            &cluster.namespace,
+        ])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("kubectl runs");
+    let described = String::from_utf8_lossy(&described.stdout);
+    let ledger = &described[described.find("  Outages:").expect("an Outages section")..];
+    for field in [
+        "End:",
+        "Endpoint:  api",
+        "Reason:    ConnectionRefused",
+        "Recovery:  restored after",
+        "Runs:",
+        "Start:",
+    ] {
+        assert!(ledger.contains(field), "{field} missing from:\n{described}");
+    }
+    let down_row = row.streak.clone();
+    assert!(
+        down_row.consecutive_failures >= Some(1)
+            && down_row.outage_since == Some(outage.start.clone()),
+        "while down, the row counted its failures and named the outage: {down_row:?}"
     );
     // More passing runs add no events of either kind.
     read_more_runs(&ctx, 2).await;
@@ -283,14 +340,147 @@ async fn read_more_runs(ctx: &Context, more: u64) {
     .await;
 }
 
-/// Runs finished after the first failure was recorded (from the probe jobs' history).
-async fn ctx_runs(cluster: &Cluster) -> usize {
-    let check = cluster.api::<EgressCheck>().get("vendor").await.unwrap();
-    let failed_at = check
-        .status
-        .and_then(|s| s.last_run)
-        .and_then(|r| r.run)
-        .unwrap_or(i64::MAX);
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_failure_threshold_of_three_one_failed_run_changes_nothing_and_the_third_opens_an_outage()
+ {
+    let cluster = Cluster::start("failure-threshold").await;
+    let (port, server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: flappy}}\nspec:\n  interval: 1s\n  failureThreshold: 3\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        ))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    wait_condition(&cluster, "flappy", "Ready", "True").await;
+    let api = cluster.api::<EgressCheck>();
+    let failures = |check: &EgressCheck| {
+        check
+            .status
+            .as_ref()
+            .and_then(|s| s.results.first())
+            .and_then(|r| r.streak.consecutive_failures)
+    };
+
+    // One failed run: the row shows it, nothing else moves.
+    server.abort();
+    let once = eventually(WAIT, "a failed run on the row", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            (failures(&check).is_some()).then_some(check)
+        }
+    })
+    .await;
+    let (_, server) = http_endpoint_on(port, Arc::default()).await;
+    let status = once.status.clone().unwrap();
+    assert_eq!(status.results[0].outcome, Outcome::Fail);
+    assert!(failures(&once) < Some(3), "{:?}", status.results[0]);
+    assert!(status.results[0].streak.outage_since.is_none());
+    assert_eq!(condition(&once, "Ready").unwrap().0, "True");
+    assert_eq!(condition(&once, "Reachable").unwrap().0, "True");
+    assert!(status.outages.is_empty(), "{:?}", status.outages);
+    // It passes again, the count goes, and no outage, event or condition change happened.
+    let passed = eventually(WAIT, "a passing run again", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            let row = check.status.as_ref()?.results.first()?.clone();
+            (row.outcome == Outcome::Pass).then_some(check)
+        }
+    })
+    .await;
+    assert_eq!(failures(&passed), None);
+    assert!(passed.status.as_ref().unwrap().outages.is_empty());
+    assert_eq!(condition(&passed, "Ready").unwrap().0, "True");
+    assert!(events(&cluster, "EndpointUnreachable").await.is_empty());
+
+    // Down for good: the third failed run opens the outage, starting at the first.
+    server.abort();
+    let down = wait_condition(&cluster, "flappy", "Ready", "False").await;
+    let status = down.status.clone().unwrap();
+    assert!(failures(&down) >= Some(3), "{:?}", status.results[0]);
+    assert_eq!(status.outages.len(), 1, "{:?}", status.outages);
+    assert!(status.outages[0].runs >= 3 && status.outages[0].end.is_none());
+    // It started at the first failed run of the three, when the row's outcome changed.
+    assert_eq!(
+        Some(&status.outages[0].start),
+        status.results[0].last_transition_time.as_ref()
+    );
+    assert_eq!(
+        status.results[0].streak.outage_since.as_ref(),
+        Some(&status.outages[0].start)
+    );
+    let unreachable = eventually(WAIT, "an EndpointUnreachable event", || {
+        let cluster = &cluster;
+        async move {
+            let found = events(cluster, "EndpointUnreachable").await;
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(unreachable.len(), 1);
+    assert!(
+        unreachable[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("3 failed runs in a row"),
+        "{unreachable:?}"
+    );
+    operator.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_operator_carries_on_counting_failed_runs_from_the_status() {
+    let cluster = Cluster::start("threshold-restart").await;
+    let (port, server) = http_endpoint().await;
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: EgressCheck\nmetadata: {{name: flappy}}\nspec:\n  interval: 2s\n  failureThreshold: 3\n  endpoints:\n    - {{name: api, cidr: 127.0.0.1, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        ))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("one"));
+    wait_condition(&cluster, "flappy", "Ready", "True").await;
+    let api = cluster.api::<EgressCheck>();
+    server.abort();
+    // Two failed runs recorded; the operator stops before the third.
+    let two = eventually(WAIT, "two failed runs on the row", || {
+        let api = api.clone();
+        async move {
+            let check = api.get("flappy").await.ok()?;
+            let row = check.status.as_ref()?.results.first()?.clone();
+            (row.streak.consecutive_failures == Some(2)).then_some(check)
+        }
+    })
+    .await;
+    operator.abort();
+    let _ = operator.await;
+    let status = two.status.clone().unwrap();
+    assert!(status.outages.is_empty(), "{:?}", status.outages);
+    assert_eq!(condition(&two, "Ready").unwrap().0, "True");
+    let first_failure = status.results[0].last_transition_time.clone().unwrap();
+
+    // A new operator, with nothing in memory: its first failed run is the third.
+    let (_ctx, operator) = cluster.operator(cluster.settings("two"));
+    let down = wait_condition(&cluster, "flappy", "Ready", "False").await;
+    let status = down.status.clone().unwrap();
+    assert_eq!(status.outages.len(), 1, "{:?}", status.outages);
+    assert_eq!(status.outages[0].start, first_failure);
+    assert_eq!(status.results[0].streak.consecutive_failures, Some(3));
+    assert_eq!(status.outages[0].runs, 3);
+    // ...from a run of its own: the one the first operator recorded is not counted again.
+    let run = |check: &EgressCheck| check.status.as_ref()?.last_run.as_ref()?.run;
+    assert!(
+        run(&down) > run(&two),
+        "{:?} after {:?}",
+        run(&down),
+        run(&two)
+    );
+    operator.abort();
+}
+
+/// Runs of "vendor" finished after run `failed_at` (from the probe jobs' history).
+async fn ctx_runs(cluster: &Cluster, failed_at: i64) -> usize {
     jobs(cluster, "vendor")
         .await
         .iter()
@@ -372,6 +562,79 @@ async fn unchanged_periodic_runs_write_no_status() {
     assert!(
         jobs(&cluster, "steady").await.len() <= 10,
         "history limit prunes old jobs"
+    );
+    operator.abort();
+}
+
+/// What a periodic run whose results do not change costs in API requests: start it (read
+/// the check, look for a run that lost its Job, create the ConfigMap and the Job), then read
+/// it (read the check, list its pod, read its log, prune a Job, delete the ConfigMap).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_periodic_run_costs_at_most_nine_api_requests() {
+    let cluster = Scenario::start("request-budget").await;
+    let sim = cluster.sim.as_ref().expect("kube-sim counts requests");
+    // No CA bundle to read: each reconcile would read it once more.
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: steady}}\nspec:\n  endpoints:\n{}",
+            http_row(cluster.port)
+        ))
+        .await;
+    cluster
+        .check("steady", "steady", "  interval: 2s\n  historyLimit: 1\n")
+        .await;
+    // The operator's own client, told apart by its user agent.
+    let mut config = sim.kube_config();
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("netreach-operator"),
+    ));
+    let ctx = Arc::new(Context::new(
+        kube::Client::try_from(config).unwrap(),
+        cluster.settings("budget"),
+        Default::default(),
+    ));
+    let running = ctx.clone();
+    let operator = tokio::spawn(async move {
+        netreach::controller::run(running, vec![], std::future::pending()).await
+    });
+    wait_condition(&cluster, "steady", "Reconciling", "False").await;
+    read_more_runs(&ctx, 2).await;
+    // Counted between the moments two runs have just been read: the next run starts an
+    // interval later, so the span holds whole runs, each started and read.
+    let just_read = |runs: u64| {
+        let ctx = &ctx;
+        async move {
+            eventually(WAIT, "a run read", || async move {
+                let now = ctx.runs_read.load(Ordering::SeqCst);
+                (now >= runs).then_some(now)
+            })
+            .await
+        }
+    };
+    let first = just_read(ctx.runs_read.load(Ordering::SeqCst) + 1).await;
+    let before = sim.request_counts("netreach-operator");
+    let last = just_read(first + 5).await;
+    let made: BTreeMap<_, u64> = sim
+        .request_counts("netreach-operator")
+        .into_iter()
+        .map(|(call, count)| {
+            let earlier = before.get(&call).copied().unwrap_or(0);
+            (call, count - earlier)
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    let requests: u64 = made.values().sum();
+    let runs = last - first;
+    eprintln!("{requests} requests for {runs} unchanged runs: {made:?}");
+    assert!(
+        requests <= 9 * runs,
+        "{requests} requests for {runs} unchanged runs ({:.1} a run): {made:?}",
+        requests as f64 / runs as f64
+    );
+    assert!(
+        requests >= 5 * runs,
+        "{requests} for {runs} runs: were they counted?"
     );
     operator.abort();
 }

@@ -102,6 +102,17 @@ pub struct EgressCheckSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 50))]
     pub history_limit: Option<i32>,
+
+    /// Consecutive failed runs before a row counts as failing (conditions, events, outages).
+    /// Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+
+    /// Consecutive passing runs before a failing row counts as recovered. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
 }
 
 /// Reference to a ConnectivityProfile in the same namespace.
@@ -173,6 +184,51 @@ pub struct EgressCheckStatus {
     /// The last `netreach.dev/run-now` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_now: Option<String>,
+    /// Outages per endpoint×port, newest first, the newest 20 kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<Outage>,
+}
+
+/// One endpoint×port outage: from the run that made the row count as failing (its start is
+/// the first failed run of the streak) to the run that made it count as recovered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Outage {
+    /// Endpoint name.
+    pub endpoint: String,
+    pub port: i32,
+    /// The first failed run of the streak that opened it.
+    pub start: Time,
+    /// The run that counted as recovered; absent while the outage goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    /// The reason of the row when the outage opened.
+    pub reason: String,
+    /// The message of the row when the outage opened.
+    pub message: String,
+    /// Failed runs in the outage.
+    pub runs: i32,
+    /// How it ended, e.g. `restored after 3m12s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<String>,
+}
+
+/// Where a result row stands across runs, kept in the status so that a restarted operator
+/// carries on counting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Streak {
+    /// Failed runs in a row, this one included; absent when the last run passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<i32>,
+    /// Passing runs in a row while the row still counts as failing (successThreshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_passes: Option<i32>,
+    /// Start of the outage the row is in: set while it counts as failing for conditions,
+    /// events and the outage ledger (after failureThreshold failed runs, until
+    /// successThreshold passing runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage_since: Option<Time>,
 }
 
 /// Counts of result rows.

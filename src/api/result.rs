@@ -124,6 +124,9 @@ pub struct ProbeResult {
     /// When this row's outcome last changed (set by the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// Consecutive failed and passing runs and the outage the row is in (set by the operator).
+    #[serde(default, flatten)]
+    pub streak: crate::api::check::Streak,
 }
 
 impl ProbeResult {

@@ -1,8 +1,8 @@
-//! Prometheus metrics: per-endpoint reachability, interception, certificate expiry and probe
-//! duration, probe latency per namespace, and reconcile counts, errors and durations. A check's
-//! series live as long as the check and its endpoints do.
+//! Prometheus metrics: per-endpoint reachability, outages, interception, certificate expiry and
+//! probe duration, probe latency per namespace and stage, runs per check, and reconcile counts,
+//! errors and durations. A check's series live as long as the check and its endpoints do.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,6 +30,31 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+/// An endpoint's labels and whether it is required, for the series alerts page on.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutageLabels {
+    pub namespace: String,
+    pub check: String,
+    pub endpoint: String,
+    pub port: String,
+    pub protocol: String,
+    pub required: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub namespace: String,
+    pub check: String,
+    /// succeeded (results came back) or failed (the run itself failed).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub namespace: String,
+    pub stage: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
@@ -52,16 +77,23 @@ pub struct Metrics {
     tls_intercepted: Family<EndpointLabels, Gauge>,
     cert_expiry: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     probe_duration: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    outage_active: Family<OutageLabels, Gauge>,
+    outages: Family<EndpointLabels, Counter>,
+    consecutive_failures: Family<EndpointLabels, Gauge>,
+    /// Per namespace and stage, like `probe_latency`.
+    stage_latency: Family<StageLabels, Histogram>,
     /// Per namespace, not per check: a histogram is 15 series, and with thousands of checks
     /// per-check histograms were most of the exposition (and of a scrape's memory).
     probe_latency: Family<NamespaceLabels, Histogram>,
     last_run: Family<CheckLabels, Gauge<f64, AtomicU64>>,
+    interval: Family<CheckLabels, Gauge<f64, AtomicU64>>,
+    runs: Family<RunLabels, Counter>,
     reconciles: Family<ControllerLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
-    /// The endpoint series each check has, so the ones it no longer has can be removed
-    /// (a metric family cannot list its series).
-    endpoints: Mutex<HashMap<CheckLabels, HashSet<EndpointLabels>>>,
+    /// The endpoint series each check has, with whether each is required, so the ones it no
+    /// longer has can be removed (a metric family cannot list its series).
+    endpoints: Mutex<HashMap<CheckLabels, HashMap<EndpointLabels, bool>>>,
     /// Length of the last encoding.
     encoded_len: AtomicUsize,
 }
@@ -77,6 +109,14 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let last_run = Family::<CheckLabels, Gauge<f64, AtomicU64>>::default();
+        let outage_active = Family::<OutageLabels, Gauge>::default();
+        let outages = Family::<EndpointLabels, Counter>::default();
+        let consecutive_failures = Family::<EndpointLabels, Gauge>::default();
+        let stage_latency = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        let interval = Family::<CheckLabels, Gauge<f64, AtomicU64>>::default();
+        let runs = Family::<RunLabels, Counter>::default();
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         let reconcile_duration =
@@ -104,6 +144,26 @@ impl Default for Metrics {
             probe_duration.clone(),
         );
         registry.register(
+            "endpoint_outage_active",
+            "Whether the endpoint×port is in an outage (1): it failed failureThreshold runs in a row and has not passed successThreshold since",
+            outage_active.clone(),
+        );
+        registry.register(
+            "endpoint_outages",
+            "Outages of the endpoint×port opened (the EndpointUnreachable events)",
+            outages.clone(),
+        );
+        registry.register(
+            "endpoint_consecutive_failures",
+            "Failed runs in a row of the endpoint×port (0 when the last one passed)",
+            consecutive_failures.clone(),
+        );
+        registry.register(
+            "probe_stage_duration_seconds",
+            "Time one probe stage (dns, connect, tls, protocol) took, over every check of the namespace",
+            stage_latency.clone(),
+        );
+        registry.register(
             "probe_duration_seconds",
             "Time one endpoint×port probe took, over every check of the namespace",
             probe_latency.clone(),
@@ -112,6 +172,16 @@ impl Default for Metrics {
             "check_last_run_timestamp_seconds",
             "When the check's last probe run finished, as a Unix time",
             last_run.clone(),
+        );
+        registry.register(
+            "check_interval_seconds",
+            "The check's interval between runs (absent for a suspended check or one without interval)",
+            interval.clone(),
+        );
+        registry.register(
+            "check_runs",
+            "Finished probe runs by result: succeeded (results came back) or failed (the run itself failed)",
+            runs.clone(),
         );
         registry.register("reconcile", "Reconciles run", reconciles.clone());
         registry.register(
@@ -130,14 +200,31 @@ impl Default for Metrics {
             tls_intercepted,
             cert_expiry,
             probe_duration,
+            outage_active,
+            outages,
+            consecutive_failures,
+            stage_latency,
             probe_latency,
             last_run,
+            interval,
+            runs,
             reconciles,
             reconcile_errors,
             reconcile_duration,
             endpoints: Mutex::default(),
             encoded_len: AtomicUsize::new(0),
         }
+    }
+}
+
+fn outage_labels(labels: &EndpointLabels, required: bool) -> OutageLabels {
+    OutageLabels {
+        namespace: labels.namespace.clone(),
+        check: labels.check.clone(),
+        endpoint: labels.endpoint.clone(),
+        port: labels.port.clone(),
+        protocol: labels.protocol.clone(),
+        required: required.to_string(),
     }
 }
 
@@ -150,7 +237,8 @@ impl Metrics {
             check: check.into(),
         };
         self.last_run.get_or_create(&check_labels).set(finished_at);
-        let mut current = HashSet::new();
+        self.run_finished(namespace, check, true);
+        let mut current = HashMap::new();
         for row in rows {
             let labels = EndpointLabels {
                 namespace: namespace.into(),
@@ -180,6 +268,29 @@ impl Metrics {
                     self.cert_expiry.remove(&labels);
                 }
             }
+            self.outage_active
+                .get_or_create(&outage_labels(&labels, row.required))
+                .set(i64::from(row.streak.outage_since.is_some()));
+            self.consecutive_failures
+                .get_or_create(&labels)
+                .set(i64::from(row.streak.consecutive_failures.unwrap_or(0)));
+            // Created at 0, so the first outage shows as an increase.
+            let _ = self.outages.get_or_create(&labels);
+            for (stage, ms) in [
+                ("dns", row.latency.dns_ms),
+                ("connect", row.latency.connect_ms),
+                ("tls", row.latency.tls_ms),
+                ("protocol", row.latency.protocol_ms),
+            ] {
+                if let Some(ms) = ms {
+                    self.stage_latency
+                        .get_or_create(&StageLabels {
+                            namespace: namespace.into(),
+                            stage: stage.into(),
+                        })
+                        .observe(ms as f64 / 1000.0);
+                }
+            }
             if let Some(ms) = row.latency.total_ms {
                 let seconds = ms as f64 / 1000.0;
                 self.probe_duration.get_or_create(&labels).set(seconds);
@@ -189,20 +300,97 @@ impl Metrics {
                     })
                     .observe(seconds);
             }
-            current.insert(labels);
+            current.insert(labels, row.required);
         }
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let previous = endpoints.insert(check_labels, current.clone());
-        for gone in previous.iter().flatten().filter(|l| !current.contains(*l)) {
-            self.remove_endpoint(gone);
+        for (gone, required) in previous.iter().flatten() {
+            match current.get(gone) {
+                None => self.remove_endpoint(gone, *required),
+                // Required or not is a label: the series under the old value goes.
+                Some(now) if now != required => {
+                    self.outage_active.remove(&outage_labels(gone, *required));
+                }
+                Some(_) => {}
+            }
         }
     }
 
-    fn remove_endpoint(&self, labels: &EndpointLabels) {
+    /// Counts a run that failed as a run (no results came back).
+    pub fn record_failed_run(&self, namespace: &str, check: &str) {
+        self.run_finished(namespace, check, false);
+    }
+
+    fn run_finished(&self, namespace: &str, check: &str, succeeded: bool) {
+        self.observe_runs(namespace, check);
+        self.runs
+            .get_or_create(&RunLabels {
+                namespace: namespace.into(),
+                check: check.into(),
+                result: if succeeded { "succeeded" } else { "failed" }.into(),
+            })
+            .inc();
+    }
+
+    /// Creates the check's run counters at 0 (so that its first failed run shows as an
+    /// increase) and notes the check, so that forgetting it takes them along.
+    fn observe_runs(&self, namespace: &str, check: &str) {
+        for result in ["succeeded", "failed"] {
+            let _ = self.runs.get_or_create(&RunLabels {
+                namespace: namespace.into(),
+                check: check.into(),
+                result: result.into(),
+            });
+        }
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(CheckLabels {
+                namespace: namespace.into(),
+                check: check.into(),
+            })
+            .or_default();
+    }
+
+    /// Records what a reconcile knows of a check: its interval while runs are scheduled
+    /// (`None` when suspended or without interval), and its run counters.
+    pub fn observe_check(&self, namespace: &str, check: &str, interval: Option<f64>) {
+        self.observe_runs(namespace, check);
+        let labels = CheckLabels {
+            namespace: namespace.into(),
+            check: check.into(),
+        };
+        match interval {
+            Some(seconds) => {
+                self.interval.get_or_create(&labels).set(seconds);
+            }
+            None => {
+                self.interval.remove(&labels);
+            }
+        }
+    }
+
+    /// Counts an outage the ledger opened for the endpoint×port of `row`.
+    pub fn outage_opened(&self, namespace: &str, check: &str, row: &ProbeResult) {
+        self.outages
+            .get_or_create(&EndpointLabels {
+                namespace: namespace.into(),
+                check: check.into(),
+                endpoint: row.endpoint.clone(),
+                port: row.port.to_string(),
+                protocol: row.protocol.to_string(),
+            })
+            .inc();
+    }
+
+    fn remove_endpoint(&self, labels: &EndpointLabels, required: bool) {
         self.endpoint_up.remove(labels);
         self.tls_intercepted.remove(labels);
         self.cert_expiry.remove(labels);
         self.probe_duration.remove(labels);
+        self.outage_active.remove(&outage_labels(labels, required));
+        self.outages.remove(labels);
+        self.consecutive_failures.remove(labels);
     }
 
     /// Drops every series of a check (deleted, or no longer ours to report).
@@ -212,13 +400,21 @@ impl Metrics {
             check: check.into(),
         };
         self.last_run.remove(&check_labels);
+        self.interval.remove(&check_labels);
+        for result in ["succeeded", "failed"] {
+            self.runs.remove(&RunLabels {
+                namespace: namespace.into(),
+                check: check.into(),
+                result: result.into(),
+            });
+        }
         let removed = self
             .endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&check_labels);
-        for labels in removed.iter().flatten() {
-            self.remove_endpoint(labels);
+        for (labels, required) in removed.iter().flatten() {
+            self.remove_endpoint(labels, *required);
         }
     }
 
@@ -316,6 +512,7 @@ mod tests {
             }),
             detail: None,
             last_transition_time: None,
+            streak: Default::default(),
         }
     }
 
@@ -352,6 +549,86 @@ mod tests {
             series(&metrics, "netreach_probe_duration_seconds_count"),
             ["netreach_probe_duration_seconds_count{namespace=\"ns\"} 3"]
         );
+    }
+
+    #[test]
+    fn outages_streaks_runs_and_intervals_have_series_that_leave_with_the_check() {
+        let metrics = Metrics::default();
+        metrics.observe_check("ns", "c", Some(60.0));
+        // Before any run: the run counters exist at 0, and the interval.
+        let runs = series(&metrics, "netreach_check_runs_total");
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(runs.iter().all(|l| l.ends_with(" 0")), "{runs:?}");
+        assert_eq!(
+            series(&metrics, "netreach_check_interval_seconds"),
+            ["netreach_check_interval_seconds{namespace=\"ns\",check=\"c\"} 60.0"]
+        );
+        let mut failing = row("a", false);
+        failing.outcome = Outcome::Fail;
+        failing.latency.dns_ms = Some(3);
+        failing.latency.connect_ms = Some(4);
+        failing.streak.consecutive_failures = Some(2);
+        failing.streak.outage_since = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+        ));
+        metrics.record_run("ns", "c", &[failing.clone(), row("b", false)], 1.0);
+        metrics.record_failed_run("ns", "c");
+        let active = series(&metrics, "netreach_endpoint_outage_active");
+        assert!(
+            active.contains(&"netreach_endpoint_outage_active{namespace=\"ns\",check=\"c\",endpoint=\"a\",port=\"443\",protocol=\"HTTPS\",required=\"true\"} 1".to_owned()),
+            "{active:?}"
+        );
+        assert!(
+            active
+                .iter()
+                .any(|l| l.contains("endpoint=\"b\"") && l.ends_with(" 0"))
+        );
+        assert!(
+            series(&metrics, "netreach_endpoint_consecutive_failures")
+                .iter()
+                .any(|l| l.contains("endpoint=\"a\"") && l.ends_with(" 2"))
+        );
+        // Outage counters exist at 0 until the ledger opens one.
+        assert!(
+            series(&metrics, "netreach_endpoint_outages_total")
+                .iter()
+                .all(|l| l.ends_with(" 0"))
+        );
+        metrics.outage_opened("ns", "c", &failing);
+        assert!(
+            series(&metrics, "netreach_endpoint_outages_total")
+                .iter()
+                .any(|l| l.contains("endpoint=\"a\"") && l.ends_with(" 1"))
+        );
+        let runs = series(&metrics, "netreach_check_runs_total");
+        assert!(
+            runs.iter()
+                .any(|l| l.contains("succeeded") && l.ends_with(" 1")),
+            "{runs:?}"
+        );
+        assert!(
+            runs.iter()
+                .any(|l| l.contains("failed") && l.ends_with(" 1")),
+            "{runs:?}"
+        );
+        let stages = series(&metrics, "netreach_probe_stage_duration_seconds_count");
+        assert_eq!(stages.len(), 2, "dns and connect were measured: {stages:?}");
+        // "a" becomes optional: its outage series moves to required="false".
+        failing.required = false;
+        metrics.record_run("ns", "c", &[failing, row("b", false)], 2.0);
+        let active = series(&metrics, "netreach_endpoint_outage_active");
+        assert_eq!(active.len(), 2, "{active:?}");
+        assert!(
+            active
+                .iter()
+                .any(|l| l.contains("endpoint=\"a\"") && l.contains("required=\"false\""))
+        );
+        // Suspended: no interval, so no staleness alert.
+        metrics.observe_check("ns", "c", None);
+        assert!(series(&metrics, "netreach_check_interval_seconds").is_empty());
+        metrics.forget_check("ns", "c");
+        let text = metrics.encode();
+        assert!(!text.contains("check=\"c\""), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod check;
 pub mod leader;
 pub mod line;
 pub mod metrics;
+pub mod outages;
 pub mod policy;
 pub mod profile;
 pub mod run;

@@ -31,6 +31,7 @@ pub(super) fn row(
         tls: None,
         detail: None,
         last_transition_time: None,
+        streak: Default::default(),
     }
 }
 

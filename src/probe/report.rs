@@ -264,6 +264,7 @@ mod tests {
             tls: None,
             detail: None,
             last_transition_time: None,
+            streak: Default::default(),
         }
     }
 

@@ -146,6 +146,7 @@ mod tests {
                 tls: None,
                 detail: Some("HTTP 404 Not Found".into()),
                 last_transition_time: None,
+                streak: Default::default(),
             })
             .collect()
     }

@@ -23,10 +23,22 @@ pub async fn apply(ctx: &Context, check: &EgressCheck, plan: Plan) -> Result<Act
     let name = check.name_any();
     if plan.forget_metrics {
         ctx.metrics.forget_check(&namespace, &name);
+    } else {
+        // The interval while runs are scheduled: what staleness alerts compare the last run to.
+        let interval = check
+            .spec
+            .interval
+            .as_ref()
+            .filter(|_| check.spec.suspend != Some(true))
+            .map(|i| i.as_duration().as_secs_f64());
+        ctx.metrics.observe_check(&namespace, &name, interval);
     }
     if let Some(run) = &plan.record_run {
         ctx.metrics
             .record_run(&namespace, &name, &run.rows, run.finished_at);
+    }
+    for _ in 0..plan.failed_runs {
+        ctx.metrics.record_failed_run(&namespace, &name);
     }
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -61,6 +73,9 @@ pub async fn apply(ctx: &Context, check: &EgressCheck, plan: Plan) -> Result<Act
     }
     if let Some(uid) = &plan.collected {
         ctx.mark_collected(&namespace, &name, uid);
+    }
+    for row in &plan.opened {
+        ctx.metrics.outage_opened(&namespace, &name, row);
     }
     for config in &plan.delete_configs {
         delete_config(&maps, config).await;

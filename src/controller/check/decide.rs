@@ -18,6 +18,7 @@ use crate::api::check::{EgressCheckStatus, RUN_NOW_ANNOTATION, RunRecord, RunSta
 use crate::api::conditions::{reasons, set_condition, short_message, types};
 use crate::api::result::ProbeResult;
 use crate::api::source::EndpointSource;
+use crate::controller::outages::{self, Thresholds};
 use crate::controller::run::{self, RUN_KEY_ANNOTATION, RunObjects};
 
 const DEFAULT_HISTORY: i32 = 5;
@@ -84,6 +85,10 @@ pub struct Plan {
     /// The uid of the finished Job read this reconcile, once its outcome is written.
     pub collected: Option<String>,
     pub record_run: Option<RecordRun>,
+    /// Runs that failed (a failed pod, a vanished Job), for the metrics.
+    pub failed_runs: u32,
+    /// Rows whose outage opened this run, counted once the status is written.
+    pub opened: Vec<ProbeResult>,
     /// The check is being deleted: its metric series go.
     pub forget_metrics: bool,
     pub requeue: Option<Requeue>,
@@ -149,11 +154,13 @@ pub fn decide(observed: &Observed, now: &Time, probe_image: &str) -> Plan {
     };
 
     if let Some(finished) = &observed.finished {
+        let thresholds = Thresholds::of(check.spec.failure_threshold, check.spec.success_threshold);
         take_finished_run(
             &mut plan,
             &mut status,
             &old,
             finished,
+            thresholds,
             history,
             now,
             next_after,
@@ -308,12 +315,14 @@ fn stalled(
 }
 
 /// Records a finished run read this reconcile: its rows when they change anything (or after
-/// a failed run), or its failure when that is news.
+/// a failed run), through the outage ledger, or its failure when that is news.
+#[allow(clippy::too_many_arguments)]
 fn take_finished_run(
     plan: &mut Plan,
     status: &mut EgressCheckStatus,
     old: &EgressCheckStatus,
     finished: &FinishedRun,
+    thresholds: Thresholds,
     history: usize,
     now: &Time,
     next_after: impl Fn(Option<&Time>) -> Option<Time>,
@@ -325,20 +334,51 @@ fn take_finished_run(
     let last_failed = old.last_run.as_ref().and_then(|r| r.state) == Some(RunState::Failed);
     match &finished.outcome {
         Ok(rows) => {
-            plan.record_run = Some(RecordRun {
-                rows: rows.clone(),
-                finished_at: record
-                    .completion_time
-                    .as_ref()
-                    .map(|t| t.0.as_second() as f64)
-                    .unwrap_or_default(),
-            });
+            let finished_at = record
+                .completion_time
+                .as_ref()
+                .map(|t| t.0.as_second() as f64)
+                .unwrap_or_default();
             let new_key = old.last_run.as_ref().and_then(|r| r.run_key.clone()) != job.run_key;
-            // After a failed run, a success is news even with the same results: Ready has to
-            // come back from RunFailed.
-            if new_key || last_failed || results_changed(old, rows) {
+            // A run the status already records (read again after a restart) must not count
+            // twice in the rows' streaks.
+            let recorded = old
+                .last_run
+                .as_ref()
+                .is_some_and(|r| r.run == Some(job.run) && r.state == Some(RunState::Succeeded));
+            if recorded {
+                plan.record_run = Some(RecordRun {
+                    rows: old.results.clone(),
+                    finished_at,
+                });
+            } else if new_key || last_failed || results_changed(old, rows) {
+                // After a failed run, a success is news even with the same results: Ready
+                // has to come back from RunFailed.
                 let (rows, transitions) = merge_results(&old.results, rows.clone(), now);
-                status.results = rows;
+                let ledger = outages::apply(&old.results, &old.outages, rows, thresholds, now);
+                status.results = ledger.rows;
+                status.outages = ledger.outages;
+                plan.record_run = Some(RecordRun {
+                    rows: status.results.clone(),
+                    finished_at,
+                });
+                plan.opened = ledger
+                    .opened
+                    .iter()
+                    .filter_map(|(endpoint, port)| {
+                        status
+                            .results
+                            .iter()
+                            .find(|r| (&r.endpoint, r.port) == (endpoint, *port))
+                            .cloned()
+                    })
+                    .collect();
+                plan.events
+                    .extend(ledger.events.into_iter().map(|e| PlannedEvent {
+                        warning: e.warning,
+                        reason: e.reason,
+                        note: e.note,
+                    }));
                 summarize(status);
                 result_conditions(status, key_generation(job.run_key.as_deref()), now);
                 let summary = status.summary.clone().unwrap_or_default();
@@ -349,15 +389,19 @@ fn take_finished_run(
                 status.next_run_time = next_after(record.completion_time.as_ref());
                 status.last_run = Some(record.clone());
                 push_history(status, record, history);
-                plan.events.extend(
-                    transitions
-                        .into_iter()
-                        .take(MAX_EVENTS_PER_RUN)
-                        .map(PlannedEvent::from),
-                );
+                plan.events
+                    .extend(transitions.into_iter().map(PlannedEvent::from));
+                plan.events.truncate(MAX_EVENTS_PER_RUN);
+            } else {
+                // Nothing new, so no row has a streak: the rows as they came are current.
+                plan.record_run = Some(RecordRun {
+                    rows: rows.clone(),
+                    finished_at,
+                });
             }
         }
         Err(failure) => {
+            plan.failed_runs += 1;
             record.state = Some(RunState::Failed);
             record.message = Some(short_message(&failure.summary));
             let next = next_after(record.completion_time.as_ref());
@@ -399,6 +443,7 @@ fn take_vanished_run(
     now: &Time,
     next: Option<Time>,
 ) {
+    plan.failed_runs += 1;
     let job_name = record.job_name.clone().unwrap_or_default();
     let message = format!(
         "probe job {job_name} was deleted before its results were read; it is not run again, the next run starts on the next change or interval"

@@ -609,3 +609,75 @@ fn decide_reads_no_clock() {
         serde_json::to_value(b.status).unwrap()
     );
 }
+
+fn run_of(observed: Observed, run: i64, outcome: Outcome, at_second: i64) -> Observed {
+    let mut jobs = observed.jobs.clone();
+    jobs.push(job(run, KEY, Some(at_second)));
+    Observed {
+        jobs,
+        finished: Some(FinishedRun {
+            job: job(run, KEY, Some(at_second)),
+            outcome: Ok(vec![row(outcome)]),
+        }),
+        ..observed
+    }
+}
+
+#[test]
+fn under_a_failure_threshold_one_failed_run_changes_no_condition_and_opens_no_outage() {
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000))]);
+    observed.check.spec.failure_threshold = Some(3);
+    let plan = decide(&run_of(observed, 2, Outcome::Fail, 1060), &at(1061), IMAGE);
+    let status = plan.status.expect("the row's failure count moves");
+    assert_eq!(
+        status.results[0].outcome,
+        Outcome::Fail,
+        "the row shows the run"
+    );
+    assert_eq!(status.results[0].streak.consecutive_failures, Some(1));
+    assert_eq!(condition(&status, types::READY).0, "True");
+    assert!(status.outages.is_empty());
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+    assert!(plan.opened.is_empty());
+}
+
+#[test]
+fn the_third_failed_run_opens_the_outage_from_the_status_alone() {
+    let mut observed = after_first_run(vec![job(1, KEY, Some(1000))]);
+    observed.check.spec.failure_threshold = Some(3);
+    for (run, second) in [(2, 1060), (3, 1120), (4, 1180)] {
+        let plan = decide(
+            &run_of(observed.clone(), run, Outcome::Fail, second),
+            &at(second + 1),
+            IMAGE,
+        );
+        let status = plan.status.unwrap();
+        if run < 4 {
+            assert!(status.outages.is_empty(), "run {run}");
+            assert!(plan.events.is_empty(), "run {run}: {:?}", plan.events);
+        } else {
+            assert_eq!(status.outages.len(), 1);
+            assert_eq!(condition(&status, types::READY).0, "False");
+            assert_eq!(plan.events[0].reason, "EndpointUnreachable");
+            assert_eq!(plan.opened.len(), 1);
+        }
+        observed.jobs.push(job(run, KEY, Some(second)));
+        observed.check.status = Some(status);
+    }
+}
+
+#[test]
+fn a_run_the_status_already_records_is_not_counted_again() {
+    let observed = after_first_run(vec![job(1, KEY, Some(1000))]);
+    // The run that wrote the status, read again by a restarted replica.
+    let again = Observed {
+        finished: Some(FinishedRun {
+            job: job(1, KEY, Some(1000)),
+            outcome: Ok(vec![row(Outcome::Pass)]),
+        }),
+        ..observed
+    };
+    let plan = decide(&again, &at(1010), IMAGE);
+    assert!(plan.status.is_none());
+    assert!(plan.events.is_empty());
+}

@@ -6,7 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord, RunState};
 use crate::api::conditions::{conditions_equal_ignoring_time, set_condition, short_message};
 use crate::api::conditions::{reasons, types};
-use crate::api::result::{Outcome, ProbeResult, Stage};
+use crate::api::result::{ProbeResult, Stage};
+
+use crate::controller::outages::counts_as_failing;
 
 /// An event a status change deserves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +34,7 @@ fn significant(row: &ProbeResult) -> ProbeResult {
 }
 
 /// Carries each row's `lastTransitionTime` over unless its outcome changed, and lists the
-/// transitions worth an event.
+/// interceptions worth an event (outages and their events come from `outages::apply`).
 pub fn merge_results(
     previous: &[ProbeResult],
     mut rows: Vec<ProbeResult>,
@@ -46,27 +48,7 @@ pub fn merge_results(
             Some(b) if !changed => b.last_transition_time.clone().or_else(|| Some(now.clone())),
             _ => Some(now.clone()),
         };
-        let was_failing = before.is_some_and(|b| b.outcome == Outcome::Fail);
         let where_ = format!("{} ({})", row.endpoint, row.target());
-        if row.outcome == Outcome::Fail && !was_failing {
-            transitions.push(Transition {
-                warning: true,
-                reason: "EndpointUnreachable",
-                note: short_message(&format!(
-                    "{where_} fails at {}: {}: {}",
-                    row.stage, row.reason, row.message
-                )),
-            });
-        } else if row.outcome != Outcome::Fail && was_failing {
-            transitions.push(Transition {
-                warning: false,
-                reason: "EndpointRecovered",
-                note: short_message(&format!(
-                    "{where_} is {} again: {}",
-                    row.outcome, row.message
-                )),
-            });
-        }
         if row.intercepted && !before.is_some_and(|b| b.intercepted) {
             transitions.push(Transition {
                 warning: true,
@@ -97,17 +79,16 @@ pub fn result_conditions(status: &mut EgressCheckStatus, generation: Option<i64>
     let rows = &status.results;
     let required_failing: Vec<&ProbeResult> = rows
         .iter()
-        .filter(|r| r.required && r.outcome == Outcome::Fail)
+        .filter(|r| r.required && counts_as_failing(r))
         .collect();
     let optional_failing: Vec<&ProbeResult> = rows
         .iter()
-        .filter(|r| !r.required && r.outcome == Outcome::Fail)
+        .filter(|r| !r.required && counts_as_failing(r))
         .collect();
     let unreachable: Vec<&ProbeResult> = rows
         .iter()
         .filter(|r| {
-            r.outcome == Outcome::Fail
-                && matches!(r.stage, Stage::Dns | Stage::Connect | Stage::Proxy)
+            counts_as_failing(r) && matches!(r.stage, Stage::Dns | Stage::Connect | Stage::Proxy)
         })
         .collect();
     let intercepted: Vec<&ProbeResult> = rows.iter().filter(|r| r.intercepted).collect();
@@ -246,6 +227,7 @@ pub fn same_status(a: &EgressCheckStatus, b: &EgressCheckStatus) -> bool {
         && strip(&a.last_run) == strip(&b.last_run)
         && history(a) == history(b)
         && a.last_run_now == b.last_run_now
+        && a.outages == b.outages
 }
 
 /// A failure summary with the run's own Job name taken out, so that the same failure in two
@@ -362,7 +344,7 @@ mod tests {
     use super::*;
     use crate::api::Protocol;
     use crate::api::check::RunTrigger;
-    use crate::api::result::{Latency, Reason, TlsFacts};
+    use crate::api::result::{Latency, Outcome, Reason, TlsFacts};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {
@@ -398,19 +380,37 @@ mod tests {
             tls: None,
             detail: None,
             last_transition_time: None,
+            // Failing rows are in an outage, as the ledger leaves them with default thresholds.
+            streak: crate::api::check::Streak {
+                outage_since: (outcome == Outcome::Fail).then(|| at(0)),
+                ..Default::default()
+            },
         }
     }
 
     #[test]
-    fn transitions_are_reported_once_and_times_carry_over() {
+    fn interceptions_are_reported_once_and_times_carry_over() {
+        let mut intercepted = row("b", Outcome::Warn, true);
+        intercepted.intercepted = true;
         let (first, events) = merge_results(
             &[],
-            vec![row("a", Outcome::Pass, true), row("b", Outcome::Fail, true)],
+            vec![
+                row("a", Outcome::Pass, true),
+                intercepted.clone(),
+                row("c", Outcome::Fail, true),
+            ],
             &at(10),
         );
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].reason, "EndpointUnreachable");
-        let mut again = vec![row("a", Outcome::Pass, true), row("b", Outcome::Fail, true)];
+        // Outages and their events are the ledger's (outages.rs), not this function's.
+        assert_eq!(
+            events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["TLSInterceptionDetected"]
+        );
+        let mut again = vec![
+            row("a", Outcome::Pass, true),
+            intercepted,
+            row("c", Outcome::Fail, true),
+        ];
         again[0].latency.total_ms = Some(99);
         let (second, events) = merge_results(&first, again, &at(20));
         assert!(events.is_empty(), "no event for an unchanged run");
@@ -422,16 +422,69 @@ mod tests {
             },
             &second
         ));
-        let (third, events) = merge_results(
+        let (third, _) = merge_results(
             &second,
-            vec![row("a", Outcome::Pass, true), row("b", Outcome::Pass, true)],
+            vec![
+                row("a", Outcome::Pass, true),
+                row("b", Outcome::Pass, true),
+                row("c", Outcome::Pass, true),
+            ],
             &at(30),
         );
-        assert_eq!(
-            events.iter().map(|e| e.reason).collect::<Vec<_>>(),
-            ["EndpointRecovered"]
-        );
         assert_eq!(third[1].last_transition_time, Some(at(30)));
+        assert_eq!(third[0].last_transition_time, Some(at(10)));
+    }
+
+    #[test]
+    fn a_failed_row_below_the_failure_threshold_changes_no_condition() {
+        let mut once = row("a", Outcome::Fail, true);
+        once.streak = crate::api::check::Streak {
+            consecutive_failures: Some(1),
+            ..Default::default()
+        };
+        let mut status = EgressCheckStatus {
+            results: vec![once],
+            ..Default::default()
+        };
+        result_conditions(&mut status, Some(1), &at(1));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        let reachable = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Reachable")
+            .unwrap();
+        assert_eq!(reachable.status, "True");
+        // Once the ledger counts it as failing, it does.
+        status.results[0].streak.outage_since = Some(at(1));
+        result_conditions(&mut status, Some(1), &at(2));
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "False");
+    }
+
+    #[test]
+    fn an_outage_counts_as_a_change_to_write() {
+        let a = EgressCheckStatus::default();
+        let mut b = a.clone();
+        b.outages.push(crate::api::check::Outage {
+            endpoint: "a".into(),
+            port: 443,
+            start: at(1),
+            end: None,
+            reason: "ConnectionRefused".into(),
+            message: "m".into(),
+            runs: 1,
+            recovery: None,
+        });
+        assert!(!same_status(&a, &b));
     }
 
     #[test]

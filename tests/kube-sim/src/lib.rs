@@ -186,6 +186,22 @@ impl KubeSim {
             .collect()
     }
 
+    /// How many requests the client with `user_agent` made, by (verb, API group, resource).
+    pub fn request_counts(
+        &self,
+        user_agent: &str,
+    ) -> std::collections::BTreeMap<(String, String, String), u64> {
+        self.audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((agent, ..), _)| agent == user_agent)
+            .map(|((_, verb, group, resource), count)| {
+                ((verb.clone(), group.clone(), resource.clone()), *count)
+            })
+            .collect()
+    }
+
     /// A kube-rs client configuration for this server.
     pub fn kube_config(&self) -> kube::Config {
         let mut config = kube::Config::new(self.url().parse().expect("valid url"));
