@@ -20,6 +20,7 @@ use crate::api::result::ProbeResult;
 use crate::api::source::EndpointSource;
 use crate::controller::outages::{self, Thresholds};
 use crate::controller::run::{self, RUN_KEY_ANNOTATION, RunObjects};
+use crate::probe::plan::Target;
 
 const DEFAULT_HISTORY: i32 = 5;
 /// How long a run's ConfigMap may go without its Job: the Job is created right after it, by
@@ -119,22 +120,11 @@ pub fn decide(observed: &Observed, now: &Time, probe_image: &str) -> Plan {
     let mut status = old.clone();
     // A run record without a job is no run.
     status.current_run = status.current_run.filter(|r| r.job_name.is_some());
-    let generation = check.metadata.generation;
-    let (profile, source) = match usable_source(observed) {
+    let (profile, targets) = match runnable(observed) {
         Ok(found) => found,
         Err((reason, message)) => return stalled(check, old, status, reason, &message, now),
     };
-    let mut targets = source.targets();
-    match &observed.ca_bundles {
-        Ok(bundles) => {
-            for target in &mut targets {
-                target.tls.ca_bundle_pem = bundles
-                    .get(&(target.endpoint.clone(), target.port))
-                    .cloned();
-            }
-        }
-        Err(message) => return stalled(check, old, status, reasons::INVALID_SPEC, message, now),
-    }
+    let generation = check.metadata.generation;
     set_condition(
         &mut status.conditions,
         types::STALLED,
@@ -152,7 +142,6 @@ pub fn decide(observed: &Observed, now: &Time, probe_image: &str) -> Plan {
             .zip(completed)
             .map(|(i, done)| run::next_run(done, i))
     };
-
     if let Some(finished) = &observed.finished {
         let thresholds = Thresholds::of(check.spec.failure_threshold, check.spec.success_threshold);
         take_finished_run(
@@ -167,33 +156,91 @@ pub fn decide(observed: &Observed, now: &Time, probe_image: &str) -> Plan {
         );
         plan.prune_jobs = prunable(&observed.jobs, history);
     }
-
     // A run whose Job vanished was deleted by someone: report it, and count it as the run it
     // was, so it is neither re-run in a loop nor its number reused.
     let mut starting = None;
     match untracked_run(observed, &status, now) {
         Untracked::None => {}
         Untracked::Starting(wait) => starting = Some(wait),
-        Untracked::Vanished(record) => take_vanished_run(
-            &mut plan,
-            &mut status,
-            record,
-            history,
-            now,
-            next_after(Some(now)),
-        ),
+        Untracked::Vanished(record) => {
+            let next = next_after(Some(now));
+            take_vanished_run(&mut plan, &mut status, record, history, now, next)
+        }
     }
+    let schedule = Schedule {
+        key: run::run_key(check, profile.and_then(|p| p.metadata.generation)),
+        latest: latest_run(&observed.jobs, &status, now),
+        interval,
+        suspended: check.spec.suspend == Some(true),
+        starting,
+    };
+    plan.run = start_or_adopt(observed, &mut status, &schedule, &targets, probe_image, now);
+    progress_conditions(&mut status, generation, schedule.suspended, now);
+    plan.status = (!same_status(&old, &status)).then_some(status);
+    let busy = plan.run.is_some() || observed.jobs.iter().any(|j| !j.finished());
+    plan.requeue = Some(schedule.requeue(busy, now));
+    plan
+}
 
-    let key = run::run_key(check, profile.and_then(|p| p.metadata.generation));
-    let latest = latest_run(&observed.jobs, &status, now);
-    let suspended = check.spec.suspend == Some(true);
+/// When runs happen for a check, as far as this reconcile knows.
+struct Schedule {
+    /// What a run now would check (`generation/profileGeneration/runNow`).
+    key: String,
+    latest: Option<LatestRun>,
+    interval: Option<Duration>,
+    suspended: bool,
+    /// A run's ConfigMap waits for its Job for this long yet.
+    starting: Option<Duration>,
+}
+
+impl Schedule {
+    /// When to look again.
+    fn requeue(&self, busy: bool, now: &Time) -> Requeue {
+        if busy {
+            return Requeue::After(IN_FLIGHT_RECHECK);
+        }
+        if let Some(wait) = self.starting {
+            return Requeue::After(wait + Duration::from_millis(100));
+        }
+        match (self.interval, self.suspended) {
+            (Some(interval), false) => Requeue::After(
+                self.latest
+                    .as_ref()
+                    .map(|l| run::next_run(&l.finished.completed, interval))
+                    .map(|next| {
+                        let left = next.0.as_second().saturating_sub(now.0.as_second());
+                        Duration::from_secs(left.max(1) as u64)
+                    })
+                    .unwrap_or(interval),
+            ),
+            _ => Requeue::AwaitChange,
+        }
+    }
+}
+
+/// Starts the run that is due, if one is and none is in flight; or adopts the run of a change
+/// in flight that the status does not show (after a restart).
+fn start_or_adopt(
+    observed: &Observed,
+    status: &mut EgressCheckStatus,
+    schedule: &Schedule,
+    targets: &[Target],
+    probe_image: &str,
+    now: &Time,
+) -> Option<StartRun> {
+    let check = &observed.check;
+    let key = &schedule.key;
     let in_flight = observed.jobs.iter().find(|j| !j.finished());
-    if let (None, None, false) = (in_flight, starting, suspended)
-        && let Some(trigger) =
-            run::due_run(&key, latest.as_ref().map(|l| &l.finished), interval, now)
+    if let (None, None, false) = (in_flight, schedule.starting, schedule.suspended)
+        && let Some(trigger) = run::due_run(
+            key,
+            schedule.latest.as_ref().map(|l| &l.finished),
+            schedule.interval,
+            now,
+        )
     {
-        let next = super::next_run_number(&observed.jobs, &status);
-        let objects = run::build_run(check, &targets, next, &key, trigger, probe_image);
+        let next = super::next_run_number(&observed.jobs, status);
+        let objects = run::build_run(check, targets, next, key, trigger, probe_image);
         // A periodic run is not recorded: that would write status twice per run. Its
         // ConfigMap tracks it instead (see `untracked_run`).
         if trigger != RunTrigger::Interval {
@@ -210,46 +257,26 @@ pub fn decide(observed: &Observed, now: &Time, probe_image: &str) -> Plan {
         if trigger == RunTrigger::RunNow {
             status.last_run_now = check.annotations().get(RUN_NOW_ANNOTATION).cloned();
         }
-        plan.run = Some(StartRun { objects, trigger });
-    } else if let Some(job) = in_flight
+        return Some(StartRun { objects, trigger });
+    }
+    if let Some(job) = in_flight
         && status.current_run.is_none()
-        && job.run_key.as_deref() == Some(key.as_str())
-        && status.last_run.as_ref().and_then(|r| r.run_key.as_ref()) != Some(&key)
+        && job.run_key.as_ref() == Some(key)
+        && status.last_run.as_ref().and_then(|r| r.run_key.as_ref()) != Some(key)
     {
-        // Adopted after a restart: the run of a change is in flight.
         status.current_run = Some(RunRecord {
             state: Some(RunState::Running),
             ..job.record()
         });
     }
-
-    progress_conditions(&mut status, generation, suspended, now);
-    plan.status = (!same_status(&old, &status)).then_some(status);
-    plan.requeue = Some(if in_flight.is_some() || plan.run.is_some() {
-        Requeue::After(IN_FLIGHT_RECHECK)
-    } else if let Some(wait) = starting {
-        Requeue::After(wait + Duration::from_millis(100))
-    } else if let (Some(interval), false) = (interval, suspended) {
-        let wait = latest
-            .map(|l| run::next_run(&l.finished.completed, interval))
-            .map(|next| {
-                Duration::from_secs(
-                    next.0.as_second().saturating_sub(now.0.as_second()).max(1) as u64
-                )
-            })
-            .unwrap_or(interval);
-        Requeue::After(wait)
-    } else {
-        Requeue::AwaitChange
-    });
-    plan
+    None
 }
 
-/// The check's endpoints with the profile they come from, or why the check is stalled.
-fn usable_source(
-    observed: &Observed,
-) -> Result<(Option<&crate::api::ConnectivityProfile>, EndpointSource<'_>), (&'static str, String)>
-{
+/// The profile the check's endpoints come from and its probe targets (CA bundles filled in),
+/// or why the check is stalled.
+type Runnable<'a> = (Option<&'a crate::api::ConnectivityProfile>, Vec<Target>);
+
+fn runnable(observed: &Observed) -> Result<Runnable<'_>, (&'static str, String)> {
     let check = &observed.check;
     let namespace = check.namespace().unwrap_or_default();
     let profile = match &observed.profile {
@@ -276,7 +303,17 @@ fn usable_source(
         reasons::INVALID_SPEC,
         "spec needs profileRef or endpoints".to_owned(),
     ))?;
-    Ok((profile, source))
+    let bundles = observed
+        .ca_bundles
+        .as_ref()
+        .map_err(|message| (reasons::INVALID_SPEC, message.clone()))?;
+    let mut targets = source.targets();
+    for target in &mut targets {
+        target.tls.ca_bundle_pem = bundles
+            .get(&(target.endpoint.clone(), target.port))
+            .cloned();
+    }
+    Ok((profile, targets))
 }
 
 /// A plan that marks the check Stalled (and not Ready) for a reason only a change can fix.
