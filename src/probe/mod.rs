@@ -11,5 +11,6 @@ mod pipeline;
 pub mod plan;
 pub mod protocols;
 pub mod report;
+pub mod sasl;
 pub mod spec;
 pub mod tls;
