@@ -517,7 +517,9 @@ async fn application_expectations_fail_at_their_stage() {
     );
     assert_row(&results[3], Outcome::Fail, Stage::Auth, Reason::BindFailed);
     assert!(
-        results[3].message.contains("invalid credentials"),
+        results[3]
+            .message
+            .contains("refused the bind as cn=reader,dc=example,dc=com: invalidCredentials (49)"),
         "{}",
         results[3].message
     );
@@ -528,8 +530,8 @@ async fn application_expectations_fail_at_their_stage() {
     assert_row(
         &results[4],
         Outcome::Fail,
-        Stage::Protocol,
-        Reason::SearchFailed,
+        Stage::Auth,
+        Reason::NoSuchBaseDn,
     );
     assert_row(
         &results[5],
@@ -1300,4 +1302,468 @@ async fn messages_name_host_port_and_a_next_step() {
         "{}",
         results[2].message
     );
+}
+
+/// A secrets directory as a pod mounts it: `mail` (right), `wrong` (wrong password),
+/// `no-password` (no password key), `reader` and `wrong-reader` (LDAP).
+fn login_secrets() -> tempfile::TempDir {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let user = peers.var("PEER_MAIL_USER");
+    let write = |secret: &str, entries: &[(&str, &str)]| {
+        std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+        for (key, value) in entries {
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+    };
+    write(
+        "mail",
+        &[
+            ("username", user),
+            ("password", peers.var("PEER_MAIL_PASSWORD")),
+        ],
+    );
+    write(
+        "wrong",
+        &[("username", user), ("password", WRONG_MAIL_PASSWORD)],
+    );
+    write("no-password", &[("username", user)]);
+    write(
+        "reader",
+        &[
+            ("bindDN", peers.var("PEER_LDAP_BIND_DN")),
+            ("password", peers.var("PEER_LDAP_BIND_PASSWORD")),
+        ],
+    );
+    write(
+        "wrong-reader",
+        &[
+            ("bindDN", peers.var("PEER_LDAP_BIND_DN")),
+            ("password", WRONG_MAIL_PASSWORD),
+        ],
+    );
+    dir
+}
+
+const WRONG_MAIL_PASSWORD: &str = "Wr0ng-mail-pw-5c1d";
+
+fn auth(mechanism: &str, secret: &str) -> String {
+    format!("auth: {{mechanism: {mechanism}, credentialsSecretRef: {{name: {secret}}}}}")
+}
+
+#[tokio::test]
+async fn logins_pass_with_every_mechanism_the_servers_offer_and_count_the_messages() {
+    let peers = Peers::get();
+    let secrets = login_secrets();
+    let (smtp, smtps, submission) = (
+        peers.port("PEER_SMTP_PORT"),
+        peers.port("PEER_SMTPS_PORT"),
+        peers.port("PEER_SUBMISSION_PORT"),
+    );
+    let (imap, imaps, pop3, pop3s) = (
+        peers.port("PEER_IMAP_PORT"),
+        peers.port("PEER_IMAPS_PORT"),
+        peers.port("PEER_POP3_PORT"),
+        peers.port("PEER_POP3S_PORT"),
+    );
+    let good = peers.var("PEER_SMTP_GOOD_RCPT");
+    let envelope = format!("envelope: {{from: itsm@example.com, to: [{good}]}}");
+    let ports = [
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}, {envelope}}}", auth("PLAIN", "mail")),
+        ),
+        (
+            smtps,
+            "SMTPS",
+            "",
+            format!("smtp: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+        (
+            submission,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}, {envelope}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            imaps,
+            "IMAPS",
+            "",
+            format!("mail: {{{}, mailbox: INBOX}}", auth("PLAIN", "mail")),
+        ),
+        (
+            imaps,
+            "IMAPS",
+            "",
+            format!("mail: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("USER", "mail")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("APOP", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("PLAIN", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+    ];
+    // One endpoint per row: ports of an endpoint must differ.
+    let mut endpoints = String::new();
+    for (i, (port, protocol, mode, expectation)) in ports.iter().enumerate() {
+        let tls = if mode.is_empty() {
+            String::new()
+        } else {
+            format!(", tls: {{mode: {mode}}}")
+        };
+        endpoints.push_str(&format!(
+            "    - name: mail-{i}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {port}, protocol: {protocol}{tls}, {expectation}}}]\n"
+        ));
+    }
+    endpoints.push_str(&format!(
+        "    - name: directory\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"{}\", search: {{filter: \"(&(objectClass=inetOrgPerson)(mail=*@example.com))\", scope: OneLevel, minEntries: {}}}}}}}]\n",
+        peers.port("PEER_LDAP_PORT"),
+        peers.var("PEER_LDAP_SUBTREE"),
+        peers.var("PEER_LDAP_SUBTREE_ENTRIES"),
+    ));
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(results.len(), ports.len() + 1);
+    for result in &results {
+        assert_row(result, Outcome::Pass, Stage::Auth, Reason::Reachable);
+        assert!(
+            result.tls.is_some(),
+            "{}: logged in over TLS",
+            result.endpoint
+        );
+    }
+    let detail = |i: usize| results[i].detail.clone().unwrap_or_default();
+    assert!(detail(0).starts_with("logged in as user@example.com with AUTH PLAIN; MAIL FROM <itsm@example.com> and RCPT TO <listener@example.com> accepted (no message sent)"), "{}", detail(0));
+    assert_eq!(
+        detail(1),
+        "logged in as user@example.com with AUTH CRAM-MD5"
+    );
+    let messages = peers.var("PEER_MAIL_MESSAGES");
+    for i in 3..6 {
+        assert!(
+            detail(i).ends_with(&format!("INBOX holds {messages} message")),
+            "{}",
+            detail(i)
+        );
+    }
+    for i in 6..11 {
+        assert!(
+            detail(i).ends_with(&format!("the mailbox holds {messages} message")),
+            "{}",
+            detail(i)
+        );
+    }
+    assert!(detail(7).contains("with APOP"), "{}", detail(7));
+    assert!(
+        detail(11).contains(&format!(
+            "found {} entries",
+            peers.var("PEER_LDAP_SUBTREE_ENTRIES")
+        )),
+        "{}",
+        detail(11)
+    );
+}
+
+#[tokio::test]
+async fn each_wrong_login_input_lands_on_its_reason() {
+    let peers = Peers::get();
+    let secrets = login_secrets();
+    let (smtp, submission, imap, pop3, ldap) = (
+        peers.port("PEER_SMTP_PORT"),
+        peers.port("PEER_SUBMISSION_PORT"),
+        peers.port("PEER_IMAP_PORT"),
+        peers.port("PEER_POP3_PORT"),
+        peers.port("PEER_LDAP_PORT"),
+    );
+    let bad = peers.var("PEER_SMTP_BAD_RCPT");
+    let good = peers.var("PEER_SMTP_GOOD_RCPT");
+    let rows = [
+        // 0: wrong password on each protocol
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}}}", auth("PLAIN", "wrong")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "wrong")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("APOP", "wrong")),
+        ),
+        // 3: an unknown mailbox
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!(
+                "mail: {{{}, mailbox: Archive/Missing}}",
+                auth("PLAIN", "mail")
+            ),
+        ),
+        // 4: a refused recipient
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!(
+                "smtp: {{{}, envelope: {{from: itsm@example.com, to: [{good}, {bad}]}}}}",
+                auth("LOGIN", "mail")
+            ),
+        ),
+        // 5, 6: a mechanism the server does not offer
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}}}", auth("NTLM", "mail")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("NTLM", "mail")),
+        ),
+        // 7: a Secret without its password key
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "no-password")),
+        ),
+        // 8: AUTH before STARTTLS
+        (
+            smtp,
+            "SMTP",
+            "Disabled",
+            format!("smtp: {{{}}}", auth("PLAIN", "mail")),
+        ),
+        // 9: MAIL FROM without the login the submission port wants
+        (
+            submission,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{envelope: {{from: itsm@example.com, to: [{good}]}}}}"),
+        ),
+        // 10: a Secret that does not exist
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("USER", "absent")),
+        ),
+    ];
+    let mut endpoints = String::new();
+    for (i, (port, protocol, mode, expectation)) in rows.iter().enumerate() {
+        endpoints.push_str(&format!(
+            "    - name: wrong-{i}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {port}, protocol: {protocol}, tls: {{mode: {mode}}}, {expectation}}}]\n"
+        ));
+    }
+    let ldap_row = |name: &str, expectation: String| {
+        format!(
+            "    - name: {name}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {expectation}}}]\n"
+        )
+    };
+    endpoints.push_str(&ldap_row(
+        "ldap-wrong",
+        "{bindSecretRef: {name: wrong-reader}}".into(),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-missing-base",
+        "{bindSecretRef: {name: reader}, baseDN: \"ou=gone,dc=example,dc=com\", search: {filter: \"(objectClass=*)\"}}".into(),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-empty",
+        format!(
+            "{{bindSecretRef: {{name: reader}}, baseDN: \"{}\", search: {{filter: \"(uid=*)\", minEntries: 1}}}}",
+            peers.var("PEER_LDAP_EMPTY_SUBTREE")
+        ),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-anonymous",
+        format!(
+            "{{baseDN: \"{}\", search: {{filter: \"(uid=*)\"}}}}",
+            peers.var("PEER_LDAP_SUBTREE")
+        ),
+    ));
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let expect = |i: usize, stage: Stage, reason: Reason, parts: &[&str]| {
+        let row = &results[i];
+        assert_row(row, Outcome::Fail, stage, reason);
+        for part in parts {
+            assert!(row.message.contains(part), "{part:?} in {}", row.message);
+        }
+        assert!(
+            !row.message.contains(WRONG_MAIL_PASSWORD)
+                && !row.message.contains(peers.var("PEER_MAIL_PASSWORD")),
+            "{}",
+            row.message
+        );
+    };
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    expect(
+        0,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[
+            &at(smtp),
+            "refused the PLAIN login as user@example.com: 535",
+            "Secret wrong",
+        ],
+    );
+    expect(
+        1,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[&at(imap), "refused the LOGIN login", "AUTHENTICATIONFAILED"],
+    );
+    expect(
+        2,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[&at(pop3), "refused the APOP login", "-ERR"],
+    );
+    expect(
+        3,
+        Stage::Auth,
+        Reason::MailboxNotFound,
+        &[&at(imap), "\"Archive/Missing\"", "check mail.mailbox"],
+    );
+    expect(
+        4,
+        Stage::Auth,
+        Reason::RecipientRejected,
+        &[
+            &at(smtp),
+            &format!("RCPT TO:<{bad}>: 550"),
+            "refused 1 of 2 recipients",
+        ],
+    );
+    assert!(
+        !results[4].message.contains(&format!("<{good}>:")),
+        "{}",
+        results[4].message
+    );
+    expect(
+        5,
+        Stage::Auth,
+        Reason::MechanismNotOffered,
+        &["does not offer AUTH NTLM (offers: ", "CRAM-MD5", "PLAIN"],
+    );
+    expect(
+        6,
+        Stage::Auth,
+        Reason::MechanismNotOffered,
+        &["does not offer AUTH NTLM", "AUTH=PLAIN"],
+    );
+    expect(
+        7,
+        Stage::Auth,
+        Reason::CredentialsUnavailable,
+        &[&at(imap), "key password of Secret no-password"],
+    );
+    expect(
+        8,
+        Stage::Auth,
+        Reason::AuthRequiresTls,
+        &[
+            &at(smtp),
+            "refuses AUTH PLAIN before TLS",
+            "tls.mode: StartTLS",
+        ],
+    );
+    expect(
+        9,
+        Stage::Protocol,
+        Reason::SenderRejected,
+        &[
+            &at(submission),
+            "MAIL FROM:<itsm@example.com>: 530",
+            "set smtp.auth",
+        ],
+    );
+    expect(
+        10,
+        Stage::Auth,
+        Reason::CredentialsUnavailable,
+        &["key username of Secret absent"],
+    );
+    let ldap_at = at(ldap);
+    expect(
+        11,
+        Stage::Auth,
+        Reason::BindFailed,
+        &[&ldap_at, "invalidCredentials (49)"],
+    );
+    expect(
+        12,
+        Stage::Auth,
+        Reason::NoSuchBaseDn,
+        &[
+            "ou=gone,dc=example,dc=com does not exist",
+            "noSuchObject (32)",
+        ],
+    );
+    expect(
+        13,
+        Stage::Auth,
+        Reason::TooFewEntries,
+        &["returned 0 entries, fewer than minEntries 1"],
+    );
+    // Without credentials nothing was authenticated: the hidden subtree is the protocol's.
+    expect(14, Stage::Protocol, Reason::NoSuchBaseDn, &[&ldap_at]);
 }

@@ -2,10 +2,13 @@
 //! stopping at the first failing stage and saying why.
 
 mod aggregate;
+pub mod certs;
 pub mod context;
 pub mod dns;
 pub mod engine;
 pub mod ldap;
+pub mod ldap_filter;
+pub mod login;
 pub mod net;
 mod pipeline;
 pub mod plan;

@@ -87,9 +87,7 @@ impl<'a> SaslClient<'a> {
             // order does not.
             (Mechanism::Login, 0) => c.username.as_bytes().to_vec(),
             (Mechanism::Login, 1) => c.password.as_bytes().to_vec(),
-            (Mechanism::CramMd5, 0) => {
-                cram_md5(&c.username, &c.password, challenge).into_bytes()
-            }
+            (Mechanism::CramMd5, 0) => cram_md5(&c.username, &c.password, challenge).into_bytes(),
             (Mechanism::Ntlm, 0) => ntlm::negotiate(),
             (Mechanism::Ntlm, 1) => {
                 let parsed = ntlm::Challenge::parse(challenge)?;
@@ -263,9 +261,10 @@ pub mod ntlm {
         /// The server's MsvAvTimestamp, when its target info has one.
         pub fn timestamp(&self) -> Option<u64> {
             let mut at = 0;
-            while let (Some(id), Some(len)) =
-                (u16_at(&self.target_info, at), u16_at(&self.target_info, at + 2))
-            {
+            while let (Some(id), Some(len)) = (
+                u16_at(&self.target_info, at),
+                u16_at(&self.target_info, at + 2),
+            ) {
                 let value = self.target_info.get(at + 4..at + 4 + usize::from(len))?;
                 match id {
                     0 => return None,
@@ -436,7 +435,10 @@ mod tests {
     #[test]
     fn plain_and_login_answer_in_order() {
         let c = credentials("user@example.com", "secret", "");
-        assert_eq!(plain("user@example.com", "secret"), b"\0user@example.com\0secret");
+        assert_eq!(
+            plain("user@example.com", "secret"),
+            b"\0user@example.com\0secret"
+        );
         let mut login = SaslClient::new(Mechanism::Login, &c);
         assert_eq!(login.respond(b"Username:").unwrap(), b"user@example.com");
         assert_eq!(login.respond(b"Password:").unwrap(), b"secret");
@@ -520,8 +522,20 @@ mod tests {
             unhex("86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa")
         );
         assert_eq!(field(1)[..16], unhex("68cd0ab851e51c96aabc927bebef6a1c"));
-        assert_eq!(field(2), "Domain".encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<_>>());
-        assert_eq!(field(3), "User".encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<_>>());
+        assert_eq!(
+            field(2),
+            "Domain"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            field(3),
+            "User"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect::<Vec<_>>()
+        );
         // A `DOMAIN\user` name carries the domain when none is set.
         let split = ntlm::authenticate(
             &challenge,
@@ -538,7 +552,9 @@ mod tests {
             Vec::new(),
             b"NTLMSSP\0".to_vec(),
             unhex("4e544c4d5353500001000000"),
-            unhex("4e544c4d53535000020000000c000c003800000033828ae20123456789abcdef0000000000000000ff00ff00f0000000"),
+            unhex(
+                "4e544c4d53535000020000000c000c003800000033828ae20123456789abcdef0000000000000000ff00ff00f0000000",
+            ),
         ] {
             assert!(ntlm::Challenge::parse(&bad).is_err(), "{bad:?}");
         }
