@@ -121,7 +121,7 @@ cat > "$DIR/smtp/smtpd.py" <<'EOF'
 import asyncio, hmac, logging, os, ssl, sys
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 host, port, tls_port, cert, key, sub_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
-USER, PASSWORD = b"user@example.com", b"secret"
+USER, PASSWORD = b"user@example.com", sys.argv[7].encode()
 BLOCKED_DOMAIN = "blocked.example.com"
 logging.basicConfig(level=logging.ERROR)
 
@@ -164,6 +164,8 @@ MAILUID=$ME MAILGID=$MYGROUP
 # CRAM-MD5 and APOP need the plaintext {PLAIN} passdb; APOP is POP3's own. Debian's dovecot
 # has no NTLM: its auth process would die on it, and every login hang.
 MAIL_MECHS="plain login cram-md5 apop"
+# Distinctive, so tests can grep every output for it.
+MAIL_PASSWORD=Mailbox-pw-3f9c
 rm -rf "$DIR/dovecot/mail"; MD=$DIR/dovecot/mail/user@example.com/Maildir
 mkdir -p "$MD"/{cur,new,tmp}   # INBOX exists from the start, with one message nothing deletes
 cat > "$MD/new/1700000000.M1P1.peers" <<'EOF'
@@ -177,7 +179,7 @@ This message was put in INBOX by start.sh.
 EOF
 if [ $ROOT = 1 ]; then MAILUID=nobody MAILGID=nogroup; chown -R nobody:nogroup "$DIR/dovecot/mail"; fi
 chmod 700 "$DIR/dovecot/mail"
-printf 'user@example.com:{PLAIN}secret\n' > "$DIR/dovecot/users"
+printf 'user@example.com:{PLAIN}%s\n' "$MAIL_PASSWORD" > "$DIR/dovecot/users"
 { cat <<EOF
 base_dir = $DIR/dovecot/run
 state_dir = $DIR/dovecot/state
@@ -392,7 +394,7 @@ launch() { local name=$1; shift
 
 want nginx && launch nginx nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -e "$DIR/nginx/error.log" -g 'daemon off;'
 want smtp && launch smtp "$PY" "$DIR/smtp/smtpd.py" 127.0.0.1 "$PEER_SMTP_PORT" "$PEER_SMTPS_PORT" "$C/server-chain.pem" "$C/server.key" \
-  "$PEER_SUBMISSION_PORT"
+  "$PEER_SUBMISSION_PORT" "$MAIL_PASSWORD"
 if want dovecot; then rm -rf "$DIR/dovecot/run"; launch dovecot dovecot -F -c "$DIR/dovecot/dovecot.conf"; fi
 if want slapd; then
   rm -rf "$DIR/slapd/data"; mkdir -p "$DIR/slapd/data"
@@ -466,7 +468,7 @@ PEER_MITM_PORT=$PEER_MITM_PORT
 PEER_BLACKBOX_PORT=$PEER_BLACKBOX_PORT
 PEER_SUBMISSION_PORT=$PEER_SUBMISSION_PORT
 PEER_MAIL_USER=user@example.com
-PEER_MAIL_PASSWORD=secret
+PEER_MAIL_PASSWORD=$MAIL_PASSWORD
 PEER_MAIL_MECHS=$(echo $MAIL_MECHS | tr 'a-z ' 'A-Z,')
 PEER_MAIL_MESSAGES=1
 PEER_SMTP_GOOD_RCPT=listener@example.com
