@@ -1767,3 +1767,162 @@ async fn each_wrong_login_input_lands_on_its_reason() {
     // Without credentials nothing was authenticated: the hidden subtree is the protocol's.
     expect(14, Stage::Protocol, Reason::NoSuchBaseDn, &[&ldap_at]);
 }
+
+/// An SMTP server offering only AUTH NTLM (Debian's dovecot has none): it sends the
+/// MS-NLMP example CHALLENGE and accepts the AUTHENTICATE only when its NTLMv2 response is
+/// the one `User`/`Domain`/`Password` give for the client challenge and time it carries.
+async fn ntlm_smtp_server() -> u16 {
+    use base64::Engine as _;
+    use netreach::probe::sasl::ntlm;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const CHALLENGE: &str = "4e544c4d53535000020000000c000c003800000033828ae20123456789abcdef00000000000000002400240044000000060070170000000f53006500720076006500720002000c0044006f006d00610069006e0001000c0053006500720076006500720000000000";
+    let challenge: Vec<u8> = (0..CHALLENGE.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&CHALLENGE[i..i + 2], 16).unwrap())
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let challenge = challenge.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let b64 = base64::engine::general_purpose::STANDARD;
+                write.write_all(b"220 ntlm.test ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: String = if line.starts_with("EHLO") {
+                        "250-ntlm.test\r\n250 AUTH NTLM\r\n".into()
+                    } else if line == "AUTH NTLM" {
+                        "334 \r\n".into()
+                    } else if line == "QUIT" {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else if let Ok(message) = b64.decode(line.trim()) {
+                        match message.get(8) {
+                            Some(1) => format!("334 {}\r\n", b64.encode(&challenge)),
+                            Some(3) => {
+                                let field = |i: usize| {
+                                    let at = 12 + i * 8;
+                                    let len =
+                                        u16::from_le_bytes([message[at], message[at + 1]]) as usize;
+                                    let off = u32::from_le_bytes(
+                                        message[at + 4..at + 8].try_into().unwrap(),
+                                    ) as usize;
+                                    message[off..off + len].to_vec()
+                                };
+                                let text = |bytes: Vec<u8>| {
+                                    String::from_utf16(
+                                        &bytes
+                                            .chunks(2)
+                                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                                            .collect::<Vec<_>>(),
+                                    )
+                                    .unwrap()
+                                };
+                                let (nt, domain, user) = (field(1), text(field(2)), text(field(3)));
+                                let parsed = ntlm::Challenge::parse(&challenge).unwrap();
+                                let blob = &nt[16..];
+                                let expected = ntlm::ntlmv2_response(
+                                    &ntlm::ntowf_v2("Password", "User", "Domain"),
+                                    &parsed.server_challenge,
+                                    blob[16..24].try_into().unwrap(),
+                                    u64::from_le_bytes(blob[8..16].try_into().unwrap()),
+                                    &parsed.target_info,
+                                );
+                                if (user.as_str(), domain.as_str()) == ("User", "Domain")
+                                    && nt == expected
+                                {
+                                    "235 2.7.0 Authentication successful\r\n".into()
+                                } else {
+                                    format!(
+                                        "535 5.7.8 Authentication failed for {domain}\\{user}\r\n"
+                                    )
+                                }
+                            }
+                            _ => "501 5.5.2 what\r\n".into(),
+                        }
+                    } else {
+                        "500 5.5.1 unknown\r\n".into()
+                    };
+                    write.write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn ntlm_logins_run_the_three_message_dialogue_and_a_wrong_password_fails() {
+    let port = ntlm_smtp_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (secret, entries) in [
+        (
+            "ntlm",
+            vec![
+                ("username", "User"),
+                ("password", "Password"),
+                ("domain", "Domain"),
+            ],
+        ),
+        (
+            "ntlm-backslash",
+            vec![("username", "Domain\\User"), ("password", "Password")],
+        ),
+        (
+            "ntlm-wrong",
+            vec![
+                ("username", "User"),
+                ("password", "Passw0rd-wrong"),
+                ("domain", "Domain"),
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+        for (key, value) in entries {
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+    }
+    let mut endpoints = String::new();
+    for secret in ["ntlm", "ntlm-backslash", "ntlm-wrong"] {
+        endpoints.push_str(&format!(
+            "    - name: {secret}\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, tls: {{mode: Disabled}}, smtp: {{{}}}}}]\n",
+            auth("NTLM", secret)
+        ));
+    }
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(dir.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    for row in &results[..2] {
+        assert_row(row, Outcome::Pass, Stage::Auth, Reason::Reachable);
+        assert_eq!(
+            row.detail.as_deref(),
+            Some(
+                format!(
+                    "logged in as {} with AUTH NTLM",
+                    if row.endpoint == "ntlm" {
+                        "User"
+                    } else {
+                        "Domain\\User"
+                    }
+                )
+                .as_str()
+            )
+        );
+    }
+    assert_row(&results[2], Outcome::Fail, Stage::Auth, Reason::AuthFailed);
+    assert!(
+        results[2]
+            .message
+            .contains("535 5.7.8 Authentication failed for Domain\\User"),
+        "{}",
+        results[2].message
+    );
+    assert!(!results[2].message.contains("Passw0rd-wrong"));
+}
