@@ -494,6 +494,56 @@ mod tests {
     }
 
     #[test]
+    fn ad_bind_names_pass_through_untouched() {
+        for dn in [
+            "AD\\svc-reader",
+            "svc-reader@corp.example.com",
+            "CN=Svc Reader,OU=Service,DC=corp",
+        ] {
+            let msg = bind_request(1, dn, "pw");
+            let wanted = tlv(0x04, dn.as_bytes());
+            assert!(
+                msg.windows(wanted.len()).any(|w| w == wanted.as_slice()),
+                "{dn} is sent as written"
+            );
+        }
+    }
+
+    #[test]
+    fn a_search_asks_for_no_attributes_and_at_most_the_entries_it_needs() {
+        let filter = ldap_filter::encode("(uid=*)").unwrap();
+        let msg = search_request(
+            3,
+            "ou=people,dc=example,dc=com",
+            SearchScope::Subtree,
+            5,
+            &filter,
+        );
+        let mut tail = vec![0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00, 0x02, 0x01, 0x05];
+        tail.extend([0x02, 0x01, 0x0a, 0x01, 0x01, 0x00]);
+        tail.extend(&filter);
+        tail.extend(tlv(0x30, &tlv(0x04, b"1.1")));
+        assert!(
+            msg.ends_with(&tail),
+            "scope subtree, size limit 5, attributes 1.1: {msg:02x?}"
+        );
+        let base = search_request(4, "", SearchScope::Base, 1, &filter);
+        assert!(base.windows(3).any(|w| w == [0x0a, 0x01, 0x00]));
+    }
+
+    #[test]
+    fn ad_diagnostics_are_spelled_out() {
+        let diagnostic = "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 532, v4563";
+        assert_eq!(ad_bind_data(diagnostic), Some("the password has expired"));
+        assert_eq!(
+            ad_bind_data("data 52e, v2580"),
+            Some("the password is wrong")
+        );
+        assert_eq!(ad_bind_data("no data here"), None);
+        assert_eq!(result_name(49), "invalidCredentials");
+    }
+
+    #[test]
     fn garbage_does_not_parse() {
         assert!(parse_response(&[0x30, 0x05, 0x02]).is_none());
         assert!(parse_response(b"HTTP/1.1 200 OK").is_none());
