@@ -9,6 +9,7 @@ pub mod engine;
 pub mod ldap;
 pub mod ldap_filter;
 pub mod login;
+mod mail;
 pub mod net;
 mod pipeline;
 pub mod plan;
