@@ -1768,10 +1768,11 @@ async fn each_wrong_login_input_lands_on_its_reason() {
     expect(14, Stage::Protocol, Reason::NoSuchBaseDn, &[&ldap_at]);
 }
 
-/// An SMTP server offering only AUTH NTLM (Debian's dovecot has none): it sends the
-/// MS-NLMP example CHALLENGE and accepts the AUTHENTICATE only when its NTLMv2 response is
-/// the one `User`/`Domain`/`Password` give for the client challenge and time it carries.
-async fn ntlm_smtp_server() -> u16 {
+/// A plain SMTP server offering AUTH NTLM (Debian's dovecot has none) and PLAIN, no STARTTLS:
+/// it sends the MS-NLMP example CHALLENGE and accepts the AUTHENTICATE only when its NTLMv2
+/// response is the one `User`/`Domain`/`Password` give for the client challenge and time it
+/// carries. It takes any PLAIN login, and counts the AUTH PLAIN commands it gets.
+async fn ntlm_smtp_server(plain_logins: Arc<std::sync::atomic::AtomicUsize>) -> u16 {
     use base64::Engine as _;
     use netreach::probe::sasl::ntlm;
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -1785,6 +1786,7 @@ async fn ntlm_smtp_server() -> u16 {
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             let challenge = challenge.clone();
+            let plain_logins = plain_logins.clone();
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -1792,14 +1794,17 @@ async fn ntlm_smtp_server() -> u16 {
                 write.write_all(b"220 ntlm.test ESMTP\r\n").await.unwrap();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let reply: String = if line.starts_with("EHLO") {
-                        "250-ntlm.test\r\n250 AUTH NTLM\r\n".into()
+                        "250-ntlm.test\r\n250 AUTH NTLM PLAIN\r\n".into()
                     } else if line == "AUTH NTLM" {
+                        "334 \r\n".into()
+                    } else if line == "AUTH PLAIN" {
+                        plain_logins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         "334 \r\n".into()
                     } else if line == "QUIT" {
                         let _ = write.write_all(b"221 bye\r\n").await;
                         return;
                     } else if let Ok(message) = b64.decode(line.trim()) {
-                        match message.get(8) {
+                        match message.get(8).filter(|_| message.starts_with(b"NTLMSSP")) {
                             Some(1) => format!("334 {}\r\n", b64.encode(&challenge)),
                             Some(3) => {
                                 let field = |i: usize| {
@@ -1840,6 +1845,7 @@ async fn ntlm_smtp_server() -> u16 {
                                     )
                                 }
                             }
+                            _ if message.starts_with(b"\0") => "235 2.7.0 ok\r\n".into(),
                             _ => "501 5.5.2 what\r\n".into(),
                         }
                     } else {
@@ -1855,7 +1861,8 @@ async fn ntlm_smtp_server() -> u16 {
 
 #[tokio::test]
 async fn ntlm_logins_run_the_three_message_dialogue_and_a_wrong_password_fails() {
-    let port = ntlm_smtp_server().await;
+    let plain_logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = ntlm_smtp_server(plain_logins.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     for (secret, entries) in [
         (
@@ -1925,4 +1932,37 @@ async fn ntlm_logins_run_the_three_message_dialogue_and_a_wrong_password_fails()
         results[2].message
     );
     assert!(!results[2].message.contains("Passw0rd-wrong"));
+
+    // A password sent as it is (PLAIN) travels in the clear only where the port says so.
+    let endpoints = format!(
+        "    - name: opportunistic\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, smtp: {{{plain}}}}}]\n    - name: cleartext-allowed\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, tls: {{mode: Disabled}}, smtp: {{{plain}}}}}]\n",
+        plain = auth("PLAIN", "ntlm")
+    );
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(dir.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::StartTlsNotOffered,
+    );
+    assert!(
+        results[0].message.contains(&format!(
+            "127.0.0.1:{port} does not offer STARTTLS, so the PLAIN login would send the password unencrypted; it was not sent"
+        )),
+        "{}",
+        results[0].message
+    );
+    assert_row(&results[1], Outcome::Pass, Stage::Auth, Reason::Reachable);
+    assert_eq!(
+        plain_logins.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the port with tls.mode: Disabled sent AUTH PLAIN"
+    );
 }

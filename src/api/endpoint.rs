@@ -391,7 +391,8 @@ pub struct SmtpExpectation {
     #[schemars(regex(pattern = HOST_PATTERN), length(max = 253))]
     pub ehlo_name: Option<String>,
     /// Log in to the relay for real with one mechanism (after STARTTLS when TLS is used), as
-    /// the application would. A refused login fails the port with AuthFailed.
+    /// the application would. A refused login fails the port with AuthFailed. PLAIN and LOGIN,
+    /// which send the password as it is, run only over TLS unless `tls.mode` is Disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<SmtpAuth>,
     /// Sender and recipients to try: MAIL FROM and each RCPT TO are sent, then RSET and QUIT.
@@ -456,7 +457,8 @@ pub struct MailExpectation {
     /// LOGIN (the IMAP LOGIN command), PLAIN, CRAM-MD5 or NTLM. POP3: USER (USER/PASS),
     /// APOP, PLAIN, LOGIN, CRAM-MD5 or NTLM. After the login IMAP opens `mailbox` read-only
     /// (EXAMINE) and POP3 runs STAT; both record the message count. Nothing is read or
-    /// deleted.
+    /// deleted. LOGIN, PLAIN and USER, which send the password as it is, run only over TLS
+    /// unless `tls.mode` is Disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<MailAuth>,
     /// IMAP mailbox to open read-only after the login. Default: `INBOX`.

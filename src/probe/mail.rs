@@ -4,7 +4,7 @@
 
 use super::context::ProbeContext;
 use super::login::{self, LoginScope, Pop3Login};
-use super::net::{BoxStream, Failure, Wire};
+use super::net::{BoxStream, Deadline, Failure, Wire};
 use super::pipeline::{
     Progress, Scope, starttls_injection, stripped, tls_expected, upgrade, upgrade_policy,
 };
@@ -110,6 +110,19 @@ pub(super) async fn smtp(
     let protocol = MailProtocol::Smtp { ehlo_name };
     let mut session = mail_session(protocol, stream, scope, progress).await?;
     let tls = progress.tls.is_some();
+    if let Some(login) = &login
+        && matches!(login.mechanism, SmtpMechanism::Plain | SmtpMechanism::Login)
+    {
+        refuse_cleartext(
+            target,
+            tls,
+            protocol,
+            login.mechanism_name(),
+            &mut session,
+            deadline,
+        )
+        .await?;
+    }
     let outcome = async {
         let offered: Vec<String> = session
             .capabilities
@@ -228,6 +241,20 @@ pub(super) async fn imap(
         .transpose()?;
     let mut session = mail_session(MailProtocol::Imap, stream, scope, progress).await?;
     let tls = progress.tls.is_some();
+    if let Some(login) = &login
+        && matches!(login.mechanism, MailMechanism::Login | MailMechanism::Plain)
+    {
+        let name = mechanism_name(login.mechanism);
+        refuse_cleartext(
+            target,
+            tls,
+            MailProtocol::Imap,
+            name,
+            &mut session,
+            deadline,
+        )
+        .await?;
+    }
     let outcome = async {
         let checked = check_capabilities(target, &session.capabilities, &shown)?;
         let Some(login) = &login else {
@@ -304,6 +331,23 @@ pub(super) async fn pop3(
         .transpose()?;
     let mut session = mail_session(MailProtocol::Pop3, stream, scope, progress).await?;
     let tls = progress.tls.is_some();
+    if let Some(login) = &login
+        && matches!(
+            login.mechanism,
+            MailMechanism::User | MailMechanism::Login | MailMechanism::Plain
+        )
+    {
+        let name = mechanism_name(login.mechanism);
+        refuse_cleartext(
+            target,
+            tls,
+            MailProtocol::Pop3,
+            name,
+            &mut session,
+            deadline,
+        )
+        .await?;
+    }
     let outcome = async {
         let checked = check_capabilities(target, &session.capabilities, &shown)?;
         let Some(login) = &login else {
@@ -348,6 +392,38 @@ pub(super) async fn pop3(
         .close(&mut session.wire, &shown, deadline)
         .await;
     outcome
+}
+
+impl Login<SmtpMechanism> {
+    fn mechanism_name(&self) -> &'static str {
+        sasl_mechanism(self.mechanism).name()
+    }
+}
+
+/// A login that would send the password as it is (PLAIN, LOGIN, USER) happens in the clear
+/// only when the port says so (`tls.mode: Disabled`): an opportunistic port whose server
+/// offers no STARTTLS (or whose STARTTLS a middlebox strips) fails instead, and nothing is sent.
+async fn refuse_cleartext(
+    target: &Target,
+    tls: bool,
+    protocol: MailProtocol<'_>,
+    mechanism: &str,
+    session: &mut MailSession,
+    deadline: &Deadline,
+) -> Result<(), Failure> {
+    if tls || target.tls.mode == TlsMode::Disabled {
+        return Ok(());
+    }
+    let shown = target.display();
+    let command = protocol.starttls();
+    protocol.close(&mut session.wire, &shown, deadline).await;
+    Err(Failure::new(
+        Stage::StartTls,
+        Reason::StartTlsNotOffered,
+        format!(
+            "{shown} does not offer {command}, so the {mechanism} login would send the password unencrypted; it was not sent: enable {command} on the server (or check that nothing in the path strips it), use a challenge mechanism such as CRAM-MD5, or set tls.mode: Disabled on the port to allow a cleartext login"
+        ),
+    ))
 }
 
 /// APOP or USER on an IMAP port, which the schema refuses; a plan written by hand may not.
