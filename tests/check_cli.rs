@@ -374,3 +374,391 @@ fn check_reads_a_ca_bundle_ref_from_the_secrets_dir_and_says_when_it_cannot() {
         "{stderr}"
     );
 }
+
+/// The ITSM example with its placeholders pointed at the peers: every endpoint becomes
+/// 127.0.0.1 (certificate name localhost), every port the peer's, the base DN the peers'
+/// subtree; the vendor's raw addresses are left out (no network here). `tweak` edits the
+/// endpoints further.
+fn itsm_example(dir: &Path, tweak: impl Fn(&mut serde_json::Value)) -> std::path::PathBuf {
+    let peers = Peers::get();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(repo.join("examples/ivanti/profile.yaml")).unwrap();
+    let mut profile: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let ports = [
+        (389, "PEER_LDAP_PORT"),
+        (636, "PEER_LDAPS_PORT"),
+        (587, "PEER_SUBMISSION_PORT"),
+        (143, "PEER_IMAP_PORT"),
+        (993, "PEER_IMAPS_PORT"),
+        (110, "PEER_POP3_PORT"),
+        (995, "PEER_POP3S_PORT"),
+    ];
+    let endpoints = profile["spec"]["endpoints"].as_array_mut().unwrap();
+    endpoints.retain(|e| e["host"].is_string());
+    for endpoint in endpoints.iter_mut() {
+        let object = endpoint.as_object_mut().unwrap();
+        object.remove("host");
+        object.insert("cidr".into(), "127.0.0.1".into());
+        object.insert("tls".into(), serde_json::json!({"serverName": "localhost"}));
+        for port in object["ports"].as_array_mut().unwrap() {
+            let number = port["port"].as_i64().unwrap();
+            let (_, key) = ports
+                .iter()
+                .find(|(p, _)| i64::from(*p) == number)
+                .unwrap_or_else(|| panic!("port {number} of the example has no peer"));
+            port["port"] = peers.port(key).into();
+            if port["ldap"].is_object() {
+                port["ldap"]["baseDN"] = peers.var("PEER_LDAP_SUBTREE").into();
+            }
+        }
+    }
+    assert_eq!(endpoints.len(), 3, "directory, mail-gateway, mailbox");
+    tweak(&mut profile["spec"]["endpoints"]);
+    let path = dir.join("itsm.yaml");
+    std::fs::write(&path, serde_norway::to_string(&profile).unwrap()).unwrap();
+    path
+}
+
+/// Secrets as the probe pod mounts them, with `password` for the mail accounts and
+/// `ldap_password` for the directory's.
+fn itsm_secrets(dir: &Path, password: &str, ldap_password: &str) -> std::path::PathBuf {
+    let peers = Peers::get();
+    let secrets = dir.join("mounted");
+    for (secret, entries) in [
+        (
+            "itsm-ldap-reader",
+            [
+                ("bindDN", peers.var("PEER_LDAP_BIND_DN")),
+                ("password", ldap_password),
+            ],
+        ),
+        (
+            "itsm-smtp",
+            [
+                ("username", peers.var("PEER_MAIL_USER")),
+                ("password", password),
+            ],
+        ),
+        (
+            "itsm-mailbox",
+            [
+                ("username", peers.var("PEER_MAIL_USER")),
+                ("password", password),
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(secrets.join(secret)).unwrap();
+        for (key, value) in entries {
+            std::fs::write(secrets.join(secret).join(key), value).unwrap();
+        }
+    }
+    secrets
+}
+
+/// Runs the example in every output format with tracing at its most verbose; returns the
+/// JSON report and everything printed.
+fn run_itsm(file: &Path, secrets: &Path) -> (i32, Report, String) {
+    let mut everything = String::new();
+    let mut json = None;
+    let mut exit = None;
+    for format in ["json", "table", "junit"] {
+        let out = netreach()
+            .arg("check")
+            .arg(file)
+            .args(["--ca-file"])
+            .arg(Peers::get().public_ca())
+            .arg("--secrets-dir")
+            .arg(secrets)
+            .args(["-o", format])
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        everything.push_str(&stdout);
+        everything.push_str(&String::from_utf8(out.stderr).unwrap());
+        let code = out.status.code().unwrap_or(-1);
+        assert!(exit.is_none_or(|e| e == code), "{format}: exit {code}");
+        exit = Some(code);
+        if format == "json" {
+            json = Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")));
+        }
+    }
+    (exit.unwrap(), json.unwrap(), everything)
+}
+
+fn rows(report: &Report) -> Vec<(String, i32, Outcome, Stage, Reason, String)> {
+    report.groups[0]
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.endpoint.clone(),
+                r.port,
+                r.outcome,
+                r.stage,
+                r.reason,
+                r.message.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every form a password could leak in: as is, base64, and inside a SASL PLAIN blob.
+fn leak_forms(user: &str, password: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    vec![
+        password.to_owned(),
+        b64(password.as_bytes()),
+        b64(format!("\0{user}\0{password}").as_bytes()),
+    ]
+}
+
+#[test]
+fn the_itsm_example_logs_in_for_real_and_each_wrong_input_lands_on_its_reason() {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let (user, password) = (peers.var("PEER_MAIL_USER"), peers.var("PEER_MAIL_PASSWORD"));
+    let ldap_password = peers.var("PEER_LDAP_BIND_PASSWORD");
+    let wrong = "Wr0ng-itsm-pw-81b7";
+    let mut printed = String::new();
+
+    // Right credentials: every login passes.
+    let file = itsm_example(dir.path(), |_| {});
+    let right = itsm_secrets(dir.path(), password, ldap_password);
+    let (code, report, all) = run_itsm(&file, &right);
+    printed.push_str(&all);
+    assert_eq!(code, 0, "{all}");
+    let found = rows(&report);
+    assert_eq!(found.len(), 7, "{found:?}");
+    for (endpoint, port, outcome, stage, reason, message) in &found {
+        assert_eq!(
+            (*outcome, *stage, *reason),
+            (Outcome::Pass, Stage::Auth, Reason::Reachable),
+            "{endpoint}:{port}: {message}"
+        );
+    }
+    let details: Vec<String> = report.groups[0]
+        .results
+        .iter()
+        .map(|r| r.detail.clone().unwrap_or_default())
+        .collect();
+    assert!(details[0].starts_with(&format!("bound as {}", peers.var("PEER_LDAP_BIND_DN"))));
+    assert!(details[2].contains("MAIL FROM <itsm@customer.example.com> and RCPT TO <servicedesk@customer.example.com> accepted (no message sent)"), "{}", details[2]);
+    assert!(
+        details[3].ends_with("INBOX holds 1 message"),
+        "{}",
+        details[3]
+    );
+
+    // Wrong passwords everywhere.
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let refused = itsm_secrets(wrong_dir.path(), wrong, wrong);
+    let (code, report, all) = run_itsm(&file, &refused);
+    printed.push_str(&all);
+    assert_eq!(code, 1, "{all}");
+    for (endpoint, port, outcome, stage, reason, message) in rows(&report) {
+        let expected = if endpoint == "directory" {
+            Reason::BindFailed
+        } else {
+            Reason::AuthFailed
+        };
+        assert_eq!(
+            (outcome, stage, reason),
+            (Outcome::Fail, Stage::Auth, expected),
+            "{endpoint}:{port}: {message}"
+        );
+        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    }
+
+    // Each other wrong input, one per row: an unknown mailbox, a refused recipient, a missing
+    // base DN, a search that finds too little, a mechanism the relay does not offer, and a
+    // Secret without its password key.
+    let bad_dir = tempfile::tempdir().unwrap();
+    let bad_rcpt = peers.var("PEER_SMTP_BAD_RCPT").to_owned();
+    let file = itsm_example(bad_dir.path(), |endpoints| {
+        let ports = |name: &str, endpoints: &mut serde_json::Value| {
+            endpoints
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|e| e["name"] == name)
+                .unwrap()["ports"]
+                .as_array_mut()
+                .unwrap()
+                .clone()
+        };
+        let mut directory = ports("directory", endpoints);
+        directory[0]["ldap"]["baseDN"] = "ou=gone,dc=example,dc=com".into();
+        directory[1]["ldap"]["search"]["minEntries"] = 50.into();
+        let mut gateway = ports("mail-gateway", endpoints);
+        gateway[0]["smtp"]["envelope"]["to"] = serde_json::json!([bad_rcpt]);
+        let mut second = gateway[0].clone();
+        second["port"] = Peers::get().port("PEER_SMTP_PORT").into();
+        second["smtp"]["auth"]["mechanism"] = "NTLM".into();
+        gateway.push(second);
+        let mut mailbox = ports("mailbox", endpoints);
+        mailbox[0]["mail"]["mailbox"] = "Archive/Missing".into();
+        mailbox[1]["mail"]["auth"]["credentialsSecretRef"]["name"] = "itsm-no-password".into();
+        for (name, value) in [
+            ("directory", directory),
+            ("mail-gateway", gateway),
+            ("mailbox", mailbox),
+        ] {
+            let endpoint = endpoints
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|e| e["name"] == name)
+                .unwrap();
+            endpoint["ports"] = value.into();
+        }
+    });
+    let secrets = itsm_secrets(bad_dir.path(), password, ldap_password);
+    std::fs::create_dir_all(secrets.join("itsm-no-password")).unwrap();
+    std::fs::write(secrets.join("itsm-no-password/username"), user).unwrap();
+    let (code, report, all) = run_itsm(&file, &secrets);
+    printed.push_str(&all);
+    assert_eq!(code, 1, "{all}");
+    let found = rows(&report);
+    let expect = |index: usize, stage: Stage, reason: Reason, part: &str| {
+        let (endpoint, port, outcome, got_stage, got_reason, message) = &found[index];
+        assert_eq!(
+            (*outcome, *got_stage, *got_reason),
+            (Outcome::Fail, stage, reason),
+            "{endpoint}:{port}: {message}"
+        );
+        assert!(message.contains(part), "{part:?} in {message}");
+    };
+    expect(
+        0,
+        Stage::Auth,
+        Reason::NoSuchBaseDn,
+        "ou=gone,dc=example,dc=com does not exist",
+    );
+    expect(
+        1,
+        Stage::Auth,
+        Reason::TooFewEntries,
+        "fewer than minEntries 50",
+    );
+    expect(
+        2,
+        Stage::Auth,
+        Reason::RecipientRejected,
+        &format!("RCPT TO:<{bad_rcpt}>: 550"),
+    );
+    expect(
+        3,
+        Stage::Auth,
+        Reason::MechanismNotOffered,
+        "does not offer AUTH NTLM",
+    );
+    expect(
+        4,
+        Stage::Auth,
+        Reason::MailboxNotFound,
+        "\"Archive/Missing\"",
+    );
+    expect(
+        5,
+        Stage::Auth,
+        Reason::CredentialsUnavailable,
+        "key password of Secret itsm-no-password",
+    );
+    assert_eq!(found[6].2, Outcome::Pass, "{:?}", found[6]);
+
+    // No password, in any form, in anything printed by any of the runs.
+    assert!(
+        printed.contains("NETREACH") || printed.contains("rows:"),
+        "output was captured"
+    );
+    for secret in [password, ldap_password, wrong] {
+        for form in leak_forms(user, secret) {
+            assert!(
+                !printed.contains(&form),
+                "{form:?} appears in the output:\n{printed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn save_certs_writes_each_presented_chain_leaf_first_even_for_interception() {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: certs, namespace: test}}\nspec:\n  defaults: {{timeout: 3s}}\n  endpoints:\n    - name: directory\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldaps}, protocol: LDAPS}}, {{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}}}]\n    - name: vendor\n      host: mpnsv2.m3.maas360.com\n      tls: {{expectedIssuer: {{organization: Test Public CA}}}}\n      ports: [{{port: {https}, protocol: HTTPS}}]\n",
+        ldaps = peers.port("PEER_LDAPS_PORT"),
+        ldap = peers.port("PEER_LDAP_PORT"),
+        https = peers.port("PEER_HTTPS_PORT"),
+    );
+    let file = dir.path().join("certs.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let openssl = |path: &Path| {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-issuer", "-in"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let saved = dir.path().join("direct");
+    let (code, stdout, stderr) = check(&["--save-certs", saved.to_str().unwrap()], &file);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "saved 3 certificate chains (PEM, leaf first) to {}",
+            saved.display()
+        )),
+        "{stderr}"
+    );
+    for port in [peers.port("PEER_LDAPS_PORT"), peers.port("PEER_LDAP_PORT")] {
+        let path = saved.join(format!("directory-{port}.pem"));
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+        let pem = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            pem.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "leaf and intermediate"
+        );
+        let shown = openssl(&path);
+        assert!(shown.contains("subject=CN = localhost"), "{shown}");
+        assert!(
+            shown.contains("issuer=C = US, O = Test Public CA, CN = Test Public Issuing CA 1"),
+            "{shown}"
+        );
+    }
+
+    // Through the intercepting proxy the row fails, and the forged chain is what is saved.
+    let intercepted = dir.path().join("intercepted");
+    let mitm = format!("http://127.0.0.1:{}", peers.port("PEER_MITM_PORT"));
+    let (code, stdout, stderr) = check(
+        &[
+            "--only",
+            "vendor",
+            "--proxy",
+            &mitm,
+            "--save-certs",
+            intercepted.to_str().unwrap(),
+        ],
+        &file,
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.contains("IssuerMismatch"), "{stdout}");
+    let shown = openssl(&intercepted.join(format!("vendor-{}.pem", peers.port("PEER_HTTPS_PORT"))));
+    assert!(
+        shown.contains("issuer=C = US, O = Example Corp., OU = IT, CN = Web Proxy"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("subject=CN = localhost"),
+        "the forged leaf copies the subject: {shown}"
+    );
+}

@@ -1633,10 +1633,11 @@ async fn metrics_describe_each_endpoint_and_leave_with_the_check() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
+async fn a_bind_or_mail_password_appears_in_no_status_event_log_or_metric() {
     let cluster = Scenario::start("secrets").await;
     let peers = Peers::get();
     let password = peers.var("PEER_LDAP_BIND_PASSWORD").to_owned();
+    let mail_password = peers.var("PEER_MAIL_PASSWORD").to_owned();
     let wrong = "not-the-password-7f3a91";
     let secret = |name: &str, password: &str| {
         format!(
@@ -1644,21 +1645,38 @@ async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
             peers.var("PEER_LDAP_BIND_DN")
         )
     };
+    let mail_secret = |name: &str, password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{username: \"{}\", password: \"{password}\"}}\n---\n",
+            peers.var("PEER_MAIL_USER")
+        )
+    };
     cluster
         .apply_yaml(&format!(
-            "{}{}",
+            "{}{}{}{}",
             secret("reader", &password),
-            secret("wrong", wrong)
+            secret("wrong", wrong),
+            mail_secret("mailbox", &mail_password),
+            mail_secret("mailbox-wrong", wrong)
         ))
         .await;
     let ldap = peers.port("PEER_LDAP_PORT");
-    cluster.profile("directory",
-            &format!("    - name: ad\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"dc=example,dc=com\"}}}}]\n    - name: ad-wrong\n      cidr: 127.0.0.1\n      required: false\n      ports: [{{port: {ldap}, protocol: LDAP, ldap: {{bindSecretRef: {{name: wrong}}}}}}]\n")).await;
+    let (imap, smtp) = (peers.port("PEER_IMAP_PORT"), peers.port("PEER_SMTP_PORT"));
+    cluster
+        .profile(
+            "directory",
+            &format!("    - name: ad\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"dc=example,dc=com\"}}}}]\n    - name: ad-wrong\n      cidr: 127.0.0.1\n      required: false\n      ports: [{{port: {ldap}, protocol: LDAP, ldap: {{bindSecretRef: {{name: wrong}}}}}}]\n    - name: mailbox\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {imap}, protocol: IMAP, tls: {{mode: StartTLS}}, mail: {{auth: {{mechanism: PLAIN, credentialsSecretRef: {{name: mailbox}}}}}}}}]\n    - name: relay-wrong\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      required: false\n      ports: [{{port: {smtp}, protocol: SMTP, tls: {{mode: StartTLS}}, smtp: {{auth: {{mechanism: LOGIN, credentialsSecretRef: {{name: mailbox-wrong}}}}}}}}]\n"),
+        )
+        .await;
     cluster.check("directory", "directory", "").await;
     let operator = cluster.observed_operator(cluster.settings("one")).await;
     let check = wait_condition(&cluster, "directory", "Reconciling", "False").await;
     let status = check.status.clone().unwrap();
-    let bound = status.results.iter().find(|r| r.endpoint == "ad").unwrap();
+    let bound = status
+        .results
+        .iter()
+        .find(|r| r.endpoint == "ad")
+        .unwrap_or_else(|| panic!("{status:?}"));
     assert_eq!(bound.outcome, Outcome::Pass, "{}", bound.message);
     assert!(
         bound
@@ -1677,6 +1695,19 @@ async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
         refused.outcome,
         Outcome::Fail,
         "the wrong password is refused: {refused:?}"
+    );
+    let row = |name: &str| status.results.iter().find(|r| r.endpoint == name).unwrap();
+    assert_eq!(
+        (row("mailbox").outcome, row("mailbox").stage),
+        (Outcome::Pass, netreach::api::result::Stage::Auth),
+        "the probe pod mounted the mail Secret and logged in: {:?}",
+        row("mailbox")
+    );
+    assert_eq!(
+        row("relay-wrong").reason,
+        Reason::AuthFailed,
+        "{:?}",
+        row("relay-wrong")
     );
     eventually(WAIT, "the failed bind's event", || {
         let cluster = &cluster;
@@ -1731,12 +1762,21 @@ async fn a_bind_password_appears_in_no_status_event_log_or_metric() {
         "the log was captured: {}",
         seen[3].1
     );
+    use base64::Engine as _;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let user = peers.var("PEER_MAIL_USER");
     for (what, text) in &seen {
-        for value in [password.as_str(), wrong] {
-            assert!(
-                !text.contains(value),
-                "a bind password appears in {what}:\n{text}"
-            );
+        for value in [password.as_str(), mail_password.as_str(), wrong] {
+            for form in [
+                value.to_owned(),
+                b64(value),
+                b64(&format!("\0{user}\0{value}")),
+            ] {
+                assert!(
+                    !text.contains(&form),
+                    "a password ({form}) appears in {what}:\n{text}"
+                );
+            }
         }
     }
     operator.handle.abort();

@@ -517,7 +517,9 @@ async fn application_expectations_fail_at_their_stage() {
     );
     assert_row(&results[3], Outcome::Fail, Stage::Auth, Reason::BindFailed);
     assert!(
-        results[3].message.contains("invalid credentials"),
+        results[3]
+            .message
+            .contains("refused the bind as cn=reader,dc=example,dc=com: invalidCredentials (49)"),
         "{}",
         results[3].message
     );
@@ -528,8 +530,8 @@ async fn application_expectations_fail_at_their_stage() {
     assert_row(
         &results[4],
         Outcome::Fail,
-        Stage::Protocol,
-        Reason::SearchFailed,
+        Stage::Auth,
+        Reason::NoSuchBaseDn,
     );
     assert_row(
         &results[5],
@@ -1299,5 +1301,668 @@ async fn messages_name_host_port_and_a_next_step() {
                 .contains("create Secret proxy-auth with key username"),
         "{}",
         results[2].message
+    );
+}
+
+/// A secrets directory as a pod mounts it: `mail` (right), `wrong` (wrong password),
+/// `no-password` (no password key), `reader` and `wrong-reader` (LDAP).
+fn login_secrets() -> tempfile::TempDir {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    let user = peers.var("PEER_MAIL_USER");
+    let write = |secret: &str, entries: &[(&str, &str)]| {
+        std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+        for (key, value) in entries {
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+    };
+    write(
+        "mail",
+        &[
+            ("username", user),
+            ("password", peers.var("PEER_MAIL_PASSWORD")),
+        ],
+    );
+    write(
+        "wrong",
+        &[("username", user), ("password", WRONG_MAIL_PASSWORD)],
+    );
+    write("no-password", &[("username", user)]);
+    write(
+        "reader",
+        &[
+            ("bindDN", peers.var("PEER_LDAP_BIND_DN")),
+            ("password", peers.var("PEER_LDAP_BIND_PASSWORD")),
+        ],
+    );
+    write(
+        "wrong-reader",
+        &[
+            ("bindDN", peers.var("PEER_LDAP_BIND_DN")),
+            ("password", WRONG_MAIL_PASSWORD),
+        ],
+    );
+    dir
+}
+
+const WRONG_MAIL_PASSWORD: &str = "Wr0ng-mail-pw-5c1d";
+
+fn auth(mechanism: &str, secret: &str) -> String {
+    format!("auth: {{mechanism: {mechanism}, credentialsSecretRef: {{name: {secret}}}}}")
+}
+
+#[tokio::test]
+async fn logins_pass_with_every_mechanism_the_servers_offer_and_count_the_messages() {
+    let peers = Peers::get();
+    let secrets = login_secrets();
+    let (smtp, smtps, submission) = (
+        peers.port("PEER_SMTP_PORT"),
+        peers.port("PEER_SMTPS_PORT"),
+        peers.port("PEER_SUBMISSION_PORT"),
+    );
+    let (imap, imaps, pop3, pop3s) = (
+        peers.port("PEER_IMAP_PORT"),
+        peers.port("PEER_IMAPS_PORT"),
+        peers.port("PEER_POP3_PORT"),
+        peers.port("PEER_POP3S_PORT"),
+    );
+    let good = peers.var("PEER_SMTP_GOOD_RCPT");
+    let envelope = format!("envelope: {{from: itsm@example.com, to: [{good}]}}");
+    let ports = [
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}, {envelope}}}", auth("PLAIN", "mail")),
+        ),
+        (
+            smtps,
+            "SMTPS",
+            "",
+            format!("smtp: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+        (
+            submission,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}, {envelope}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            imaps,
+            "IMAPS",
+            "",
+            format!("mail: {{{}, mailbox: INBOX}}", auth("PLAIN", "mail")),
+        ),
+        (
+            imaps,
+            "IMAPS",
+            "",
+            format!("mail: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("USER", "mail")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("APOP", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("PLAIN", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("LOGIN", "mail")),
+        ),
+        (
+            pop3s,
+            "POP3S",
+            "",
+            format!("mail: {{{}}}", auth("CRAM-MD5", "mail")),
+        ),
+    ];
+    // One endpoint per row: ports of an endpoint must differ.
+    let mut endpoints = String::new();
+    for (i, (port, protocol, mode, expectation)) in ports.iter().enumerate() {
+        let tls = if mode.is_empty() {
+            String::new()
+        } else {
+            format!(", tls: {{mode: {mode}}}")
+        };
+        endpoints.push_str(&format!(
+            "    - name: mail-{i}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {port}, protocol: {protocol}{tls}, {expectation}}}]\n"
+        ));
+    }
+    endpoints.push_str(&format!(
+        "    - name: directory\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {{bindSecretRef: {{name: reader}}, baseDN: \"{}\", search: {{filter: \"(&(objectClass=inetOrgPerson)(mail=*@example.com))\", scope: OneLevel, minEntries: {}}}}}}}]\n",
+        peers.port("PEER_LDAP_PORT"),
+        peers.var("PEER_LDAP_SUBTREE"),
+        peers.var("PEER_LDAP_SUBTREE_ENTRIES"),
+    ));
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(results.len(), ports.len() + 1);
+    for result in &results {
+        assert_row(result, Outcome::Pass, Stage::Auth, Reason::Reachable);
+        assert!(
+            result.tls.is_some(),
+            "{}: logged in over TLS",
+            result.endpoint
+        );
+    }
+    let detail = |i: usize| results[i].detail.clone().unwrap_or_default();
+    assert!(detail(0).starts_with("logged in as user@example.com with AUTH PLAIN; MAIL FROM <itsm@example.com> and RCPT TO <listener@example.com> accepted (no message sent)"), "{}", detail(0));
+    assert_eq!(
+        detail(1),
+        "logged in as user@example.com with AUTH CRAM-MD5"
+    );
+    let messages = peers.var("PEER_MAIL_MESSAGES");
+    for i in 3..6 {
+        assert!(
+            detail(i).ends_with(&format!("INBOX holds {messages} message")),
+            "{}",
+            detail(i)
+        );
+    }
+    for i in 6..11 {
+        assert!(
+            detail(i).ends_with(&format!("the mailbox holds {messages} message")),
+            "{}",
+            detail(i)
+        );
+    }
+    assert!(detail(7).contains("with APOP"), "{}", detail(7));
+    assert!(
+        detail(11).contains(&format!(
+            "found {} entries",
+            peers.var("PEER_LDAP_SUBTREE_ENTRIES")
+        )),
+        "{}",
+        detail(11)
+    );
+}
+
+#[tokio::test]
+async fn each_wrong_login_input_lands_on_its_reason() {
+    let peers = Peers::get();
+    let secrets = login_secrets();
+    let (smtp, submission, imap, pop3, ldap) = (
+        peers.port("PEER_SMTP_PORT"),
+        peers.port("PEER_SUBMISSION_PORT"),
+        peers.port("PEER_IMAP_PORT"),
+        peers.port("PEER_POP3_PORT"),
+        peers.port("PEER_LDAP_PORT"),
+    );
+    let bad = peers.var("PEER_SMTP_BAD_RCPT");
+    let good = peers.var("PEER_SMTP_GOOD_RCPT");
+    let rows = [
+        // 0: wrong password on each protocol
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}}}", auth("PLAIN", "wrong")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "wrong")),
+        ),
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("APOP", "wrong")),
+        ),
+        // 3: an unknown mailbox
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!(
+                "mail: {{{}, mailbox: Archive/Missing}}",
+                auth("PLAIN", "mail")
+            ),
+        ),
+        // 4: a refused recipient
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!(
+                "smtp: {{{}, envelope: {{from: itsm@example.com, to: [{good}, {bad}]}}}}",
+                auth("LOGIN", "mail")
+            ),
+        ),
+        // 5, 6: a mechanism the server does not offer
+        (
+            smtp,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{{}}}", auth("NTLM", "mail")),
+        ),
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("NTLM", "mail")),
+        ),
+        // 7: a Secret without its password key
+        (
+            imap,
+            "IMAP",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("LOGIN", "no-password")),
+        ),
+        // 8: AUTH before STARTTLS
+        (
+            smtp,
+            "SMTP",
+            "Disabled",
+            format!("smtp: {{{}}}", auth("PLAIN", "mail")),
+        ),
+        // 9: MAIL FROM without the login the submission port wants
+        (
+            submission,
+            "SMTP",
+            "StartTLS",
+            format!("smtp: {{envelope: {{from: itsm@example.com, to: [{good}]}}}}"),
+        ),
+        // 10: a Secret that does not exist
+        (
+            pop3,
+            "POP3",
+            "StartTLS",
+            format!("mail: {{{}}}", auth("USER", "absent")),
+        ),
+    ];
+    let mut endpoints = String::new();
+    for (i, (port, protocol, mode, expectation)) in rows.iter().enumerate() {
+        endpoints.push_str(&format!(
+            "    - name: wrong-{i}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {port}, protocol: {protocol}, tls: {{mode: {mode}}}, {expectation}}}]\n"
+        ));
+    }
+    let ldap_row = |name: &str, expectation: String| {
+        format!(
+            "    - name: {name}\n      cidr: 127.0.0.1\n      tls: {{serverName: localhost}}\n      ports: [{{port: {ldap}, protocol: LDAP, tls: {{mode: StartTLS}}, ldap: {expectation}}}]\n"
+        )
+    };
+    endpoints.push_str(&ldap_row(
+        "ldap-wrong",
+        "{bindSecretRef: {name: wrong-reader}}".into(),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-missing-base",
+        "{bindSecretRef: {name: reader}, baseDN: \"ou=gone,dc=example,dc=com\", search: {filter: \"(objectClass=*)\"}}".into(),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-empty",
+        format!(
+            "{{bindSecretRef: {{name: reader}}, baseDN: \"{}\", search: {{filter: \"(uid=*)\", minEntries: 1}}}}",
+            peers.var("PEER_LDAP_EMPTY_SUBTREE")
+        ),
+    ));
+    endpoints.push_str(&ldap_row(
+        "ldap-anonymous",
+        format!(
+            "{{baseDN: \"{}\", search: {{filter: \"(uid=*)\"}}}}",
+            peers.var("PEER_LDAP_SUBTREE")
+        ),
+    ));
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let expect = |i: usize, stage: Stage, reason: Reason, parts: &[&str]| {
+        let row = &results[i];
+        assert_row(row, Outcome::Fail, stage, reason);
+        for part in parts {
+            assert!(row.message.contains(part), "{part:?} in {}", row.message);
+        }
+        assert!(
+            !row.message.contains(WRONG_MAIL_PASSWORD)
+                && !row.message.contains(peers.var("PEER_MAIL_PASSWORD")),
+            "{}",
+            row.message
+        );
+    };
+    let at = |port: u16| format!("127.0.0.1:{port}");
+    expect(
+        0,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[
+            &at(smtp),
+            "refused the PLAIN login as user@example.com: 535",
+            "Secret wrong",
+        ],
+    );
+    expect(
+        1,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[&at(imap), "refused the LOGIN login", "AUTHENTICATIONFAILED"],
+    );
+    expect(
+        2,
+        Stage::Auth,
+        Reason::AuthFailed,
+        &[&at(pop3), "refused the APOP login", "-ERR"],
+    );
+    expect(
+        3,
+        Stage::Auth,
+        Reason::MailboxNotFound,
+        &[&at(imap), "\"Archive/Missing\"", "check mail.mailbox"],
+    );
+    expect(
+        4,
+        Stage::Auth,
+        Reason::RecipientRejected,
+        &[
+            &at(smtp),
+            &format!("RCPT TO:<{bad}>: 550"),
+            "refused 1 of 2 recipients",
+        ],
+    );
+    assert!(
+        !results[4].message.contains(&format!("<{good}>:")),
+        "{}",
+        results[4].message
+    );
+    expect(
+        5,
+        Stage::Auth,
+        Reason::MechanismNotOffered,
+        &["does not offer AUTH NTLM (offers: ", "CRAM-MD5", "PLAIN"],
+    );
+    expect(
+        6,
+        Stage::Auth,
+        Reason::MechanismNotOffered,
+        &["does not offer AUTH NTLM", "AUTH=PLAIN"],
+    );
+    expect(
+        7,
+        Stage::Auth,
+        Reason::CredentialsUnavailable,
+        &[&at(imap), "key password of Secret no-password"],
+    );
+    expect(
+        8,
+        Stage::Auth,
+        Reason::AuthRequiresTls,
+        &[
+            &at(smtp),
+            "refuses AUTH PLAIN before TLS",
+            "tls.mode: StartTLS",
+        ],
+    );
+    expect(
+        9,
+        Stage::Protocol,
+        Reason::SenderRejected,
+        &[
+            &at(submission),
+            "MAIL FROM:<itsm@example.com>: 530",
+            "set smtp.auth",
+        ],
+    );
+    expect(
+        10,
+        Stage::Auth,
+        Reason::CredentialsUnavailable,
+        &["key username of Secret absent"],
+    );
+    let ldap_at = at(ldap);
+    expect(
+        11,
+        Stage::Auth,
+        Reason::BindFailed,
+        &[&ldap_at, "invalidCredentials (49)"],
+    );
+    expect(
+        12,
+        Stage::Auth,
+        Reason::NoSuchBaseDn,
+        &[
+            "ou=gone,dc=example,dc=com does not exist",
+            "noSuchObject (32)",
+        ],
+    );
+    expect(
+        13,
+        Stage::Auth,
+        Reason::TooFewEntries,
+        &["returned 0 entries, fewer than minEntries 1"],
+    );
+    // Without credentials nothing was authenticated: the hidden subtree is the protocol's.
+    expect(14, Stage::Protocol, Reason::NoSuchBaseDn, &[&ldap_at]);
+}
+
+/// A plain SMTP server offering AUTH NTLM (Debian's dovecot has none) and PLAIN, no STARTTLS:
+/// it sends the MS-NLMP example CHALLENGE and accepts the AUTHENTICATE only when its NTLMv2
+/// response is the one `User`/`Domain`/`Password` give for the client challenge and time it
+/// carries. It takes any PLAIN login, and counts the AUTH PLAIN commands it gets.
+async fn ntlm_smtp_server(plain_logins: Arc<std::sync::atomic::AtomicUsize>) -> u16 {
+    use base64::Engine as _;
+    use netreach::probe::sasl::ntlm;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const CHALLENGE: &str = "4e544c4d53535000020000000c000c003800000033828ae20123456789abcdef00000000000000002400240044000000060070170000000f53006500720076006500720002000c0044006f006d00610069006e0001000c0053006500720076006500720000000000";
+    let challenge: Vec<u8> = (0..CHALLENGE.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&CHALLENGE[i..i + 2], 16).unwrap())
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let challenge = challenge.clone();
+            let plain_logins = plain_logins.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let b64 = base64::engine::general_purpose::STANDARD;
+                write.write_all(b"220 ntlm.test ESMTP\r\n").await.unwrap();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply: String = if line.starts_with("EHLO") {
+                        "250-ntlm.test\r\n250 AUTH NTLM PLAIN\r\n".into()
+                    } else if line == "AUTH NTLM" {
+                        "334 \r\n".into()
+                    } else if line == "AUTH PLAIN" {
+                        plain_logins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        "334 \r\n".into()
+                    } else if line == "QUIT" {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else if let Ok(message) = b64.decode(line.trim()) {
+                        match message.get(8).filter(|_| message.starts_with(b"NTLMSSP")) {
+                            Some(1) => format!("334 {}\r\n", b64.encode(&challenge)),
+                            Some(3) => {
+                                let field = |i: usize| {
+                                    let at = 12 + i * 8;
+                                    let len =
+                                        u16::from_le_bytes([message[at], message[at + 1]]) as usize;
+                                    let off = u32::from_le_bytes(
+                                        message[at + 4..at + 8].try_into().unwrap(),
+                                    ) as usize;
+                                    message[off..off + len].to_vec()
+                                };
+                                let text = |bytes: Vec<u8>| {
+                                    String::from_utf16(
+                                        &bytes
+                                            .chunks(2)
+                                            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                                            .collect::<Vec<_>>(),
+                                    )
+                                    .unwrap()
+                                };
+                                let (nt, domain, user) = (field(1), text(field(2)), text(field(3)));
+                                let parsed = ntlm::Challenge::parse(&challenge).unwrap();
+                                let blob = &nt[16..];
+                                let expected = ntlm::ntlmv2_response(
+                                    &ntlm::ntowf_v2("Password", "User", "Domain"),
+                                    &parsed.server_challenge,
+                                    blob[16..24].try_into().unwrap(),
+                                    u64::from_le_bytes(blob[8..16].try_into().unwrap()),
+                                    &parsed.target_info,
+                                );
+                                if (user.as_str(), domain.as_str()) == ("User", "Domain")
+                                    && nt == expected
+                                {
+                                    "235 2.7.0 Authentication successful\r\n".into()
+                                } else {
+                                    format!(
+                                        "535 5.7.8 Authentication failed for {domain}\\{user}\r\n"
+                                    )
+                                }
+                            }
+                            _ if message.starts_with(b"\0") => "235 2.7.0 ok\r\n".into(),
+                            _ => "501 5.5.2 what\r\n".into(),
+                        }
+                    } else {
+                        "500 5.5.1 unknown\r\n".into()
+                    };
+                    write.write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn ntlm_logins_run_the_three_message_dialogue_and_a_wrong_password_fails() {
+    let plain_logins = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = ntlm_smtp_server(plain_logins.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (secret, entries) in [
+        (
+            "ntlm",
+            vec![
+                ("username", "User"),
+                ("password", "Password"),
+                ("domain", "Domain"),
+            ],
+        ),
+        (
+            "ntlm-backslash",
+            vec![("username", "Domain\\User"), ("password", "Password")],
+        ),
+        (
+            "ntlm-wrong",
+            vec![
+                ("username", "User"),
+                ("password", "Passw0rd-wrong"),
+                ("domain", "Domain"),
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+        for (key, value) in entries {
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+    }
+    let mut endpoints = String::new();
+    for secret in ["ntlm", "ntlm-backslash", "ntlm-wrong"] {
+        endpoints.push_str(&format!(
+            "    - name: {secret}\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, tls: {{mode: Disabled}}, smtp: {{{}}}}}]\n",
+            auth("NTLM", secret)
+        ));
+    }
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(dir.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    for row in &results[..2] {
+        assert_row(row, Outcome::Pass, Stage::Auth, Reason::Reachable);
+        assert_eq!(
+            row.detail.as_deref(),
+            Some(
+                format!(
+                    "logged in as {} with AUTH NTLM",
+                    if row.endpoint == "ntlm" {
+                        "User"
+                    } else {
+                        "Domain\\User"
+                    }
+                )
+                .as_str()
+            )
+        );
+    }
+    assert_row(&results[2], Outcome::Fail, Stage::Auth, Reason::AuthFailed);
+    assert!(
+        results[2]
+            .message
+            .contains("535 5.7.8 Authentication failed for Domain\\User"),
+        "{}",
+        results[2].message
+    );
+    assert!(!results[2].message.contains("Passw0rd-wrong"));
+
+    // A password sent as it is (PLAIN) travels in the clear only where the port says so.
+    let endpoints = format!(
+        "    - name: opportunistic\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, smtp: {{{plain}}}}}]\n    - name: cleartext-allowed\n      cidr: 127.0.0.1\n      ports: [{{port: {port}, protocol: SMTP, tls: {{mode: Disabled}}, smtp: {{{plain}}}}}]\n",
+        plain = auth("PLAIN", "ntlm")
+    );
+    let results = probe_endpoints(
+        &endpoints,
+        Options {
+            secrets_dir: Some(dir.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::StartTlsNotOffered,
+    );
+    assert!(
+        results[0].message.contains(&format!(
+            "127.0.0.1:{port} does not offer STARTTLS, so the PLAIN login would send the password unencrypted; it was not sent"
+        )),
+        "{}",
+        results[0].message
+    );
+    assert_row(&results[1], Outcome::Pass, Stage::Auth, Reason::Reachable);
+    assert_eq!(
+        plain_logins.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the port with tls.mode: Disabled sent AUTH PLAIN"
     );
 }

@@ -67,6 +67,8 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("!has(self.smtp) || self.protocol in ['SMTP', 'SMTPS']").message("smtp expectations apply only to SMTP and SMTPS ports").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.mail) || self.protocol in ['IMAP', 'IMAPS', 'POP3', 'POP3S']").message("mail expectations apply only to IMAP, IMAPS, POP3 and POP3S ports").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.ldap) || self.protocol in ['LDAP', 'LDAPS']").message("ldap expectations apply only to LDAP and LDAPS ports").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.mail) || !has(self.mail.auth) || !(self.mail.auth.mechanism in ['APOP', 'USER']) || self.protocol in ['POP3', 'POP3S']").message("mail.auth.mechanism APOP and USER apply only to POP3 and POP3S ports; IMAP logs in with LOGIN, PLAIN, CRAM-MD5 or NTLM").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.mail) || !has(self.mail.mailbox) || self.protocol in ['IMAP', 'IMAPS']").message("mail.mailbox applies only to IMAP and IMAPS ports (POP3 has only the inbox)").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.mode) || (self.tls.mode == 'Implicit' ? self.protocol in ['TLS', 'HTTPS', 'SMTPS', 'IMAPS', 'POP3S', 'LDAPS'] : self.tls.mode == 'Disabled' ? self.protocol in ['TCP', 'HTTP', 'SMTP', 'IMAP', 'POP3', 'LDAP'] : self.protocol in ['SMTP', 'IMAP', 'POP3', 'LDAP'])").message("tls.mode does not fit the protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS, POP3S and LDAPS; StartTLS and Opportunistic with SMTP, IMAP, POP3 and LDAP; Disabled with plain protocols").reason(Reason::FieldValueInvalid))]
 pub struct PortSpec {
     /// TCP port number.
@@ -388,7 +390,59 @@ pub struct SmtpExpectation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = HOST_PATTERN), length(max = 253))]
     pub ehlo_name: Option<String>,
+    /// Log in to the relay for real with one mechanism (after STARTTLS when TLS is used), as
+    /// the application would. A refused login fails the port with AuthFailed. PLAIN and LOGIN,
+    /// which send the password as it is, run only over TLS unless `tls.mode` is Disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SmtpAuth>,
+    /// Sender and recipients to try: MAIL FROM and each RCPT TO are sent, then RSET and QUIT.
+    /// No DATA is ever sent, so no message is: this only proves the relay would accept them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<SmtpEnvelope>,
 }
+
+/// A real SMTP login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmtpAuth {
+    /// The AUTH mechanism the application uses.
+    pub mechanism: SmtpMechanism,
+    /// Secret with the keys `username` and `password`, plus `domain` for NTLM (optional when
+    /// the username carries it as `DOMAIN\user` or `user@domain`).
+    pub credentials_secret_ref: SecretRef,
+}
+
+/// SMTP AUTH mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SmtpMechanism {
+    /// SASL PLAIN (RFC 4616).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// AUTH LOGIN: username, then password.
+    #[serde(rename = "LOGIN")]
+    Login,
+    /// CRAM-MD5 (RFC 2195) challenge-response.
+    #[serde(rename = "CRAM-MD5")]
+    CramMd5,
+    /// NTLM (NTLMv2), as Exchange offers it.
+    #[serde(rename = "NTLM")]
+    Ntlm,
+}
+
+/// The SMTP envelope to try; nothing is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmtpEnvelope {
+    /// Sender address for MAIL FROM, e.g. `itsm@customer.example.com`.
+    #[schemars(regex(pattern = MAIL_ADDRESS_PATTERN), length(max = 320))]
+    pub from: String,
+    /// Recipients for RCPT TO; each must be accepted.
+    #[schemars(length(min = 1, max = 16), inner(regex(pattern = MAIL_ADDRESS_PATTERN), length(max = 320)))]
+    pub to: Vec<String>,
+}
+
+/// An e-mail address as MAIL FROM and RCPT TO carry it (no spaces, brackets or line breaks).
+pub const MAIL_ADDRESS_PATTERN: &str = r"^[^\s<>@]+@[^\s<>@]+$";
 
 /// IMAP/POP3 expectations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
@@ -399,20 +453,102 @@ pub struct MailExpectation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
     pub expected_capabilities: Vec<String>,
+    /// Log in to the mailbox for real with one mechanism, as the application would. IMAP:
+    /// LOGIN (the IMAP LOGIN command), PLAIN, CRAM-MD5 or NTLM. POP3: USER (USER/PASS),
+    /// APOP, PLAIN, LOGIN, CRAM-MD5 or NTLM. After the login IMAP opens `mailbox` read-only
+    /// (EXAMINE) and POP3 runs STAT; both record the message count. Nothing is read or
+    /// deleted. LOGIN, PLAIN and USER, which send the password as it is, run only over TLS
+    /// unless `tls.mode` is Disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<MailAuth>,
+    /// IMAP mailbox to open read-only after the login. Default: `INBOX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub mailbox: Option<String>,
+}
+
+/// A real IMAP or POP3 login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MailAuth {
+    /// The login mechanism the application uses.
+    pub mechanism: MailMechanism,
+    /// Secret with the keys `username` and `password`, plus `domain` for NTLM (optional when
+    /// the username carries it as `DOMAIN\user` or `user@domain`).
+    pub credentials_secret_ref: SecretRef,
+}
+
+/// IMAP and POP3 login mechanisms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum MailMechanism {
+    /// IMAP: the LOGIN command. POP3: AUTH LOGIN.
+    #[serde(rename = "LOGIN")]
+    Login,
+    /// SASL PLAIN through AUTHENTICATE (IMAP) or AUTH (POP3).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// CRAM-MD5 challenge-response.
+    #[serde(rename = "CRAM-MD5")]
+    CramMd5,
+    /// NTLM (NTLMv2), as Exchange offers it.
+    #[serde(rename = "NTLM")]
+    Ntlm,
+    /// POP3 only: APOP, the digest of the greeting's timestamp and the password.
+    #[serde(rename = "APOP")]
+    Apop,
+    /// POP3 only: USER and PASS.
+    #[serde(rename = "USER")]
+    User,
 }
 
 /// LDAP expectations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.search) || has(self.baseDN)").message("ldap.search needs baseDN: the entry to search under").reason(Reason::FieldValueRequired))]
 pub struct LdapExpectation {
-    /// Secret holding `bindDN` and `password` for a simple bind. Without it the probe binds
-    /// anonymously (or only reads the root DSE).
+    /// Secret holding `bindDN` and `password` for a simple bind. The bind name is passed as
+    /// written, so AD's `DOMAIN\user` and `user@domain` forms work. Without it the probe
+    /// binds anonymously (or only reads the root DSE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind_secret_ref: Option<SecretRef>,
-    /// Base DN to search (scope base) after the bind, proving the account can read it.
+    /// Base DN to read after the bind (scope base), proving the account can read it, e.g.
+    /// `OU=Staff,DC=corp,DC=example,DC=com`.
     #[serde(default, rename = "baseDN", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub base_dn: Option<String>,
+    /// Search under `baseDN` as the directory import does, and require entries back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<LdapSearch>,
+}
+
+/// An LDAP search that must return entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LdapSearch {
+    /// RFC 4515 filter, e.g. `(&(objectClass=user)(mail=*))`. Default: `(objectClass=*)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^\(.*\)$"), length(max = 4096))]
+    pub filter: Option<String>,
+    /// How deep to search under `baseDN`. Default: Subtree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<SearchScope>,
+    /// Fewest entries the search must return (an account without read rights often gets an
+    /// empty success, not an error). The probe asks for no attributes and at most this many
+    /// entries. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_entries: Option<i32>,
+}
+
+/// LDAP search scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum SearchScope {
+    /// The base entry only.
+    Base,
+    /// The entries right below the base.
+    OneLevel,
+    /// The base and everything below it.
+    Subtree,
 }
 
 /// A Secret in the same namespace.

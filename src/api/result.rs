@@ -78,6 +78,24 @@ crate::wire_enum! {
         CapabilityMissing,
         BindFailed,
         SearchFailed,
+        /// The login mechanism the port is configured with is not among those the server offers.
+        MechanismNotOffered,
+        /// The server refused the login (SMTP 535, IMAP NO, POP3 -ERR).
+        AuthFailed,
+        /// The server refuses to log anyone in before TLS.
+        #[serde(rename = "AuthRequiresTLS")]
+        AuthRequiresTls,
+        /// The SMTP relay refused MAIL FROM.
+        SenderRejected,
+        /// The SMTP relay refused a RCPT TO.
+        RecipientRejected,
+        /// The IMAP mailbox cannot be opened.
+        MailboxNotFound,
+        /// The LDAP search base does not exist (noSuchObject).
+        #[serde(rename = "NoSuchBaseDN")]
+        NoSuchBaseDn,
+        /// The LDAP search returned fewer entries than `minEntries`.
+        TooFewEntries,
         CredentialsUnavailable,
         /// The `caBundleRef` of the port cannot be read or holds no certificate.
         #[serde(rename = "CABundleUnavailable")]

@@ -9,6 +9,7 @@ use super::{EXIT_FAILED, invalid, load_or_exit, runtime};
 use crate::api::SpecDuration;
 use crate::api::result::Reason;
 use crate::error::error_chain;
+use crate::probe::certs;
 use crate::probe::dns::parse_nameserver;
 use crate::probe::engine::{ProbeContext, probe_all};
 use crate::probe::net::ProxyTarget;
@@ -43,6 +44,9 @@ fn context(args: &CheckArgs) -> Result<ProbeContext, String> {
     ctx.proxy = proxy;
     ctx.first_address_only = args.first_address_only;
     ctx.secrets_dir = args.secrets_dir.clone();
+    if args.save_certs.is_some() {
+        ctx.chains = Some(Default::default());
+    }
     Ok(ctx)
 }
 
@@ -107,7 +111,7 @@ pub(super) fn run_check(args: CheckArgs) -> ExitCode {
     };
     let results = runtime().block_on(probe_all(
         &all_targets,
-        ctx,
+        ctx.clone(),
         usize::from(args.concurrency),
         progress,
     ));
@@ -128,6 +132,31 @@ pub(super) fn run_check(args: CheckArgs) -> ExitCode {
         OutputFormat::Junit => report::junit(&report),
     };
     print!("{text}");
+    if let Some(dir) = &args.save_certs {
+        match certs::save(dir, &ctx.saved_chains()) {
+            Ok(written) if written.is_empty() => eprintln!(
+                "--save-certs: no endpoint presented a certificate, nothing written to {}",
+                dir.display()
+            ),
+            Ok(written) => {
+                eprintln!(
+                    "saved {} certificate chains (PEM, leaf first) to {}:",
+                    written.len(),
+                    dir.display()
+                );
+                for path in written {
+                    eprintln!("  {}", path.display());
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "--save-certs: cannot write to {}: {e}; pass a writable directory",
+                    dir.display()
+                );
+                return ExitCode::from(super::EXIT_INVALID_INPUT);
+            }
+        }
+    }
     let needs_mounts = report.groups.iter().flat_map(|g| &g.results).any(|r| {
         matches!(
             r.reason,
@@ -181,6 +210,11 @@ pub struct CheckArgs {
     /// Stop at the first address that answers instead of probing every resolved address.
     #[arg(long)]
     pub first_address_only: bool,
+    /// Save the certificate chain each endpoint×port presented as `DIR/<endpoint>-<port>.pem`
+    /// (PEM, leaf first), failures included, e.g. to upload a directory's certificate to a
+    /// vendor's tenant.
+    #[arg(long, value_name = "DIR")]
+    pub save_certs: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

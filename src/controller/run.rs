@@ -124,7 +124,17 @@ pub fn referenced_secrets(targets: &[Target]) -> Vec<String> {
                 .as_ref()
                 .and_then(|p| p.credentials_secret_ref.as_ref())
                 .map(|s| s.name.clone());
-            ldap.into_iter().chain(proxy)
+            let smtp = t
+                .smtp
+                .as_ref()
+                .and_then(|s| s.auth.as_ref())
+                .map(|a| a.credentials_secret_ref.name.clone());
+            let mail = t
+                .mail
+                .as_ref()
+                .and_then(|m| m.auth.as_ref())
+                .map(|a| a.credentials_secret_ref.name.clone());
+            ldap.into_iter().chain(proxy).chain(smtp).chain(mail)
         })
         .collect();
     names.sort();

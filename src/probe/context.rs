@@ -1,6 +1,9 @@
-//! Settings shared by every probe of a run: trust roots, resolvers, proxy, mounted secrets.
+//! Settings shared by every probe of a run: trust roots, resolvers, proxy, mounted secrets,
+//! and the certificate chains seen, when they are to be saved.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use super::dns::Resolvers;
 use super::net::{Failure, ProxyTarget};
@@ -20,7 +23,13 @@ pub struct ProbeContext {
     pub first_address_only: bool,
     /// Where Secrets are mounted: `DIR/<secret>/<key>`.
     pub secrets_dir: Option<PathBuf>,
+    /// When set, the chain each endpoint×port presented (DER, leaf first) is kept here,
+    /// the first one seen per (endpoint, port).
+    pub chains: Option<Mutex<Chains>>,
 }
+
+/// Presented certificate chains by (endpoint, port), DER, leaf first.
+pub type Chains = BTreeMap<(String, u16), Vec<Vec<u8>>>;
 
 impl ProbeContext {
     pub fn new(roots: TrustRoots) -> Self {
@@ -31,7 +40,45 @@ impl ProbeContext {
             proxy: None,
             first_address_only: false,
             secrets_dir: None,
+            chains: None,
         }
+    }
+
+    /// Keeps the chain `target` presented, when chains are being saved.
+    pub(super) fn record_chain(&self, target: &Target, chain: &[Vec<u8>]) {
+        if let Some(chains) = &self.chains
+            && !chain.is_empty()
+        {
+            let mut chains = chains.lock().unwrap_or_else(|p| p.into_inner());
+            chains
+                .entry((target.endpoint.clone(), target.port))
+                .or_insert_with(|| chain.to_vec());
+        }
+    }
+
+    /// The chains kept so far.
+    pub fn saved_chains(&self) -> Chains {
+        self.chains
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads a key of a mounted Secret that may be absent: None when the Secret has no such
+    /// key, an error when the Secret itself is not there.
+    pub(super) fn optional_secret(
+        &self,
+        secret: &str,
+        key: &str,
+        target: &str,
+    ) -> Result<Option<String>, String> {
+        if let Some(dir) = &self.secrets_dir
+            && dir.join(secret).is_dir()
+            && !dir.join(secret).join(key).exists()
+        {
+            return Ok(None);
+        }
+        self.secret(secret, key, target).map(Some)
     }
 
     /// Reads one key of a mounted Secret that probing `target` needs.

@@ -1,9 +1,11 @@
-//! LDAP stage: the StartTLS extended operation, a simple bind and a base-scope search, encoded
-//! in the few BER shapes they need (RFC 4511). Responses are size-bounded.
+//! LDAP stage: the StartTLS extended operation, a simple bind and a search, encoded in the few
+//! BER shapes they need (RFC 4511). Responses are size-bounded.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::ldap_filter::{self, tlv};
 use super::net::{BoxStream, Deadline, Failure};
+use crate::api::endpoint::SearchScope;
 use crate::api::result::{Reason, Stage};
 
 const START_TLS_OID: &str = "1.3.6.1.4.1.1466.20037";
@@ -18,24 +20,6 @@ const TAG_SEARCH_DONE: u8 = 0x65;
 const TAG_SEARCH_REFERENCE: u8 = 0x73;
 const TAG_EXTENDED_REQUEST: u8 = 0x77;
 const TAG_EXTENDED_RESPONSE: u8 = 0x78;
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
 
 fn integer(value: u32) -> Vec<u8> {
     let mut bytes: Vec<u8> = value
@@ -69,17 +53,77 @@ pub fn bind_request(id: u32, dn: &str, password: &str) -> Vec<u8> {
     message(id, tlv(TAG_BIND_REQUEST, &op))
 }
 
-/// Base-scope search for `(objectClass=*)` returning no attributes ("1.1").
-pub fn search_request(id: u32, base: &str) -> Vec<u8> {
+/// A search returning no attributes ("1.1") and at most `size_limit` entries; `filter` is
+/// the encoded filter.
+pub fn search_request(
+    id: u32,
+    base: &str,
+    scope: SearchScope,
+    size_limit: u32,
+    filter: &[u8],
+) -> Vec<u8> {
+    let scope = match scope {
+        SearchScope::Base => 0,
+        SearchScope::OneLevel => 1,
+        SearchScope::Subtree => 2,
+    };
     let mut op = tlv(0x04, base.as_bytes());
-    op.extend(tlv(0x0a, &[0])); // scope: baseObject
+    op.extend(tlv(0x0a, &[scope]));
     op.extend(tlv(0x0a, &[0])); // derefAliases: never
-    op.extend(integer(1)); // sizeLimit
+    op.extend(integer(size_limit));
     op.extend(integer(10)); // timeLimit (s)
     op.extend(tlv(0x01, &[0])); // typesOnly: false
-    op.extend(tlv(0x87, b"objectClass")); // filter: present
+    op.extend_from_slice(filter);
     op.extend(tlv(0x30, &tlv(0x04, b"1.1")));
     message(id, tlv(TAG_SEARCH_REQUEST, &op))
+}
+
+/// The name of an LDAP result code (RFC 4511 appendix A), as directories log it.
+pub fn result_name(code: u32) -> &'static str {
+    match code {
+        0 => "success",
+        1 => "operationsError",
+        2 => "protocolError",
+        3 => "timeLimitExceeded",
+        4 => "sizeLimitExceeded",
+        7 => "authMethodNotSupported",
+        8 => "strongerAuthRequired",
+        10 => "referral",
+        11 => "adminLimitExceeded",
+        13 => "confidentialityRequired",
+        14 => "saslBindInProgress",
+        32 => "noSuchObject",
+        34 => "invalidDNSyntax",
+        48 => "inappropriateAuthentication",
+        49 => "invalidCredentials",
+        50 => "insufficientAccessRights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwillingToPerform",
+        80 => "other",
+        _ => "unknown",
+    }
+}
+
+/// What an Active Directory `data NNN` sub-code in a bind diagnostic means.
+fn ad_bind_data(diagnostic: &str) -> Option<&'static str> {
+    let at = diagnostic.find("data ")?;
+    let code: String = diagnostic[at + 5..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    Some(match code.to_ascii_lowercase().as_str() {
+        "525" => "the user does not exist",
+        "52e" => "the password is wrong",
+        "530" => "the account may not log on at this time",
+        "531" => "the account may not log on from this workstation",
+        "532" => "the password has expired",
+        "533" => "the account is disabled",
+        "701" => "the account has expired",
+        "773" => "the password must be changed at next logon",
+        "775" => "the account is locked out",
+        _ => return None,
+    })
 }
 
 /// A parsed response: the operation tag, and for LDAPResult-shaped ones the result code and
@@ -92,16 +136,16 @@ pub struct Response {
 }
 
 impl Response {
-    /// `result 49: invalid credentials`, for messages.
+    /// `invalidCredentials (49): <diagnostic>`, for messages.
     fn outcome(&self) -> String {
-        let code = self
-            .result_code
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "?".into());
+        let code = match self.result_code {
+            Some(code) => format!("{} ({code})", result_name(code)),
+            None => "no result code".to_owned(),
+        };
         if self.diagnostic.is_empty() {
-            format!("result {code}")
+            code
         } else {
-            format!("result {code}: {}", self.diagnostic)
+            format!("{code}: {}", self.diagnostic)
         }
     }
 }
@@ -213,7 +257,7 @@ impl LdapConn {
         what: &str,
         stage: Stage,
         deadline: &Deadline,
-    ) -> Result<Response, Failure> {
+    ) -> Result<(Response, usize), Failure> {
         let fail = |e: std::io::Error| {
             Failure::new(
                 stage,
@@ -223,6 +267,7 @@ impl LdapConn {
         };
         let run = async {
             self.stream.write_all(&request).await.map_err(fail)?;
+            let mut entries = 0;
             loop {
                 let raw = self.read_message().await.map_err(fail)?;
                 let response = parse_response(&raw).ok_or_else(|| {
@@ -233,7 +278,10 @@ impl LdapConn {
                     )
                 })?;
                 if expect.contains(&response.op) {
-                    return Ok(response);
+                    return Ok((response, entries));
+                }
+                if response.op == TAG_SEARCH_ENTRY {
+                    entries += 1;
                 }
                 // Entries and references before SearchResultDone are read and skipped.
                 if !matches!(response.op, TAG_SEARCH_ENTRY | TAG_SEARCH_REFERENCE) {
@@ -261,7 +309,7 @@ impl LdapConn {
     /// Asks for StartTLS; the caller runs the handshake when this succeeds.
     pub async fn start_tls(&mut self, target: &str, deadline: &Deadline) -> Result<(), Failure> {
         let id = self.id();
-        let response = self
+        let (response, _) = self
             .exchange(
                 start_tls_request(id),
                 &[TAG_EXTENDED_RESPONSE],
@@ -284,7 +332,9 @@ impl LdapConn {
         }
     }
 
-    /// Simple bind; an empty DN binds anonymously.
+    /// Simple bind; an empty DN binds anonymously. The DN is sent as written (AD takes
+    /// `DOMAIN\user` and `user@domain` too). An anonymous bind fails at the Protocol stage:
+    /// no credentials were involved.
     pub async fn bind(
         &mut self,
         dn: &str,
@@ -292,53 +342,81 @@ impl LdapConn {
         target: &str,
         deadline: &Deadline,
     ) -> Result<(), Failure> {
+        let stage = if dn.is_empty() {
+            Stage::Protocol
+        } else {
+            Stage::Auth
+        };
         let id = self.id();
-        let response = self
+        let (response, _) = self
             .exchange(
                 bind_request(id, dn, password),
                 &[TAG_BIND_RESPONSE],
                 target,
                 "bind",
-                Stage::Auth,
+                stage,
                 deadline,
             )
             .await?;
-        match response.result_code {
-            Some(0) => Ok(()),
-            Some(49) => Err(Failure::new(
-                Stage::Auth,
-                Reason::BindFailed,
-                format!(
-                    "{target} rejected the bind as {dn}: invalid credentials (49); check the bind Secret"
-                ),
-            )),
-            _ => Err(Failure::new(
-                Stage::Auth,
-                Reason::BindFailed,
-                format!(
-                    "bind as {} to {target} failed ({})",
-                    if dn.is_empty() { "anonymous" } else { dn },
-                    response.outcome()
-                ),
-            )),
+        if response.result_code == Some(0) {
+            return Ok(());
         }
+        let outcome = super::sasl::scrub(&response.outcome(), &[password.to_owned()]);
+        let who = if dn.is_empty() { "anonymous" } else { dn };
+        let advice = match (response.result_code, ad_bind_data(&response.diagnostic)) {
+            (_, Some(meaning)) => format!("{meaning}; fix the account or the bind Secret"),
+            (Some(49), None) => "check bindDN and password in the bind Secret".to_owned(),
+            (Some(8 | 13), _) => {
+                "the directory requires TLS for binds: set tls.mode: StartTLS or use LDAPS"
+                    .to_owned()
+            }
+            (Some(48 | 53), _) if dn.is_empty() => {
+                "the directory refuses anonymous binds: set ldap.bindSecretRef".to_owned()
+            }
+            _ => "check the bind account on the directory".to_owned(),
+        };
+        Err(Failure::new(
+            stage,
+            Reason::BindFailed,
+            format!("{target} refused the bind as {who}: {outcome}; {advice}"),
+        ))
     }
 
-    /// Base-scope search of `base` (the root DSE when empty).
+    /// Reads `base` itself (scope base, the root DSE when empty): it exists and the account
+    /// may see it.
     pub async fn search_base(
         &mut self,
         base: &str,
+        stage: Stage,
         target: &str,
         deadline: &Deadline,
     ) -> Result<(), Failure> {
+        let filter = ldap_filter::encode("(objectClass=*)").expect("a valid constant filter");
+        self.search(base, SearchScope::Base, &filter, 1, stage, target, deadline)
+            .await
+            .map(|_| ())
+    }
+
+    /// Searches under `base` for at most `size_limit` entries and returns how many came back.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn search(
+        &mut self,
+        base: &str,
+        scope: SearchScope,
+        filter: &[u8],
+        size_limit: u32,
+        stage: Stage,
+        target: &str,
+        deadline: &Deadline,
+    ) -> Result<usize, Failure> {
         let id = self.id();
-        let response = self
+        let (response, entries) = self
             .exchange(
-                search_request(id, base),
+                search_request(id, base, scope, size_limit, filter),
                 &[TAG_SEARCH_DONE],
                 target,
                 "search",
-                Stage::Protocol,
+                stage,
                 deadline,
             )
             .await?;
@@ -348,24 +426,29 @@ impl LdapConn {
             base
         };
         match response.result_code {
-            Some(0) => Ok(()),
+            // The size limit is the probe's own: reaching it means enough entries came back.
+            Some(0 | 4) => Ok(entries),
             Some(32) => Err(Failure::new(
-                Stage::Protocol,
-                Reason::SearchFailed,
-                format!("{shown} does not exist on {target} (noSuchObject); check baseDN"),
+                stage,
+                Reason::NoSuchBaseDn,
+                format!(
+                    "{shown} does not exist on {target} ({}); check baseDN in the profile",
+                    response.outcome()
+                ),
             )),
             Some(50) => Err(Failure::new(
-                Stage::Protocol,
+                stage,
                 Reason::SearchFailed,
                 format!(
-                    "the bind account may not read {shown} on {target} (insufficientAccessRights)"
+                    "the bind account may not read {shown} on {target} ({}); grant it read access",
+                    response.outcome()
                 ),
             )),
             _ => Err(Failure::new(
-                Stage::Protocol,
+                stage,
                 Reason::SearchFailed,
                 format!(
-                    "searching {shown} on {target} failed ({})",
+                    "searching {shown} on {target} failed ({}); check baseDN and the account's rights",
                     response.outcome()
                 ),
             )),
@@ -408,6 +491,56 @@ mod tests {
         let (tag, len, head) = header(&msg).unwrap();
         assert_eq!((tag, head + len), (0x30, msg.len()));
         assert!(parse_response(&msg).is_some());
+    }
+
+    #[test]
+    fn ad_bind_names_pass_through_untouched() {
+        for dn in [
+            "AD\\svc-reader",
+            "svc-reader@corp.example.com",
+            "CN=Svc Reader,OU=Service,DC=corp",
+        ] {
+            let msg = bind_request(1, dn, "pw");
+            let wanted = tlv(0x04, dn.as_bytes());
+            assert!(
+                msg.windows(wanted.len()).any(|w| w == wanted.as_slice()),
+                "{dn} is sent as written"
+            );
+        }
+    }
+
+    #[test]
+    fn a_search_asks_for_no_attributes_and_at_most_the_entries_it_needs() {
+        let filter = ldap_filter::encode("(uid=*)").unwrap();
+        let msg = search_request(
+            3,
+            "ou=people,dc=example,dc=com",
+            SearchScope::Subtree,
+            5,
+            &filter,
+        );
+        let mut tail = vec![0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00, 0x02, 0x01, 0x05];
+        tail.extend([0x02, 0x01, 0x0a, 0x01, 0x01, 0x00]);
+        tail.extend(&filter);
+        tail.extend(tlv(0x30, &tlv(0x04, b"1.1")));
+        assert!(
+            msg.ends_with(&tail),
+            "scope subtree, size limit 5, attributes 1.1: {msg:02x?}"
+        );
+        let base = search_request(4, "", SearchScope::Base, 1, &filter);
+        assert!(base.windows(3).any(|w| w == [0x0a, 0x01, 0x00]));
+    }
+
+    #[test]
+    fn ad_diagnostics_are_spelled_out() {
+        let diagnostic = "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 532, v4563";
+        assert_eq!(ad_bind_data(diagnostic), Some("the password has expired"));
+        assert_eq!(
+            ad_bind_data("data 52e, v2580"),
+            Some("the password is wrong")
+        );
+        assert_eq!(ad_bind_data("no data here"), None);
+        assert_eq!(result_name(49), "invalidCredentials");
     }
 
     #[test]

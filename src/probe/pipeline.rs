@@ -7,14 +7,15 @@ use super::aggregate::*;
 use super::context::ProbeContext;
 use super::engine::*;
 use super::ldap::LdapConn;
-use super::net::{BoxStream, Deadline, Failure, Wire};
+use super::ldap_filter;
+use super::mail::{imap, pop3, smtp};
+use super::net::{BoxStream, Deadline, Failure};
 use super::plan::Target;
-use super::protocols::{self, MailProtocol, Upgrade};
+use super::protocols::{self, Upgrade};
 use super::tls::{self};
+use crate::api::endpoint::SearchScope;
 use crate::api::result::{Latency, Outcome, Reason, Stage, TlsFacts};
 use crate::api::{Protocol, TlsMode};
-
-const DEFAULT_EHLO_NAME: &str = "netreach.invalid";
 
 /// What a session has gathered so far, carried through the stages.
 pub(super) struct Progress {
@@ -68,12 +69,14 @@ pub(super) async fn session(
         .await
         {
             Ok(done) => {
+                ctx.record_chain(target, &done.chain);
                 progress.latency.tls_ms = Some(started.elapsed().as_millis() as u64);
                 progress.tls = Some(done.facts);
                 progress.warning = done.warning;
                 done.stream
             }
             Err(rejected) => {
+                ctx.record_chain(target, &rejected.chain);
                 return Session::failed(rejected.failure, progress.latency, rejected.facts);
             }
         }
@@ -162,9 +165,11 @@ pub(super) async fn upgrade(
     )
     .await
     .map_err(|rejected| {
+        scope.ctx.record_chain(target, &rejected.chain);
         progress.tls = rejected.facts;
         rejected.failure
     })?;
+    scope.ctx.record_chain(target, &done.chain);
     progress.latency.tls_ms = Some(started.elapsed().as_millis() as u64);
     progress.tls = Some(done.facts);
     progress.warning = done.warning;
@@ -207,65 +212,9 @@ pub(super) async fn application(
                     .await?;
             Ok((Stage::Protocol, Some(line)))
         }
-        Protocol::Smtp | Protocol::Smtps => {
-            let ehlo_name = target
-                .smtp
-                .as_ref()
-                .and_then(|s| s.ehlo_name.as_deref())
-                .unwrap_or(DEFAULT_EHLO_NAME);
-            let capabilities =
-                mail_session(MailProtocol::Smtp { ehlo_name }, stream, scope, progress).await?;
-            let offered: Vec<String> = capabilities
-                .iter()
-                .filter_map(|c| c.strip_prefix("AUTH="))
-                .map(str::to_owned)
-                .collect();
-            let expected = target
-                .smtp
-                .as_ref()
-                .map(|s| s.expected_auth.as_slice())
-                .unwrap_or_default();
-            let missing = protocols::missing_items(expected, &offered);
-            if !missing.is_empty() {
-                return Err(Failure::new(
-                    Stage::Auth,
-                    Reason::AuthMechanismMissing,
-                    format!(
-                        "{shown} does not offer AUTH {} (offers: {}); enable them on the mail server{}",
-                        missing.join(", "),
-                        if offered.is_empty() {
-                            "none".into()
-                        } else {
-                            offered.join(" ")
-                        },
-                        if progress.tls.is_none() {
-                            ", or use STARTTLS: many servers offer AUTH only over TLS"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-            }
-            let detail = if offered.is_empty() {
-                "AUTH not offered".to_owned()
-            } else {
-                format!("AUTH {}", offered.join(" "))
-            };
-            let stage = if expected.is_empty() {
-                Stage::Protocol
-            } else {
-                Stage::Auth
-            };
-            Ok((stage, Some(detail)))
-        }
-        Protocol::Imap | Protocol::Imaps => {
-            let capabilities = mail_session(MailProtocol::Imap, stream, scope, progress).await?;
-            check_capabilities(target, &capabilities, &shown)
-        }
-        Protocol::Pop3 | Protocol::Pop3s => {
-            let capabilities = mail_session(MailProtocol::Pop3, stream, scope, progress).await?;
-            check_capabilities(target, &capabilities, &shown)
-        }
+        Protocol::Smtp | Protocol::Smtps => smtp(stream, scope, progress).await,
+        Protocol::Imap | Protocol::Imaps => imap(stream, scope, progress).await,
+        Protocol::Pop3 | Protocol::Pop3s => pop3(stream, scope, progress).await,
         Protocol::Ldap | Protocol::Ldaps => {
             let mut conn = LdapConn::new(stream);
             if target.protocol == Protocol::Ldap
@@ -306,73 +255,64 @@ pub(super) async fn application(
                 }
                 None => (String::new(), String::new()),
             };
+            // Without credentials nothing is authenticated: every failure is the protocol's.
+            let stage = if dn.is_empty() {
+                Stage::Protocol
+            } else {
+                Stage::Auth
+            };
             conn.bind(&dn, &password, &shown, deadline).await?;
             let base = ldap.and_then(|l| l.base_dn.as_deref()).unwrap_or("");
-            conn.search_base(base, &shown, deadline).await?;
+            let what = match ldap.and_then(|l| l.search.as_ref()) {
+                Some(search) => {
+                    let text = search.filter.as_deref().unwrap_or("(objectClass=*)");
+                    let filter = ldap_filter::encode(text).map_err(|problem| {
+                        Failure::new(
+                            Stage::Protocol,
+                            Reason::ProtocolError,
+                            format!(
+                                "ldap.search.filter {text:?} for {shown} is not a valid LDAP filter: {problem}; fix the filter in the profile"
+                            ),
+                        )
+                    })?;
+                    let scope = search.scope.unwrap_or(SearchScope::Subtree);
+                    let wanted = u32::try_from(search.min_entries.unwrap_or(1)).unwrap_or(1);
+                    let found = conn
+                        .search(base, scope, &filter, wanted.max(1), stage, &shown, deadline)
+                        .await?;
+                    if (found as u32) < wanted {
+                        conn.unbind().await;
+                        return Err(Failure::new(
+                            stage,
+                            Reason::TooFewEntries,
+                            format!(
+                                "searching {base} ({scope:?}) on {shown} for {text} returned {found} entries, fewer than minEntries {wanted}; the bind account may lack read rights on the subtree, or the filter matches nothing"
+                            ),
+                        ));
+                    }
+                    format!(
+                        "{text} under {base} ({scope:?}) found {found} entries (at most {} asked)",
+                        wanted.max(1)
+                    )
+                }
+                None => {
+                    conn.search_base(base, stage, &shown, deadline).await?;
+                    if base.is_empty() {
+                        "root DSE read".to_owned()
+                    } else {
+                        format!("{base} readable")
+                    }
+                }
+            };
             conn.unbind().await;
             let who = if dn.is_empty() {
                 "anonymous bind".to_owned()
             } else {
                 format!("bound as {dn}")
             };
-            let what = if base.is_empty() {
-                "root DSE read".to_owned()
-            } else {
-                format!("{base} readable")
-            };
-            Ok((Stage::Protocol, Some(format!("{who}, {what}"))))
+            Ok((stage, Some(format!("{who}, {what}"))))
         }
     }
-}
-
-/// A mail dialogue with its STARTTLS upgrade when the port's TLS mode asks for one; returns
-/// the capabilities seen last (after TLS when upgraded).
-pub(super) async fn mail_session(
-    protocol: MailProtocol<'_>,
-    stream: BoxStream,
-    scope: &Scope<'_>,
-    progress: &mut Progress,
-) -> Result<Vec<String>, Failure> {
-    let Scope {
-        target, deadline, ..
-    } = *scope;
-    let shown = target.display();
-    let implicit = matches!(
-        target.protocol,
-        Protocol::Smtps | Protocol::Imaps | Protocol::Pop3s
-    );
-    let expected = tls_expected(target);
-    let policy = match (implicit, upgrade_policy(target.tls.mode)) {
-        (true, _) => Upgrade::No,
-        // An issuer or pin can only be checked over TLS: a server that stays plain (or a
-        // middlebox that strips STARTTLS from its capabilities) must not pass unchecked.
-        (false, Upgrade::IfOffered) if expected.is_some() => Upgrade::Required,
-        (false, policy) => policy,
-    };
-    let dialogue = protocols::open_mail(protocol, Wire::new(stream), policy, &shown, deadline)
-        .await
-        .map_err(|failure| match &expected {
-            Some(why)
-                if failure.reason == Reason::StartTlsNotOffered
-                    && target.tls.mode == TlsMode::Opportunistic =>
-            {
-                stripped(protocol.starttls(), &shown, why)
-            }
-            _ => failure,
-        })?;
-    let (mut wire, capabilities) = if dialogue.upgrade {
-        let stream = dialogue
-            .wire
-            .into_stream()
-            .map_err(|e| starttls_injection(&shown, e))?;
-        let mut wire = Wire::new(upgrade(stream, scope, progress).await?);
-        let capabilities = protocol.capabilities(&mut wire, &shown, deadline).await?;
-        (wire, capabilities)
-    } else {
-        (dialogue.wire, dialogue.capabilities)
-    };
-    protocol.close(&mut wire, &shown, deadline).await;
-    Ok(capabilities)
 }
 
 /// Why a port must reach TLS even when its mode would settle for plain: the expectation that
@@ -403,32 +343,4 @@ pub(super) fn starttls_injection(target: &str, detail: String) -> Failure {
         Reason::ProtocolError,
         format!("{target}: {detail}; refusing to upgrade"),
     )
-}
-
-pub(super) fn check_capabilities(
-    target: &Target,
-    capabilities: &[String],
-    shown: &str,
-) -> Result<(Stage, Option<String>), Failure> {
-    let expected = target
-        .mail
-        .as_ref()
-        .map(|m| m.expected_capabilities.as_slice())
-        .unwrap_or_default();
-    let missing = protocols::missing_items(expected, capabilities);
-    if !missing.is_empty() {
-        return Err(Failure::new(
-            Stage::Protocol,
-            Reason::CapabilityMissing,
-            format!(
-                "{shown} does not announce {} (announces: {})",
-                missing.join(", "),
-                capabilities.join(" ")
-            ),
-        ));
-    }
-    Ok((
-        Stage::Protocol,
-        Some(format!("capabilities: {}", capabilities.join(" "))),
-    ))
 }

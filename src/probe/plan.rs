@@ -358,6 +358,59 @@ mod tests {
     }
 
     #[test]
+    fn logins_are_accepted_only_on_the_protocols_they_fit() {
+        let profile = |ports: &str| {
+            let yaml = format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{ports}]}}\n"
+            );
+            load_str(Path::new("t.yaml"), &yaml).map_err(|e| e.to_string())
+        };
+        let auth = |mechanism: &str| {
+            format!("auth: {{mechanism: {mechanism}, credentialsSecretRef: {{name: m}}}}")
+        };
+        for (protocol, mechanism) in [("POP3", "APOP"), ("POP3S", "USER"), ("IMAP", "LOGIN")] {
+            let ports = format!(
+                "{{port: 1, protocol: {protocol}, mail: {{{}}}}}",
+                auth(mechanism)
+            );
+            assert!(
+                profile(&ports).is_ok(),
+                "{protocol} {mechanism}: {:?}",
+                profile(&ports)
+            );
+        }
+        for (ports, complaint) in [
+            (
+                format!("{{port: 1, protocol: IMAPS, mail: {{{}}}}}", auth("APOP")),
+                "APOP and USER apply only to POP3 and POP3S ports",
+            ),
+            (
+                format!(
+                    "{{port: 1, protocol: POP3, mail: {{mailbox: Archive, {}}}}}",
+                    auth("USER")
+                ),
+                "mail.mailbox applies only to IMAP and IMAPS ports",
+            ),
+            (
+                format!("{{port: 1, protocol: SMTP, smtp: {{{}}}}}", auth("USER")),
+                "supported values: \"PLAIN\", \"LOGIN\", \"CRAM-MD5\", \"NTLM\"",
+            ),
+            (
+                "{port: 1, protocol: LDAP, ldap: {search: {filter: \"(uid=*)\"}}}".to_owned(),
+                "ldap.search needs baseDN",
+            ),
+            (
+                "{port: 1, protocol: SMTP, smtp: {envelope: {from: a@b, to: [\"x y@z\"]}}}"
+                    .to_owned(),
+                "smtp.envelope.to",
+            ),
+        ] {
+            let error = profile(&ports).expect_err(&ports);
+            assert!(error.contains(complaint), "{ports}: {error}");
+        }
+    }
+
+    #[test]
     fn the_ca_bundle_reference_reaches_the_plan() {
         let planned = targets(
             "{tls: {caBundleRef: {configMap: corp-ca}}}",

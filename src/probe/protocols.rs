@@ -95,7 +95,7 @@ pub async fn http_get(
 }
 
 /// Reads one line within the deadline.
-async fn line(
+pub(super) async fn line(
     wire: &mut Wire,
     stage: Stage,
     timeout_reason: Reason,
@@ -117,7 +117,7 @@ async fn line(
         .await
 }
 
-async fn send(
+pub(super) async fn send(
     wire: &mut Wire,
     text: &str,
     stage: Stage,
@@ -139,7 +139,7 @@ async fn send(
 }
 
 /// An SMTP reply: code and the text of each line.
-async fn smtp_reply(
+pub(super) async fn smtp_reply(
     wire: &mut Wire,
     target: &str,
     waiting_for: &str,
@@ -175,13 +175,15 @@ async fn smtp_reply(
     }
 }
 
-fn truncate(text: &str) -> String {
+pub(super) fn truncate(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
 /// What a text-protocol dialogue found, and the stream to continue on after an upgrade.
 pub struct Dialogue {
     pub wire: Wire,
+    /// The greeting line (POP3's carries the APOP timestamp).
+    pub greeting: String,
     /// Capabilities (EHLO keywords, IMAP CAPABILITY atoms, POP3 CAPA lines), upper case.
     pub capabilities: Vec<String>,
     /// The STARTTLS/STLS command was accepted: the caller must now run the TLS handshake.
@@ -218,7 +220,7 @@ impl MailProtocol<'_> {
         wire: &mut Wire,
         target: &str,
         deadline: &Deadline,
-    ) -> Result<(), Failure> {
+    ) -> Result<String, Failure> {
         let (name, greeting) = match self {
             MailProtocol::Smtp { .. } => {
                 let (code, banner) = smtp_reply(
@@ -231,7 +233,7 @@ impl MailProtocol<'_> {
                 )
                 .await?;
                 if code == 220 {
-                    return Ok(());
+                    return Ok(banner.join(" "));
                 }
                 return Err(Failure::new(
                     Stage::Protocol,
@@ -272,7 +274,7 @@ impl MailProtocol<'_> {
             _ => greeting.starts_with("+OK"),
         };
         if fine {
-            Ok(())
+            Ok(greeting)
         } else {
             Err(Failure::new(
                 Stage::Protocol,
@@ -384,12 +386,13 @@ pub async fn open_mail(
     target: &str,
     deadline: &Deadline,
 ) -> Result<Dialogue, Failure> {
-    protocol.greet(&mut wire, target, deadline).await?;
+    let greeting = protocol.greet(&mut wire, target, deadline).await?;
     let capabilities = protocol.capabilities(&mut wire, target, deadline).await?;
     let offered = capabilities.iter().any(|c| c == protocol.starttls());
     if upgrade == Upgrade::No || (upgrade == Upgrade::IfOffered && !offered) {
         return Ok(Dialogue {
             wire,
+            greeting,
             capabilities,
             upgrade: false,
         });
@@ -407,6 +410,7 @@ pub async fn open_mail(
     protocol.request_tls(&mut wire, target, deadline).await?;
     Ok(Dialogue {
         wire,
+        greeting,
         capabilities,
         upgrade: true,
     })
@@ -457,7 +461,7 @@ async fn smtp_ehlo(
 }
 
 /// Reads untagged lines until the tagged completion; returns it and the untagged lines.
-async fn imap_tagged(
+pub(super) async fn imap_tagged(
     wire: &mut Wire,
     tag: &str,
     target: &str,

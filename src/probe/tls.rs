@@ -191,6 +191,8 @@ impl ServerCertVerifier for DeferredVerifier {
 pub struct Handshake {
     pub stream: BoxStream,
     pub facts: TlsFacts,
+    /// The presented chain, DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
     /// A problem that does not stop the probe (expiring soon, or a mismatch set to warn).
     pub warning: Option<Failure>,
 }
@@ -199,6 +201,8 @@ pub struct Handshake {
 pub struct Rejected {
     pub failure: Failure,
     pub facts: Option<TlsFacts>,
+    /// The presented chain (DER, leaf first), when the handshake got that far.
+    pub chain: Vec<Vec<u8>>,
 }
 
 impl From<Failure> for Rejected {
@@ -206,6 +210,7 @@ impl From<Failure> for Rejected {
         Self {
             failure,
             facts: None,
+            chain: Vec::new(),
         }
     }
 }
@@ -311,12 +316,14 @@ pub async fn handshake(
             return Err(Rejected {
                 failure,
                 facts: Some(facts),
+                chain: chain.iter().map(|c| c.to_vec()).collect(),
             });
         }
     };
     Ok(Handshake {
         stream: Box::new(tls),
         facts,
+        chain: chain.iter().map(|c| c.to_vec()).collect(),
         warning,
     })
 }

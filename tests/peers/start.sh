@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Starts real protocol servers on 127.0.0.1 (high ports) for the probe tests.
+# Starts real protocol servers on 127.0.0.1 (high ports) for the probe tests: logins with
+# PLAIN, LOGIN, CRAM-MD5 (SMTP, IMAP, POP3) and APOP, a refused recipient, a submission port
+# that wants AUTH first, and a directory with a read-only account and a subtree.
 #   tests/peers/start.sh DIR
 # Writes DIR/certs (a "public" test CA chain and a "corporate proxy" CA), per-peer configs and
 # logs, DIR/peers.pids ("name pid" lines) and DIR/peers.env (ports, CA paths, credentials).
@@ -21,6 +23,7 @@ PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 : "${PEER_LDAP_PORT:=10389}"  "${PEER_LDAPS_PORT:=10636}"
 : "${PEER_DNS_PORT:=15353}"   "${PEER_SQUID_PORT:=13128}"
 : "${PEER_MITM_PORT:=13129}"  "${PEER_BLACKBOX_PORT:=19115}"
+: "${PEER_SUBMISSION_PORT:=10587}"
 
 die() { echo "peers: $*" >&2; exit 1; }
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -113,18 +116,25 @@ http {
 EOF
 
 cat > "$DIR/smtp/smtpd.py" <<'EOF'
-# SMTP peer: STARTTLS port + implicit-TLS port, AUTH PLAIN LOGIN CRAM-MD5 (after TLS).
+# SMTP peer: STARTTLS port + implicit-TLS port, AUTH PLAIN LOGIN CRAM-MD5 (after TLS);
+# submission port: STARTTLS, MAIL FROM only after AUTH. RCPT to @blocked.example.com: 550.
 import asyncio, hmac, logging, os, ssl, sys
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-host, port, tls_port, cert, key = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-USER, PASSWORD = b"user@example.com", b"secret"
+host, port, tls_port, cert, key, sub_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+USER, PASSWORD = b"user@example.com", sys.argv[7].encode()
+BLOCKED_DOMAIN = "blocked.example.com"
 logging.basicConfig(level=logging.ERROR)
 
 def authenticator(server, session, envelope, mechanism, data):   # PLAIN, LOGIN
     ok = isinstance(data, LoginPassword) and data.login == USER and data.password == PASSWORD
-    return AuthResult(success=ok, handled=False, auth_data=data)
+    return AuthResult(success=ok, handled=False, auth_data=data)  # handled=False: 535 on failure
 
 class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.rpartition("@")[2].lower() == BLOCKED_DOMAIN:
+            return "550 5.7.1 <%s>: Recipient address rejected: domain blocked" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
     async def handle_DATA(self, server, session, envelope):
         return "250 OK"
     async def auth_CRAM__MD5(self, server, args):                 # advertised as CRAM-MD5
@@ -145,15 +155,31 @@ async def main():
     kw = dict(hostname="mail.example.com", ident="ESMTP test peer", authenticator=authenticator)
     await loop.create_server(lambda: SMTP(h, tls_context=ctx, **kw), host, port)
     await loop.create_server(lambda: SMTP(h, auth_require_tls=False, **kw), host, tls_port, ssl=ctx)
+    await loop.create_server(lambda: SMTP(h, tls_context=ctx, auth_required=True, **kw), host, sub_port)
     await asyncio.Event().wait()
 asyncio.run(main())
 EOF
 
 MAILUID=$ME MAILGID=$MYGROUP
-rm -rf "$DIR/dovecot/mail"; mkdir -p "$DIR/dovecot/mail"
-if [ $ROOT = 1 ]; then MAILUID=nobody MAILGID=nogroup; chown nobody:nogroup "$DIR/dovecot/mail"; fi
+# CRAM-MD5 and APOP need the plaintext {PLAIN} passdb; APOP is POP3's own. Debian's dovecot
+# has no NTLM: its auth process would die on it, and every login hang.
+MAIL_MECHS="plain login cram-md5 apop"
+# Distinctive, so tests can grep every output for it.
+MAIL_PASSWORD=Mailbox-pw-3f9c
+rm -rf "$DIR/dovecot/mail"; MD=$DIR/dovecot/mail/user@example.com/Maildir
+mkdir -p "$MD"/{cur,new,tmp}   # INBOX exists from the start, with one message nothing deletes
+cat > "$MD/new/1700000000.M1P1.peers" <<'EOF'
+From: Peer Sender <sender@example.com>
+To: user@example.com
+Subject: hello from the test peers
+Date: Tue, 14 Nov 2023 22:13:20 +0000
+Message-ID: <hello.1@peers.example.com>
+
+This message was put in INBOX by start.sh.
+EOF
+if [ $ROOT = 1 ]; then MAILUID=nobody MAILGID=nogroup; chown -R nobody:nogroup "$DIR/dovecot/mail"; fi
 chmod 700 "$DIR/dovecot/mail"
-printf 'user@example.com:{PLAIN}secret\n' > "$DIR/dovecot/users"
+printf 'user@example.com:{PLAIN}%s\n' "$MAIL_PASSWORD" > "$DIR/dovecot/users"
 { cat <<EOF
 base_dir = $DIR/dovecot/run
 state_dir = $DIR/dovecot/state
@@ -167,7 +193,15 @@ ssl_key = <$C/server.key
 ssl_dh = </usr/share/dovecot/dh.pem
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = yes
-auth_mechanisms = plain login
+auth_mechanisms = $MAIL_MECHS
+# A refused login answers at once (the default waits 2 s), and failed logins do not slow
+# down later ones from the same address (anvil's penalty), so wrong-password tests are quick.
+auth_failure_delay = 0
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN $DIR/dovecot/users
@@ -257,6 +291,17 @@ uid: jdoe
 cn: John Doe
 sn: Doe
 mail: jdoe@example.com
+
+dn: uid=asmith,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: asmith
+cn: Ann Smith
+sn: Smith
+mail: asmith@example.com
+
+dn: ou=empty,dc=example,dc=com
+objectClass: organizationalUnit
+ou: empty
 EOF
 
 cat > "$DIR/squid/squid.conf" <<EOF
@@ -333,7 +378,7 @@ if [ $ROOT = 1 ] && { want squid || want dovecot; }; then  # they switch to prox
 fi
 busy=""
 want nginx && for p in $PEER_HTTP_PORT $PEER_HTTPS_PORT; do port_busy $p && busy+=" $p"; done
-want smtp && for p in $PEER_SMTP_PORT $PEER_SMTPS_PORT; do port_busy $p && busy+=" $p"; done
+want smtp && for p in $PEER_SMTP_PORT $PEER_SMTPS_PORT $PEER_SUBMISSION_PORT; do port_busy $p && busy+=" $p"; done
 want dovecot && for p in $PEER_IMAP_PORT $PEER_IMAPS_PORT $PEER_POP3_PORT $PEER_POP3S_PORT; do port_busy $p && busy+=" $p"; done
 want slapd && for p in $PEER_LDAP_PORT $PEER_LDAPS_PORT; do port_busy $p && busy+=" $p"; done
 want squid && { port_busy $PEER_SQUID_PORT && busy+=" $PEER_SQUID_PORT"; }
@@ -348,7 +393,8 @@ launch() { local name=$1; shift
   echo "$name $!" >> "$DIR/peers.pids"; }
 
 want nginx && launch nginx nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -e "$DIR/nginx/error.log" -g 'daemon off;'
-want smtp && launch smtp "$PY" "$DIR/smtp/smtpd.py" 127.0.0.1 "$PEER_SMTP_PORT" "$PEER_SMTPS_PORT" "$C/server-chain.pem" "$C/server.key"
+want smtp && launch smtp "$PY" "$DIR/smtp/smtpd.py" 127.0.0.1 "$PEER_SMTP_PORT" "$PEER_SMTPS_PORT" "$C/server-chain.pem" "$C/server.key" \
+  "$PEER_SUBMISSION_PORT" "$MAIL_PASSWORD"
 if want dovecot; then rm -rf "$DIR/dovecot/run"; launch dovecot dovecot -F -c "$DIR/dovecot/dovecot.conf"; fi
 if want slapd; then
   rm -rf "$DIR/slapd/data"; mkdir -p "$DIR/slapd/data"
@@ -380,7 +426,7 @@ EOF
 }
 ready() { case $1 in
   nginx) port_busy $PEER_HTTP_PORT && port_busy $PEER_HTTPS_PORT ;;
-  smtp) port_busy $PEER_SMTP_PORT && port_busy $PEER_SMTPS_PORT ;;
+  smtp) port_busy $PEER_SMTP_PORT && port_busy $PEER_SMTPS_PORT && port_busy $PEER_SUBMISSION_PORT ;;
   dovecot) port_busy $PEER_IMAP_PORT && port_busy $PEER_IMAPS_PORT && port_busy $PEER_POP3_PORT && port_busy $PEER_POP3S_PORT ;;
   slapd) port_busy $PEER_LDAP_PORT && port_busy $PEER_LDAPS_PORT ;;
   dnsmasq) dns_ok $PEER_DNS_PORT 2>/dev/null ;;
@@ -420,8 +466,16 @@ PEER_DNS_PORT=$PEER_DNS_PORT
 PEER_SQUID_PORT=$PEER_SQUID_PORT
 PEER_MITM_PORT=$PEER_MITM_PORT
 PEER_BLACKBOX_PORT=$PEER_BLACKBOX_PORT
+PEER_SUBMISSION_PORT=$PEER_SUBMISSION_PORT
 PEER_MAIL_USER=user@example.com
-PEER_MAIL_PASSWORD=secret
+PEER_MAIL_PASSWORD=$MAIL_PASSWORD
+PEER_MAIL_MECHS=$(echo $MAIL_MECHS | tr 'a-z ' 'A-Z,')
+PEER_MAIL_MESSAGES=1
+PEER_SMTP_GOOD_RCPT=listener@example.com
+PEER_SMTP_BAD_RCPT=nobody@blocked.example.com
+PEER_LDAP_SUBTREE=ou=people,dc=example,dc=com
+PEER_LDAP_SUBTREE_ENTRIES=2
+PEER_LDAP_EMPTY_SUBTREE=ou=empty,dc=example,dc=com
 PEER_LDAP_BASE=dc=example,dc=com
 PEER_LDAP_BIND_DN=cn=reader,dc=example,dc=com
 PEER_LDAP_BIND_PASSWORD=readersecret
