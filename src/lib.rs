@@ -9,5 +9,7 @@ pub mod emit;
 pub mod load;
 pub mod metrics;
 pub mod probe;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+
