@@ -18,7 +18,7 @@ pub const EXIT_FAILED: u8 = 1;
 /// runs, explains why an endpoint cannot be reached (DNS, firewall, proxy, TLS interception,
 /// expiry) and emits the network policy that allows exactly those endpoints.
 #[derive(Debug, Parser)]
-#[command(name = "netreach", version, propagate_version = true)]
+#[command(name = "netreach", version = crate::VERSION, propagate_version = true)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
