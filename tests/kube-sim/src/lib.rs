@@ -16,6 +16,7 @@ pub mod openapi_docs;
 pub mod patch;
 pub mod podman;
 pub mod probes;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod store;
