@@ -57,6 +57,8 @@ pub struct Kubelet {
     data_dir: PathBuf,
     runtime: Runtime,
     cluster: Option<InCluster>,
+    /// Labels the podman containers of this emulator (`io.kube-sim.instance`).
+    instance: String,
     /// Pod uid → its running containers.
     running: Mutex<HashMap<String, Vec<Handle>>>,
     started: Mutex<HashSet<String>>,
@@ -93,6 +95,7 @@ impl Kubelet {
         data_dir: PathBuf,
         runtime: Runtime,
         cluster: Option<InCluster>,
+        instance: String,
     ) -> Self {
         Self {
             api,
@@ -100,6 +103,7 @@ impl Kubelet {
             data_dir,
             runtime,
             cluster,
+            instance,
             running: Mutex::default(),
             started: Mutex::default(),
         }
@@ -923,6 +927,7 @@ impl Kubelet {
                         .as_str()
                         .unwrap_or_default()
                         .to_owned(),
+                    instance: self.instance.clone(),
                 };
                 let mut command = crate::podman::command(&run);
                 command
@@ -1194,12 +1199,29 @@ fn write_volume(
             top_level.insert(first.as_os_str().to_owned());
         }
     }
+    // Swap `..data` to the new directory in one rename (a pod started again rewrites its
+    // volumes), then drop the previous directory and links to keys that are gone.
     let link = dir.join("..data");
-    std::os::unix::fs::symlink(&stamp, &link).map_err(|e| fail(&link, e))?;
+    let previous = std::fs::read_link(&link).ok();
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(&stamp, &staged).map_err(|e| fail(&staged, e))?;
+    std::fs::rename(&staged, &link).map_err(|e| fail(&link, e))?;
+    if let Some(previous) = previous.filter(|p| *p != Path::new(&stamp)) {
+        let _ = std::fs::remove_dir_all(dir.join(previous));
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))?.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("..") && !top_level.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     for name in top_level {
         let link = dir.join(&name);
-        std::os::unix::fs::symlink(Path::new("..data").join(&name), &link)
-            .map_err(|e| fail(&link, e))?;
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(&name), &link)
+                .map_err(|e| fail(&link, e))?;
+        }
     }
     if let Some(gid) = fs_group {
         own_by_group(dir, gid as u32).map_err(|e| fail(dir, e))?;
@@ -1511,6 +1533,38 @@ mod tests {
             &env,
         );
         assert_eq!(args, ["x-y", "$(A)", "$(MISSING)", "$(A", "cost: $5"]);
+    }
+
+    #[test]
+    fn volumes_are_written_and_rewritten_as_the_atomic_writer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![
+            ("a".to_owned(), b"1".to_vec(), 0o400),
+            ("sub/b".to_owned(), b"2".to_vec(), 0o644),
+        ];
+        write_volume(dir.path(), &files, Some(4242)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir.path().join("a")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o440);
+        assert_eq!(meta.gid(), 4242);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sub/b")).unwrap(),
+            "2"
+        );
+        assert_eq!(
+            std::fs::read_link(dir.path().join("sub")).unwrap(),
+            PathBuf::from("..data/sub")
+        );
+        // Written again (a pod retried): the new content replaces the old, gone keys go.
+        write_volume(dir.path(), &[("a".to_owned(), b"3".to_vec(), 0o644)], None).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("a")).unwrap(), "3");
+        assert!(std::fs::symlink_metadata(dir.path().join("sub")).is_err());
+        let stamped: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("..2"))
+            .collect();
+        assert_eq!(stamped.len(), 1, "the previous directory is removed");
     }
 
     #[test]

@@ -170,6 +170,7 @@ impl KubeSim {
             data_dir,
             options.runtime,
             cluster,
+            instance_of(scratch),
         ))
     }
 
@@ -231,6 +232,11 @@ impl KubeSim {
     /// the podman runtime; what a NetworkPolicy for the API server must allow.
     pub fn https_address(&self) -> Option<SocketAddr> {
         self.https.as_ref().map(|(address, _)| *address)
+    }
+
+    /// The podman label on every container this emulator starts (`--filter label=…`).
+    pub fn podman_label(&self) -> String {
+        format!("io.kube-sim.instance={}", instance_of(&self.scratch))
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -330,6 +336,15 @@ impl Drop for KubeSim {
         self.controllers.abort_all();
         self.kubelet.kill_all();
     }
+}
+
+/// What tells this emulator's containers from others': its scratch directory's unique name.
+fn instance_of(scratch: &tempfile::TempDir) -> String {
+    scratch
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Binds `address` again after a restart: the old listener is gone with its task, but the

@@ -34,6 +34,8 @@ pub struct Container {
     pub seccomp: Option<String>,
     pub working_dir: Option<String>,
     pub pod_uid: String,
+    /// Which kube-sim started it (`io.kube-sim.instance`), so a test finds its own.
+    pub instance: String,
 }
 
 /// Whether `image` is in the local store, and the user its config names (empty: root).
@@ -129,6 +131,8 @@ pub fn command(container: &Container) -> tokio::process::Command {
         container.name.clone(),
         "--label".into(),
         format!("io.kube-sim.pod-uid={}", container.pod_uid),
+        "--label".into(),
+        format!("io.kube-sim.instance={}", container.instance),
         "--pull".into(),
         "never".into(),
         // Host networking: probes reach loopback peers (the README says so).
