@@ -423,15 +423,9 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
     ]);
     kc(&["get", "echk", "cloud-extender", "-n", "mdm"]);
     step(start, "helm uninstall done");
+    let label = format!("label={}", sim.podman_label());
     sim.stop().await;
-    let (_, left, _) = podman(&[
-        "ps",
-        "--all",
-        "--format",
-        "{{.Names}}",
-        "--filter",
-        "label=io.kube-sim.pod-uid",
-    ]);
+    let (_, left, _) = podman(&["ps", "--all", "--format", "{{.Names}}", "--filter", &label]);
     assert!(left.trim().is_empty(), "containers left behind: {left}");
     let elapsed = start.elapsed();
     eprintln!("install e2e took {:.1}s", elapsed.as_secs_f64());
@@ -579,4 +573,156 @@ spec:
         bind_dn = peers.var("PEER_LDAP_BIND_DN"),
         password = peers.var("PEER_LDAP_BIND_PASSWORD"),
     )
+}
+
+/// Pods whose securityContext or image a kubelet cannot satisfy fail as a kubelet fails them,
+/// a pod past its activeDeadlineSeconds is stopped, and secret volumes get the kubelet's
+/// layout, modes and group ownership.
+#[tokio::test(flavor = "multi_thread")]
+async fn podman_pods_fail_and_mount_as_a_kubelet_does() {
+    let tag = format!("localhost/netreach:install-e2e-pods-{}", std::process::id());
+    let _image = build_image(&tag);
+    // The same image with a named user, which runAsNonRoot cannot verify.
+    let named = format!("{tag}-named-user");
+    let _named = ImageGuard(named.clone());
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Containerfile"),
+        format!("FROM {tag}\nUSER nonroot\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = podman(&[
+        "build",
+        "--quiet",
+        "--layers=false",
+        "-t",
+        &named,
+        context.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let data = tempfile::tempdir().unwrap();
+    let sim = kube_sim::KubeSim::start(kube_sim::Options {
+        runtime: kube_sim::Runtime::Podman,
+        data_dir: Some(data.path().to_owned()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let kubeconfig = sim.kubeconfig_path().to_owned();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!(
+        "targets:\n- {{endpoint: silent, host: 127.0.0.1, port: {}, protocol: HTTP, required: true, timeoutMs: 60000, tls: {{mode: Disabled, onMismatch: Fail, minDaysValid: 0}}}}\n",
+        silent.local_addr().unwrap().port()
+    );
+    let indented: String = spec.lines().map(|l| format!("    {l}\n")).collect();
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: hunter2}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: spec}}
+data:
+  spec.yaml: |
+{indented}---
+apiVersion: v1
+kind: Pod
+metadata: {{name: named-user}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsNonRoot: true}}
+  containers: [{{name: main, image: "{named}", args: ["--version"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: missing-image}}
+spec:
+  restartPolicy: Never
+  containers: [{{name: main, image: "localhost/netreach:absent", imagePullPolicy: Never}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: deadline}}
+spec:
+  restartPolicy: Never
+  activeDeadlineSeconds: 2
+  terminationGracePeriodSeconds: 5
+  securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532}}
+  volumes:
+    - {{name: spec, configMap: {{name: spec}}}}
+    - {{name: creds, secret: {{secretName: creds, defaultMode: 0400}}}}
+  containers:
+    - name: main
+      image: "{tag}"
+      args: [probe, --spec, /etc/netreach/spec.yaml]
+      securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+      volumeMounts:
+        - {{name: spec, mountPath: /etc/netreach}}
+        - {{name: creds, mountPath: /var/run/secrets/creds}}
+"#
+    );
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&manifests));
+    let waiting = |pod: &str| {
+        let pod = kubectl_json(&kubeconfig, &["get", "pod", pod]);
+        let state = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        state.is_object().then_some(state)
+    };
+    let state = eventually(Duration::from_secs(30), "runAsNonRoot to refuse", || {
+        waiting("named-user")
+    });
+    assert_eq!(state["reason"], "CreateContainerConfigError", "{state}");
+    assert!(
+        state["message"].as_str().unwrap().starts_with(
+            "container has runAsNonRoot and image has non-numeric user (nonroot), cannot verify user is non-root"
+        ),
+        "{state}"
+    );
+    let state = eventually(Duration::from_secs(30), "the missing image", || {
+        waiting("missing-image")
+    });
+    assert_eq!(state["reason"], "ErrImageNeverPull", "{state}");
+    // The probe connects (it read its mounted spec), hangs on the silent server, and the
+    // deadline stops it: SIGTERM, Failed, DeadlineExceeded.
+    silent.set_nonblocking(true).unwrap();
+    let _peer = eventually(Duration::from_secs(30), "the probe to connect", || {
+        silent.accept().ok()
+    });
+    let pod = eventually(Duration::from_secs(30), "the deadline", || {
+        let pod = kubectl_json(&kubeconfig, &["get", "pod", "deadline"]);
+        (pod["status"]["phase"] == "Failed").then_some(pod)
+    });
+    assert_eq!(pod["status"]["reason"], "DeadlineExceeded", "{pod}");
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        terminated["exitCode"], 143,
+        "stopped by SIGTERM: {terminated}"
+    );
+    let log = kubectl(&kubeconfig, &["logs", "deadline"], None);
+    assert!(log.contains("stopped by SIGTERM"), "{log}");
+    // The secret volume as a kubelet writes it: ..data links to a timestamped directory, the
+    // key links into ..data, defaultMode 0400 widened to 0440 and group fsGroup.
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let volume = data.path().join("pods").join(uid).join("volumes/creds");
+    let link = std::fs::read_link(volume.join("password")).unwrap();
+    assert_eq!(link, PathBuf::from("..data/password"));
+    assert!(
+        std::fs::read_link(volume.join("..data"))
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("..")
+    );
+    let file = std::fs::metadata(volume.join("password")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(file.permissions().mode() & 0o7777, 0o440);
+    assert_eq!((file.uid(), file.gid()), (0, 65532));
+    assert_eq!(
+        std::fs::read_to_string(volume.join("password")).unwrap(),
+        "hunter2"
+    );
+    let label = format!("label={}", sim.podman_label());
+    sim.stop().await;
+    let (_, left, _) = podman(&["ps", "--all", "--format", "{{.Names}}", "--filter", &label]);
+    assert!(left.trim().is_empty(), "containers left behind: {left}");
 }
