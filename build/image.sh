@@ -4,12 +4,13 @@
 # CA certificates, passwd/group entries for user 65532) and builds build/Containerfile on it
 # (FROM scratch, no registry). Prints the image tag on stdout; everything else goes to stderr.
 #
-#   bash build/image.sh [--tag TAG] [--binary PATH] [--engine podman|docker]
+#   bash build/image.sh [--tag TAG] [--binary PATH] [--engine podman|docker] [--print-tag]
 #
 #   --tag     image tag (default localhost/netreach:<version of Cargo.toml>)
 #   --binary  use this netreach binary instead of building `cargo build --release`
 #   --engine  container engine (default: podman if installed, else docker); $CONTAINER_ENGINE
 #             works too
+#   --print-tag  print the tag and build nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,15 +18,18 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 tag="localhost/netreach:${version}"
 binary=""
 engine="${CONTAINER_ENGINE:-}"
+print_tag=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) tag="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     --engine) engine="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --print-tag) print_tag=1; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$print_tag" = 1 ]; then echo "$tag"; exit 0; fi
 if [ -z "$engine" ]; then
   if command -v podman >/dev/null; then engine=podman
   elif command -v docker >/dev/null; then engine=docker
