@@ -213,12 +213,11 @@ impl DeploymentController {
                 .map(|mut c| {
                     if let Some(old) =
                         previous.and_then(|p| p.iter().find(|o| o["type"] == c["type"]))
+                        && old["status"] == c["status"]
                     {
-                        if old["status"] == c["status"] {
-                            c["lastTransitionTime"] = old["lastTransitionTime"].clone();
-                            if old["reason"] == c["reason"] {
-                                c["lastUpdateTime"] = old["lastUpdateTime"].clone();
-                            }
+                        c["lastTransitionTime"] = old["lastTransitionTime"].clone();
+                        if old["reason"] == c["reason"] {
+                            c["lastUpdateTime"] = old["lastUpdateTime"].clone();
                         }
                     }
                     c
@@ -296,7 +295,9 @@ impl DeploymentController {
         }
         let namespace = rs["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-        if let Some(current) = self.api.lock().store.get(REPLICA_SETS, namespace, name) {
+        // Bound first: the store's lock must be released before the write takes it again.
+        let current = self.api.lock().store.get(REPLICA_SETS, namespace, name);
+        if let Some(current) = current {
             let mut updated = (*current).clone();
             updated["spec"]["replicas"] = json!(replicas);
             let generation = updated["metadata"]["generation"].as_i64().unwrap_or(1) + 1;

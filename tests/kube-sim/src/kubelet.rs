@@ -554,8 +554,7 @@ impl Kubelet {
         let message = if start_error {
             let log = self.log(pod_dir_uid(pod_dir), name).unwrap_or_default();
             log.lines()
-                .filter(|l| l.starts_with("Error"))
-                .last()
+                .rfind(|l| l.starts_with("Error"))
                 .unwrap_or("podman could not start the container")
                 .to_owned()
         } else {
