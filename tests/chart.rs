@@ -575,3 +575,60 @@ fn the_image_recipe_tags_the_version_the_chart_pulls_by_default() {
         "the image tag the chart's default image.tag (its appVersion) names"
     );
 }
+
+#[test]
+fn the_network_policy_allows_the_api_server_dns_and_the_operators_own_ports_only() {
+    assert!(
+        !kinds(&render(json!({}))).contains(&"NetworkPolicy".to_owned()),
+        "off by default"
+    );
+    let rendered = render(json!({
+        "metrics": {"port": 9090},
+        "networkPolicy": {"enabled": true, "apiServer": {"addresses": ["10.0.0.5", "fd00::5", "10.1.0.0/28"], "port": 6443}},
+    }));
+    let policy = rendered
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "netreach"
+    );
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": 9090, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}])
+    );
+    let egress = spec["egress"].as_array().unwrap();
+    assert_eq!(
+        egress.len(),
+        2,
+        "the API server and DNS, nothing else: {egress:?}"
+    );
+    assert_eq!(
+        egress[0],
+        json!({"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}, {"ipBlock": {"cidr": "fd00::5/128"}}, {"ipBlock": {"cidr": "10.1.0.0/28"}}],
+               "ports": [{"port": 6443, "protocol": "TCP"}]})
+    );
+    assert_eq!(
+        egress[1]["ports"],
+        json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        egress[1]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    // Enabled without the API server's addresses would cut the operator off: refused.
+    let refused = try_render(
+        &repo().join("charts/netreach"),
+        &json!({"networkPolicy": {"enabled": true}}),
+    )
+    .err()
+    .expect("no addresses is refused");
+    assert!(
+        refused.contains("/networkPolicy/apiServer/addresses"),
+        "{refused}"
+    );
+}
