@@ -254,6 +254,19 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
     );
     assert_eq!(release["status"], "deployed", "{release}");
     step(start, "helm install done");
+    // As the README says: the rollout, then Available.
+    kubectl(
+        &kubeconfig,
+        &[
+            "rollout",
+            "status",
+            "deployment/netreach",
+            "-n",
+            "netreach-system",
+            "--timeout=120s",
+        ],
+        None,
+    );
     kubectl(
         &kubeconfig,
         &[
@@ -262,7 +275,7 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
             "deployment/netreach",
             "-n",
             "netreach-system",
-            "--timeout=120s",
+            "--timeout=10s",
         ],
         None,
     );
@@ -392,6 +405,7 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
     let operator_pod = pod["metadata"]["name"].as_str().unwrap().to_owned();
 
     // helm uninstall: the operator stops (and hands its lease back); CRDs and checks stay.
+    let uninstalled = Instant::now();
     let removed = helm(
         &["uninstall", kubeconfig_arg, "netreach", "netreach-system"],
         None,
@@ -404,6 +418,10 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
             let (_, names, _) = podman(&["ps", "--all", "--format", "{{.Names}}"]);
             (!names.lines().any(|n| n == name)).then_some(())
         },
+    );
+    eprintln!(
+        "the operator's container stopped {:?} after helm uninstall began",
+        uninstalled.elapsed()
     );
     let lease = kubectl_json(
         &kubeconfig,
@@ -512,6 +530,9 @@ fn sigterm_stops_a_probe_at_once(tag: &str) {
     let (ok, _, stderr) = podman(&["stop", "--time", "10", &name]);
     let took = stopped.elapsed();
     assert!(ok, "{stderr}");
+    // Unhandled, SIGTERM would leave podman waiting its 10 s for SIGKILL; handled, the stop
+    // takes a fraction of a second (the margin is for a loaded CI machine).
+    eprintln!("podman stop of a busy probe took {took:?}");
     assert!(
         took < Duration::from_secs(2),
         "podman stop took {took:?}: SIGTERM was not handled"
