@@ -213,9 +213,7 @@ impl LeaderElection {
             Err(e) => Err(e),
         }
     }
-}
 
-impl LeaderElection {
     /// Gives the lease up if this replica holds it (on shutdown), as client-go's
     /// ReleaseOnCancel does: no holder and a one-second duration, so a standby takes over at
     /// its next look instead of waiting out the lease. Returns whether it was released.
