@@ -227,8 +227,25 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
         .expect("the podman runtime serves HTTPS");
     let kc = |args: &[&str]| kubectl(&kubeconfig, args, None);
 
-    // The README's steps: a namespace (kubectl sends protobuf), then helm install.
+    // The README's steps: a namespace (kubectl sends protobuf), the API server's endpoints
+    // for the NetworkPolicy, then helm install.
     kc(&["create", "namespace", "netreach-system"]);
+    let endpoints = kc(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        r#"jsonpath={.subsets[*].addresses[*].ip} {.subsets[*].ports[*].port}"#,
+    ]);
+    assert_eq!(
+        endpoints.trim(),
+        format!("{} {}", api_server.ip(), api_server.port()),
+        "the kubernetes endpoints name the address pods reach the API server at"
+    );
+    let (api_address, api_port) = endpoints.trim().split_once(' ').unwrap();
+    let api_port: u16 = api_port.parse().unwrap();
     let (metrics_port, health_port) = (free_port(), free_port());
     let values = json!({
         "image": {"repository": tag.rsplit_once(':').unwrap().0, "tag": tag.rsplit_once(':').unwrap().1, "pullPolicy": "Never"},
@@ -239,7 +256,7 @@ async fn the_readme_install_runs_the_operator_and_its_probes_as_containers() {
         "health": {"port": health_port},
         "networkPolicy": {
             "enabled": true,
-            "apiServer": {"addresses": [api_server.ip().to_string()], "port": api_server.port()},
+            "apiServer": {"addresses": [api_address], "port": api_port},
         },
     });
     let release = helm(

@@ -149,6 +149,7 @@ impl KubeSim {
             scratch,
         };
         sim.start_controllers();
+        sim.publish_api_endpoints();
         sim.serve(listener, https_listener);
         write_kubeconfig(&sim.kubeconfig, address)?;
         Ok(sim)
@@ -226,6 +227,39 @@ impl KubeSim {
                 while connections.try_join_next().is_some() {}
             }
         });
+    }
+
+    /// The `kubernetes` Service and its Endpoints in `default`, as every cluster has them:
+    /// where pods reach the API server (what `kubectl get endpoints kubernetes -n default`
+    /// answers, and what a NetworkPolicy for the API server must allow). HTTPS only.
+    fn publish_api_endpoints(&self) {
+        let Some((address, _)) = &self.https else {
+            return;
+        };
+        let (ip, port) = (address.ip().to_string(), address.port());
+        let objects = [
+            (
+                "services",
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"type": "ClusterIP", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
+            ),
+            (
+                "endpoints",
+                serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+            ),
+        ];
+        for (resource, object) in objects {
+            let created = self
+                .api
+                .target("", "v1", resource, Some("default"), None, None)
+                .and_then(|target| self.api.create(&target, object, &api::Query::default()));
+            if let Err(e) = created {
+                tracing::warn!(resource, error = ?e, "publishing the API server's address failed");
+            }
+        }
     }
 
     /// The HTTPS address pods reach the API server at (`KUBERNETES_SERVICE_HOST`/`PORT`), with
@@ -312,6 +346,7 @@ impl KubeSim {
                 self.cluster.clone(),
             );
             self.start_controllers();
+            self.publish_api_endpoints();
         }
         let listener = rebind(self.address).await?;
         let https = match &self.https {

@@ -265,6 +265,16 @@ fn builtins() -> Vec<Builtin> {
             true
         ),
         builtin!(
+            "",
+            "v1",
+            api::core::v1::Endpoints,
+            "endpoints",
+            true,
+            &["ep"],
+            false,
+            false
+        ),
+        builtin!(
             "apps",
             "v1",
             api::apps::v1::ReplicaSet,
