@@ -1133,6 +1133,11 @@ impl Kubelet {
             }
             let mut updated = (*current).clone();
             change(&mut updated["status"]);
+            // A write that changes nothing would wake the pod's watchers (this kubelet too: a
+            // waiting pod is tried again on its next change) for nothing, again and again.
+            if updated["status"] == current["status"] {
+                return;
+            }
             if self.api.internal_put("pods", updated).is_some() {
                 return;
             }
