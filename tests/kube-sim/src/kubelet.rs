@@ -62,6 +62,9 @@ pub struct Kubelet {
     /// Pod uid → its running containers.
     running: Mutex<HashMap<String, Vec<Handle>>>,
     started: Mutex<HashSet<String>>,
+    /// Pods waiting on something (an image, a ConfigMap): (namespace, name), tried again
+    /// every two seconds as a kubelet's sync loop does.
+    waiting: Mutex<HashSet<(String, String)>>,
 }
 
 /// A running container, as the runtime knows it.
@@ -106,6 +109,7 @@ impl Kubelet {
             instance,
             running: Mutex::default(),
             started: Mutex::default(),
+            waiting: Mutex::default(),
         }
     }
 
@@ -194,8 +198,22 @@ impl Kubelet {
         for pod in existing {
             self.consider(&pod);
         }
+        let mut retry = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = retry.tick() => {
+                    let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+                    for (namespace, name) in waiting {
+                        let pod = self.api.lock().store.get("pods", &namespace, &name);
+                        if let Some(pod) = pod {
+                            self.consider(&pod);
+                        }
+                    }
+                    continue;
+                }
+            };
+            match event {
                 Ok(event) if event.key == "pods" => match event.kind {
                     EventType::Deleted => {
                         if let Some(uid) = event.object["metadata"]["uid"].as_str() {
@@ -1115,6 +1133,14 @@ impl Kubelet {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(uid);
         }
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((
+                text(&pod["metadata"]["namespace"]),
+                text(&pod["metadata"]["name"]),
+            ));
         self.update_status(pod, |status| {
             status["containerStatuses"] = json!(statuses);
         });
