@@ -8,3 +8,12 @@ pub mod emit;
 pub mod error;
 pub mod probe;
 pub mod telemetry;
+
+/// What `netreach --version` prints: the package version and the git revision it was built
+/// from (see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("NETREACH_GIT_REVISION"),
+    ")"
+);

@@ -1,7 +1,7 @@
 //! The Helm chart with the real Helm engine (helm-python-sdk): lint, render with default and
 //! non-default values, values the schema refuses, no wildcard RBAC, RBAC that grants exactly
 //! the calls the operator makes (each call granted, each grant called), CRDs in sync, the
-//! rendered chart applied to kube-sim with kubectl, and a Dockerfile that builds the workspace.
+//! rendered chart applied to kube-sim with kubectl, and the image recipe's tag.
 
 mod support;
 
@@ -571,112 +571,18 @@ async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
     }
 }
 
-/// Workspace members from Cargo.toml's `[workspace] members`.
-fn workspace_members() -> Vec<String> {
-    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
-    let start = manifest.find("members").expect("a workspace members list");
-    let list = &manifest[start..];
-    let list = &list[list.find('[').unwrap() + 1..list.find(']').unwrap()];
-    list.split(',')
-        .map(|m| m.trim().trim_matches('"').to_owned())
-        .filter(|m| !m.is_empty())
-        .collect()
-}
-
 #[test]
-fn the_dockerfile_copies_every_workspace_member_so_a_locked_build_resolves() {
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let copied: Vec<&str> = dockerfile
-        .lines()
-        .filter_map(|l| l.strip_prefix("COPY "))
-        .filter(|l| !l.starts_with("--from"))
-        .flat_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            words[..words.len() - 1].to_vec()
-        })
-        .collect();
-    let members = workspace_members();
-    assert!(members.len() >= 3, "{members:?}");
-    for member in &members {
-        if member == "." {
-            // The root package: its manifest, lock file and sources.
-            for needed in ["Cargo.toml", "Cargo.lock", "src"] {
-                assert!(
-                    copied.contains(&needed),
-                    "the Dockerfile does not COPY {needed}"
-                );
-            }
-            continue;
-        }
-        assert!(
-            copied.iter().any(|c| c.trim_end_matches('/') == member),
-            "Cargo.toml's workspace has member {member}, which the Dockerfile does not COPY: cargo build --locked fails without it"
-        );
-    }
-    // What the build stage sees loads as a workspace whose lock file is complete.
-    let context = tempfile::tempdir().unwrap();
-    for line in dockerfile.lines().filter_map(|l| l.strip_prefix("COPY ")) {
-        if line.starts_with("--from") {
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (sources, dest) = words.split_at(words.len() - 1);
-        let dest = context.path().join(dest[0]);
-        for source in sources {
-            let from = repo().join(source);
-            let to = if dest.to_string_lossy().ends_with('/') || sources.len() > 1 {
-                dest.join(from.file_name().unwrap())
-            } else {
-                dest.clone()
-            };
-            if from.is_dir() {
-                copy_dir(&from, &to);
-            } else {
-                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-                std::fs::copy(&from, &to).unwrap();
-            }
-        }
-    }
-    // The host's packages only: the offline cache holds no other platform's.
-    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
-    let host = String::from_utf8(rustc.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
-        .expect("rustc names its host");
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
-        .args(["--filter-platform", &host])
-        .current_dir(context.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the Dockerfile's build context does not load as the workspace:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[test]
-fn the_dockerfile_tag_hint_gives_the_charts_app_version() {
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    let hint = dockerfile
-        .lines()
-        .find(|l| l.contains("docker build"))
-        .expect("a build hint");
-    let command = &hint[hint.find("$(").unwrap() + 2..hint.rfind(')').unwrap()];
-    let output = Command::new("sh")
-        .args(["-c", command])
-        .current_dir(repo())
-        .env("CARGO_NET_OFFLINE", "true")
+fn the_image_recipe_tags_the_version_the_chart_pulls_by_default() {
+    let output = Command::new("bash")
+        .arg(repo().join("build/image.sh"))
+        .arg("--print-tag")
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "{command}: {}",
+        "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let tag = String::from_utf8(output.stdout).unwrap();
     let chart = std::fs::read_to_string(repo().join("charts/netreach/Chart.yaml")).unwrap();
     let app_version = chart
         .lines()
@@ -684,10 +590,67 @@ fn the_dockerfile_tag_hint_gives_the_charts_app_version() {
         .unwrap()
         .trim()
         .trim_matches('"');
+    assert_eq!(app_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(
-        tag.trim(),
-        app_version,
-        "the image tag the chart pulls by default"
+        String::from_utf8(output.stdout).unwrap().trim(),
+        format!("localhost/netreach:{app_version}"),
+        "the image tag the chart's default image.tag (its appVersion) names"
     );
-    assert_eq!(tag.trim(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn the_network_policy_allows_the_api_server_dns_and_the_operators_own_ports_only() {
+    assert!(
+        !kinds(&render(json!({}))).contains(&"NetworkPolicy".to_owned()),
+        "off by default"
+    );
+    let rendered = render(json!({
+        "metrics": {"port": 9090},
+        "networkPolicy": {"enabled": true, "apiServer": {"addresses": ["10.0.0.5", "fd00::5", "10.1.0.0/28"], "port": 6443}},
+    }));
+    let policy = rendered
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "netreach"
+    );
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": 9090, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}])
+    );
+    let egress = spec["egress"].as_array().unwrap();
+    assert_eq!(
+        egress.len(),
+        2,
+        "the API server and DNS, nothing else: {egress:?}"
+    );
+    assert_eq!(
+        egress[0],
+        json!({"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}, {"ipBlock": {"cidr": "fd00::5/128"}}, {"ipBlock": {"cidr": "10.1.0.0/28"}}],
+               "ports": [{"port": 6443, "protocol": "TCP"}]})
+    );
+    assert_eq!(
+        egress[1]["ports"],
+        json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        egress[1]["to"][0]["podSelector"]["matchLabels"]["k8s-app"],
+        "kube-dns"
+    );
+    // Enabled without the API server's addresses would cut the operator off: refused.
+    let refused = try_render(
+        &repo().join("charts/netreach"),
+        &json!({"networkPolicy": {"enabled": true}}),
+    )
+    .err()
+    .expect("no addresses is refused");
+    assert!(
+        refused.contains("/networkPolicy/apiServer/addresses"),
+        "{refused}"
+    );
 }

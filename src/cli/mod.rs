@@ -13,6 +13,7 @@ mod crds;
 mod probe;
 mod render;
 mod run;
+mod shutdown;
 
 /// Exit code for input the tool refuses (bad YAML, schema violations, bad flags).
 pub const EXIT_INVALID_INPUT: u8 = 2;
@@ -25,7 +26,7 @@ pub const EXIT_FAILED: u8 = 1;
 /// runs, explains why an endpoint cannot be reached (DNS, firewall, proxy, TLS interception,
 /// expiry) and emits the network policy that allows exactly those endpoints.
 #[derive(Debug, Parser)]
-#[command(name = "netreach", version, propagate_version = true)]
+#[command(name = "netreach", version = crate::VERSION, propagate_version = true)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,

@@ -60,7 +60,22 @@ pub(super) fn run_probe(args: &ProbeArgs) -> ExitCode {
             .unwrap_or_else(|| spec::DEFAULT_SECRETS_DIR.into()),
     );
     let concurrency = spec.concurrency.unwrap_or(64);
-    let results = runtime().block_on(probe_all(&spec.targets, Arc::new(ctx), concurrency, None));
+    // Stopped before the end (the pod deleted, its deadline passed): no partial results.
+    let results = runtime().block_on(async {
+        tokio::select! {
+            results = probe_all(&spec.targets, Arc::new(ctx), concurrency, None) => Ok(results),
+            stopped = super::shutdown::signal() => Err(stopped),
+        }
+    });
+    let results = match results {
+        Ok(results) => results,
+        Err((signal, status)) => {
+            eprintln!(
+                "netreach probe: stopped by {signal} before every endpoint was probed; no results were written"
+            );
+            return ExitCode::from(status);
+        }
+    };
     let (log, digest) = spec::encode(&results);
     print!("{log}");
     let _ = std::io::stdout().flush();

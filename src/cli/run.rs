@@ -100,7 +100,10 @@ pub(super) fn run_operator(args: RunArgs) -> ExitCode {
             settings,
             Default::default(),
         ));
-        crate::controller::run(ctx, addresses, shutdown_signal()).await;
+        crate::controller::run(ctx, addresses, async {
+            super::shutdown::signal().await;
+        })
+        .await;
         Ok::<_, anyhow::Error>(())
     });
     match result {
@@ -109,20 +112,5 @@ pub(super) fn run_operator(args: RunArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILED)
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

@@ -222,6 +222,37 @@ impl LeaderElection {
             Err(e) => Err(e),
         }
     }
+
+    /// Gives the lease up if this replica holds it (on shutdown), as client-go's
+    /// ReleaseOnCancel does: no holder and a one-second duration, so a standby takes over at
+    /// its next look instead of waiting out the lease. Returns whether it was released.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        let now = MicroTime(Timestamp::now());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..spec
+        });
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Someone else wrote it since: it is no longer ours to release.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl LeaderElection {

@@ -608,6 +608,32 @@ pub async fn run(
         _ = work => {}
         _ = shutdown => info!("shutting down"),
     }
+    release_lease(&ctx).await;
+}
+
+/// Hands the lease over on shutdown (the work was dropped above), bounded so a hung API
+/// server cannot hold up the exit.
+async fn release_lease(ctx: &Context) {
+    let settings = &ctx.settings;
+    if !settings.leader_election {
+        return;
+    }
+    let election = leader::LeaderElection::new(
+        Api::<Lease>::namespaced(ctx.client.clone(), &settings.lease_namespace),
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    match tokio::time::timeout(Duration::from_secs(2), election.release()).await {
+        Ok(Ok(true)) => info!(lease = %settings.lease_name, "released the lease"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => {
+            warn!(lease = %settings.lease_name, error = %e, "could not release the lease; a standby takes over once it expires")
+        }
+        Err(_) => {
+            warn!(lease = %settings.lease_name, "releasing the lease timed out; a standby takes over once it expires")
+        }
+    }
 }
 
 async fn lead_and_run(

@@ -93,21 +93,13 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
-    let content_type = request
+    let mut content_type = request
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    // Protobuf is not spoken here; 415 makes client-go fall back to JSON.
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return Ok(error_response(&ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
-        )));
-    }
-    let body = match request.into_body().collect().await {
+    let mut body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
             return Ok(error_response(&ApiError::bad_request(
@@ -115,6 +107,23 @@ pub async fn handle(
             )));
         }
     };
+    // Protobuf bodies of built-in kinds become the JSON everything else works on; what is
+    // not decoded is refused (415) with what to send instead.
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        match crate::protobuf::decode(&body) {
+            Ok(object) => {
+                body = Bytes::from(serde_json::to_vec(&object).expect("values serialize"));
+                content_type = "application/json".into();
+            }
+            Err(message) => {
+                return Ok(error_response(&ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    &message,
+                )));
+            }
+        }
+    }
     tracing::debug!(%method, %path, query = raw_query.as_deref().unwrap_or_default(), %content_type, body = %String::from_utf8_lossy(&body[..body.len().min(2048)]), "request");
     let parts = Parts {
         method: &method,

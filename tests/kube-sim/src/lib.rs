@@ -1,9 +1,11 @@
 //! kube-sim: a Kubernetes API emulator for tests. It serves the real HTTP API (discovery,
 //! OpenAPI v3, CRUD, patch and server-side apply, watch) to kube-rs and kubectl on loopback,
-//! validates custom resources against their CRD schemas (CEL included), and runs Jobs whose
-//! pods are local processes. Test infrastructure only: the operator does not know it exists.
+//! validates custom resources against their CRD schemas (CEL included), and runs Jobs and
+//! Deployments whose pods are local processes or, with `--runtime podman`, real containers.
+//! Test infrastructure only: the operator does not know it exists.
 
 pub mod api;
+pub mod deployments;
 pub mod error;
 pub mod faults;
 pub mod formats;
@@ -12,10 +14,14 @@ pub mod jobs;
 pub mod kubelet;
 pub mod openapi_docs;
 pub mod patch;
+pub mod podman;
+pub mod probes;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod tls;
 
 /// Structural OpenAPI checks, shared with the product's own input validation: one
 /// implementation of what the API server enforces.
@@ -34,10 +40,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::api::Api;
+use crate::deployments::DeploymentController;
 use crate::faults::Faults;
 use crate::http::Shared;
 use crate::jobs::JobController;
-use crate::kubelet::Kubelet;
+pub use crate::kubelet::Runtime;
+use crate::kubelet::{InCluster, Kubelet};
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -52,6 +60,8 @@ pub struct Options {
     pub images: HashMap<String, PathBuf>,
     /// Where pod volumes and logs live (a temporary directory when unset).
     pub data_dir: Option<PathBuf>,
+    /// How pods run: local processes (default) or podman containers.
+    pub runtime: Runtime,
 }
 
 impl Default for Options {
@@ -61,6 +71,7 @@ impl Default for Options {
             kubeconfig: None,
             images: HashMap::new(),
             data_dir: None,
+            runtime: Runtime::Process,
         }
     }
 }
@@ -73,7 +84,10 @@ pub struct KubeSim {
     api: Arc<Api>,
     faults: Arc<Faults>,
     kubelet: Arc<Kubelet>,
+    cluster: Option<InCluster>,
     audit: http::AuditLog,
+    /// The HTTPS address pods reach the API server at (podman runtime) and its certificate.
+    https: Option<(SocketAddr, Arc<tls::Tls>)>,
     /// The HTTP server: what `restart` stops and starts again.
     server: JoinSet<()>,
     /// The kubelet and the Job controller. They outlive an API server restart that keeps the
@@ -98,7 +112,28 @@ impl KubeSim {
             .kubeconfig
             .clone()
             .unwrap_or_else(|| scratch.path().join("kubeconfig"));
-        let kubelet = Self::kubelet_for(&options, &scratch, &api);
+        // Pods in containers connect as in a cluster: in-cluster config, HTTPS, a CA to trust.
+        let https = if options.runtime == Runtime::Podman {
+            podman::available().map_err(|e| anyhow::anyhow!("--runtime podman: {e}"))?;
+            let tls = tls::generate(&address.ip().to_string())?;
+            let listener = TcpListener::bind(SocketAddr::new(address.ip(), 0))
+                .await
+                .context("binding the HTTPS address")?;
+            let https_address = listener.local_addr()?;
+            Some((listener, https_address, Arc::new(tls)))
+        } else {
+            None
+        };
+        let cluster = https.as_ref().map(|(_, address, tls)| InCluster {
+            host: address.ip().to_string(),
+            port: address.port(),
+            ca_pem: tls.ca_pem.clone(),
+        });
+        let kubelet = Self::kubelet_for(&options, &scratch, &api, cluster.clone());
+        let (https_listener, https) = match https {
+            Some((listener, address, tls)) => (Some(listener), Some((address, tls))),
+            None => (None, None),
+        };
         let mut sim = Self {
             address,
             kubeconfig,
@@ -107,31 +142,48 @@ impl KubeSim {
             faults: Arc::new(Faults::default()),
             kubelet,
             audit: Arc::default(),
+            https,
+            cluster,
             server: JoinSet::new(),
             controllers: JoinSet::new(),
             scratch,
         };
         sim.start_controllers();
-        sim.serve(listener);
+        sim.publish_api_endpoints();
+        sim.serve(listener, https_listener);
         write_kubeconfig(&sim.kubeconfig, address)?;
         Ok(sim)
     }
 
-    fn kubelet_for(options: &Options, scratch: &tempfile::TempDir, api: &Arc<Api>) -> Arc<Kubelet> {
+    fn kubelet_for(
+        options: &Options,
+        scratch: &tempfile::TempDir,
+        api: &Arc<Api>,
+        cluster: Option<InCluster>,
+    ) -> Arc<Kubelet> {
         let data_dir = options
             .data_dir
             .clone()
             .unwrap_or_else(|| scratch.path().join("data"));
-        Arc::new(Kubelet::new(api.clone(), options.images.clone(), data_dir))
+        Arc::new(Kubelet::new(
+            api.clone(),
+            options.images.clone(),
+            data_dir,
+            options.runtime,
+            cluster,
+            instance_of(scratch),
+        ))
     }
 
     fn start_controllers(&mut self) {
         self.controllers.spawn(self.kubelet.clone().run());
         self.controllers
             .spawn(JobController::new(self.api.clone()).run());
+        self.controllers
+            .spawn(DeploymentController::new(self.api.clone()).run());
     }
 
-    fn serve(&mut self, listener: TcpListener) {
+    fn serve(&mut self, listener: TcpListener, https: Option<TcpListener>) {
         let shared = Arc::new(Shared {
             api: self.api.clone(),
             audit: self.audit.clone(),
@@ -139,6 +191,28 @@ impl KubeSim {
             kubelet: self.kubelet.clone(),
             address: self.address.to_string(),
         });
+        if let (Some(listener), Some((_, tls))) = (https, &self.https) {
+            let shared = shared.clone();
+            let acceptor = tls.acceptor.clone();
+            self.server.spawn(async move {
+                let mut connections = JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let shared = shared.clone();
+                    let acceptor = acceptor.clone();
+                    connections.spawn(async move {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let service =
+                            service_fn(move |request| http::handle(shared.clone(), request));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                    while connections.try_join_next().is_some() {}
+                }
+            });
+        }
         self.server.spawn(async move {
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
@@ -153,6 +227,50 @@ impl KubeSim {
                 while connections.try_join_next().is_some() {}
             }
         });
+    }
+
+    /// The `kubernetes` Service and its Endpoints in `default`, as every cluster has them:
+    /// where pods reach the API server (what `kubectl get endpoints kubernetes -n default`
+    /// answers, and what a NetworkPolicy for the API server must allow). HTTPS only.
+    fn publish_api_endpoints(&self) {
+        let Some((address, _)) = &self.https else {
+            return;
+        };
+        let (ip, port) = (address.ip().to_string(), address.port());
+        let objects = [
+            (
+                "services",
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"type": "ClusterIP", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}}),
+            ),
+            (
+                "endpoints",
+                serde_json::json!({"apiVersion": "v1", "kind": "Endpoints",
+                    "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+            ),
+        ];
+        for (resource, object) in objects {
+            let created = self
+                .api
+                .target("", "v1", resource, Some("default"), None, None)
+                .and_then(|target| self.api.create(&target, object, &api::Query::default()));
+            if let Err(e) = created {
+                tracing::warn!(resource, error = ?e, "publishing the API server's address failed");
+            }
+        }
+    }
+
+    /// The HTTPS address pods reach the API server at (`KUBERNETES_SERVICE_HOST`/`PORT`), with
+    /// the podman runtime; what a NetworkPolicy for the API server must allow.
+    pub fn https_address(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|(address, _)| *address)
+    }
+
+    /// The podman label on every container this emulator starts (`--filter label=…`).
+    pub fn podman_label(&self) -> String {
+        format!("io.kube-sim.instance={}", instance_of(&self.scratch))
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -237,23 +355,21 @@ impl KubeSim {
                 Registry::with_builtins(),
                 Store::starting_after(previous, api::HISTORY_LIMIT),
             ));
-            self.kubelet = Self::kubelet_for(&self.options, &self.scratch, &self.api);
+            self.kubelet = Self::kubelet_for(
+                &self.options,
+                &self.scratch,
+                &self.api,
+                self.cluster.clone(),
+            );
             self.start_controllers();
+            self.publish_api_endpoints();
         }
-        // The old listener is gone with its task; the port may linger briefly.
-        let mut attempt = 0;
-        let listener = loop {
-            match TcpListener::bind(self.address).await {
-                Ok(l) => break l,
-                Err(e) if attempt < 50 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, "waiting for the port to free");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e).context("rebinding after restart"),
-            }
+        let listener = rebind(self.address).await?;
+        let https = match &self.https {
+            Some((address, _)) => Some(rebind(*address).await?),
+            None => None,
         };
-        self.serve(listener);
+        self.serve(listener, https);
         Ok(())
     }
 
@@ -270,6 +386,32 @@ impl Drop for KubeSim {
         self.server.abort_all();
         self.controllers.abort_all();
         self.kubelet.kill_all();
+    }
+}
+
+/// What tells this emulator's containers from others': its scratch directory's unique name.
+fn instance_of(scratch: &tempfile::TempDir) -> String {
+    scratch
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Binds `address` again after a restart: the old listener is gone with its task, but the
+/// port may linger briefly.
+async fn rebind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let mut attempt = 0;
+    loop {
+        match TcpListener::bind(address).await {
+            Ok(l) => return Ok(l),
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                tracing::debug!(error = %e, "waiting for the port to free");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context("rebinding after restart"),
+        }
     }
 }
 

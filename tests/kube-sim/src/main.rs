@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 
-/// A Kubernetes API emulator: kubectl and kube-rs talk to it over HTTP; Jobs run their pods as
-/// local processes.
+/// A Kubernetes API emulator: kubectl and kube-rs talk to it over HTTP; Jobs and Deployments run
+/// their pods as local processes or podman containers.
 #[derive(Debug, Parser)]
 #[command(name = "kube-sim", version)]
 struct Args {
@@ -24,6 +24,17 @@ struct Args {
     /// Where pod volumes and logs go (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// How pods run: `process` (local processes, images mapped with --image) or `podman`
+    /// (real containers from podman's local images, host network, HTTPS for in-cluster
+    /// clients).
+    #[arg(long, value_enum, default_value_t = RuntimeArg::Process)]
+    runtime: RuntimeArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RuntimeArg {
+    Process,
+    Podman,
 }
 
 #[tokio::main]
@@ -47,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig: Some(args.kubeconfig.clone()),
         images,
         data_dir: args.data_dir,
+        runtime: match args.runtime {
+            RuntimeArg::Process => kube_sim::Runtime::Process,
+            RuntimeArg::Podman => kube_sim::Runtime::Podman,
+        },
     })
     .await?;
     eprintln!(

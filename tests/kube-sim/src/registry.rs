@@ -265,6 +265,26 @@ fn builtins() -> Vec<Builtin> {
             true
         ),
         builtin!(
+            "",
+            "v1",
+            api::core::v1::Endpoints,
+            "endpoints",
+            true,
+            &["ep"],
+            false,
+            false
+        ),
+        builtin!(
+            "apps",
+            "v1",
+            api::apps::v1::ReplicaSet,
+            "replicasets",
+            true,
+            &["rs"],
+            true,
+            true
+        ),
+        builtin!(
             "coordination.k8s.io",
             "v1",
             api::coordination::v1::Lease,

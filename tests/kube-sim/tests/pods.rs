@@ -1,6 +1,7 @@
 //! Pods as local processes: the environment a container gets (secretKeyRef, configMapKeyRef,
 //! fieldRef, envFrom, `$(VAR)` expansion), its exit code and termination message in the
-//! container state, and init containers running to completion first.
+//! container state, init containers running to completion first, and a pod waiting for its
+//! ConfigMap starting once it exists.
 
 mod common;
 
@@ -225,4 +226,68 @@ async fn init_containers_run_to_completion_before_the_containers() {
         2
     );
     assert!(log(&client, "failed", "main").await.is_err());
+}
+
+#[tokio::test]
+async fn a_pod_waiting_for_its_config_map_starts_once_it_exists_without_rewriting_its_status() {
+    let (_sim, client) = start(&[("busybox", "/bin/sh")]).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // The process runtime mounts over a host path in the container's own mount namespace.
+    let mount = tempfile::tempdir().unwrap();
+    let path = mount.path().to_str().unwrap();
+    let mut pod = shell_pod("needs-config", &format!("cat {path}/mode"));
+    pod["spec"]["volumes"] = json!([{"name": "config", "configMap": {"name": "later"}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "config", "mountPath": path}]);
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(pod).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let pod = pods.get("needs-config").await.unwrap();
+        let state = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c[0].state.clone())
+            .and_then(|s| s.waiting);
+        if let Some(waiting) = state {
+            break (pod, waiting);
+        }
+        assert!(Instant::now() < deadline, "the pod never waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        waiting.1.reason.as_deref(),
+        Some("CreateContainerConfigError")
+    );
+    // Waiting writes its status once, not again at every retry.
+    let version = waiting.0.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = pods.get("needs-config").await.unwrap();
+    assert_eq!(again.metadata.resource_version, version);
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "later"}, "data": {"mode": "fast"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pod = pods.get("needs-config").await.unwrap();
+        if phase(&pod) == "Succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", pod.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log(&client, "needs-config", "c").await.unwrap(), "fast");
 }
