@@ -122,6 +122,13 @@ pub enum Reason {
     #[serde(rename = "CABundleUnavailable")]
     CaBundleUnavailable,
     DeadlineExceeded,
+    /// The FTP control channel works, but the data connection is refused or times out.
+    DataChannelBlocked,
+    /// The server refused the login (FTP 530 after PASS).
+    AuthFailed,
+    /// The server requires TLS before it accepts a login (FTP 534, or 530 before AUTH TLS).
+    #[serde(rename = "TLSRequired")]
+    TlsRequired,
 }
 
 crate::wire_names!(Reason);

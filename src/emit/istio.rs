@@ -16,8 +16,15 @@ fn istio_protocol(protocol: Protocol) -> &'static str {
         | Protocol::Smtps
         | Protocol::Imaps
         | Protocol::Pop3s
-        | Protocol::Ldaps => "TLS",
-        Protocol::Tcp | Protocol::Smtp | Protocol::Imap | Protocol::Pop3 | Protocol::Ldap => "TCP",
+        | Protocol::Ldaps
+        | Protocol::Ftps => "TLS",
+        Protocol::Tcp
+        | Protocol::Smtp
+        | Protocol::Imap
+        | Protocol::Pop3
+        | Protocol::Ldap
+        | Protocol::Ftp => "TCP",
+        Protocol::Ike => "UDP",
     }
 }
 

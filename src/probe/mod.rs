@@ -5,6 +5,8 @@ mod aggregate;
 pub mod context;
 pub mod dns;
 pub mod engine;
+pub mod ftp;
+pub mod ike;
 pub mod ldap;
 pub mod net;
 mod pipeline;

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need, once: the protocol servers of the loopback peers and Lua
+# Installs what the tests need, once: the protocol servers of the loopback peers (vsftpd and
+# strongSwan's charon included) and Lua
 # (Debian packages), and the Helm SDK for the chart tests (PyPI).
 # Skips packages already present; needs root (or sudo) only when something is missing.
 set -euo pipefail
 PKGS="nginx python3-aiosmtpd dovecot-imapd dovecot-pop3d slapd ldap-utils dnsmasq-base squid mitmproxy
-prometheus-blackbox-exporter openssl iproute2 lua5.4 lua-cjson"
+prometheus-blackbox-exporter openssl iproute2 lua5.4 lua-cjson
+vsftpd strongswan-charon strongswan-swanctl libstrongswan-standard-plugins"
 PIP_PKGS="helm-python-sdk==0.2.2"
 missing=""
 for p in $PKGS; do
