@@ -507,6 +507,11 @@ pub struct IkeExpectation {
     pub version: Option<i32>,
 }
 
+/// The IKE port. On any other port IKE goes with the NAT-T non-ESP marker (RFC 3948).
+pub const IKE_PORT: u16 = 500;
+/// The NAT traversal port IKE and ESP float to behind NAT.
+pub const NAT_T_PORT: u16 = 4500;
+
 /// The transport a firewall rule matches: TCP, UDP, or ESP (IP protocol 50, IPsec's payload).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

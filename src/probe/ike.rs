@@ -10,13 +10,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::aggregate::Session;
 use super::net::{Deadline, Failure};
 use super::plan::Target;
+use crate::api::endpoint::IKE_PORT;
 use crate::api::result::{Latency, Outcome, Reason, Stage};
 
-/// The IKE port; on any other port the NAT-T non-ESP marker goes first (RFC 3948), as
-/// strongSwan does, so responders on custom ports answer.
-pub const IKE_PORT: u16 = 500;
-/// The NAT traversal port IKE floats to.
-pub const NAT_T_PORT: u16 = 4500;
 /// Time between retransmissions of the request (UDP may drop it).
 const RETRANSMIT: Duration = Duration::from_secs(1);
 /// Largest datagram read.
@@ -477,6 +473,8 @@ async fn exchange(address: IpAddr, target: &Target, deadline: &Deadline) -> Resu
             main_mode(spi_i)
         };
         let mut datagram = Vec::with_capacity(request.len() + 4);
+        // Like strongSwan: the non-ESP marker on every port but 500, so responders on custom
+        // ports answer.
         if port != IKE_PORT {
             datagram.extend_from_slice(&[0; 4]);
         }
