@@ -457,8 +457,8 @@ pub struct FtpExpectation {
     /// anonymously.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// How the data channel is opened: Passive (PASV, default), ExtendedPassive (EPSV) or
-    /// None (control channel and login only).
+    /// How the data channel is opened; the choices are on [`FtpDataChannel`], whose
+    /// description is what the CRD schema shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_channel: Option<FtpDataChannel>,
     /// Directory to LIST over the data channel. Default: `/`. Nothing is ever written.
@@ -471,7 +471,9 @@ pub struct FtpExpectation {
     pub passive_ports: Option<PortRange>,
 }
 
-/// How an FTP data channel is opened.
+/// How the FTP data channel is opened: Passive (PASV, default), ExtendedPassive (EPSV) or
+/// None (control channel and login only). The listing of `path` proves the data channel;
+/// the probe never writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum FtpDataChannel {
     /// PASV: the server names an address and port (the probe connects to the control
