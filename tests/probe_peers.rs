@@ -1336,8 +1336,12 @@ fn ftp_endpoints() -> String {
       ports:
         - {{port: {ftp}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-user}}, path: /pub}}}}
         - {{port: {ftps}, protocol: FTPS, ftp: {{credentialsSecretRef: {{name: ftp-user}}, dataChannel: ExtendedPassive}}}}
+    - name: ftp-session-reuse
+      cidr: 127.0.0.1
+      ports: [{{port: {reuse}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-user}}}}}}]
     - name: ftp-wrong-password
       cidr: 127.0.0.1
+      timeout: 10s                  # PAM and vsftpd delay a failed login by about 3s
       ports: [{{port: {ftp}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-wrong}}}}}}]
     - name: ftp-bad-pasv
       cidr: 127.0.0.1
@@ -1353,6 +1357,7 @@ fn ftp_endpoints() -> String {
         ftp = peers.port("PEER_FTP_PORT"),
         ftps = peers.port("PEER_FTPS_PORT"),
         bad = peers.port("PEER_FTP_BADPASV_PORT"),
+        reuse = peers.port("PEER_FTP_REUSE_PORT"),
         min = peers.port("PEER_FTP_PASV_MIN"),
         max = peers.port("PEER_FTP_PASV_MAX"),
     )
@@ -1372,6 +1377,16 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
         "{through}: {detail}"
     );
     assert!(anonymous.tls.is_none(), "{through}: plain FTP has no TLS");
+
+    // This server refuses a data connection that does not resume the control channel's TLS
+    // session (522), as vsftpd does by default.
+    let reuse = row(results, "ftp-session-reuse", peers.port("PEER_FTP_REUSE_PORT"));
+    assert_row(reuse, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    assert!(
+        reuse.detail.as_deref().unwrap().contains("(TLS)"),
+        "{through}: {:?}",
+        reuse.detail
+    );
 
     let explicit = row(results, "ftp-user", ftp);
     assert_row(explicit, Outcome::Pass, Stage::Protocol, Reason::Reachable);

@@ -24,6 +24,7 @@ PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 : "${PEER_DNS_PORT:=15353}"   "${PEER_SQUID_PORT:=13128}"
 : "${PEER_MITM_PORT:=13129}"  "${PEER_BLACKBOX_PORT:=19115}"
 : "${PEER_FTP_PORT:=10021}"   "${PEER_FTPS_PORT:=10990}"  "${PEER_FTP_BADPASV_PORT:=10022}"
+: "${PEER_FTP_REUSE_PORT:=10023}"
 : "${PEER_FTP_PASV_MIN:=10100}" "${PEER_FTP_PASV_MAX:=10120}"
 : "${PEER_IKE_PORT:=10500}"   "${PEER_IKE_NATT_PORT:=14500}"
 FTP_USER=peerftp FTP_PASSWORD=secret      # system user: vsftpd logs users in through PAM
@@ -97,7 +98,7 @@ EOF
   rm -f "$C"/*.csr
 fi
 
-mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,ftp,ftps,ftp-badpasv,ftp-badpasv-fwd,ike}
+mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,ftp,ftps,ftp-badpasv,ftp-badpasv-fwd,ftp-reuse,ike}
 printf '127.0.0.1 localhost maas360.com www.maas360.com example.com mail.example.com ldap.example.com %s\n' "$(for m in 1 2 3 4 6; do printf 'mpnsv2.m%s.maas360.com ' $m; done)services.m3.maas360.com" > "$DIR/hosts"
 
 # ---- configs ----
@@ -383,6 +384,10 @@ vsftpd_conf ftp 127.0.0.1 "$PEER_FTP_PORT" "$PEER_FTP_PASV_MIN" "$PEER_FTP_PASV_
 vsftpd_conf ftps 127.0.0.1 "$PEER_FTPS_PORT" "$PEER_FTP_PASV_MIN" "$PEER_FTP_PASV_MAX" implicit_ssl=YES
 vsftpd_conf ftp-badpasv "$FTP_BAD_BACKEND" "$PEER_FTP_BADPASV_PORT" $((PEER_FTP_PASV_MAX + 1)) $((PEER_FTP_PASV_MAX + 5)) \
   pasv_address=$FTP_BAD_PASV_ADDR pasv_addr_resolve=NO
+# Like ftp, but data connections must resume the control connection's TLS session (vsftpd's
+# default, which clients without session reuse fail); the last setting of a key wins.
+vsftpd_conf ftp-reuse 127.0.0.1 "$PEER_FTP_REUSE_PORT" $((PEER_FTP_PASV_MAX + 6)) $((PEER_FTP_PASV_MAX + 10)) \
+  require_ssl_reuse=YES
 cat > "$DIR/ftp-badpasv-fwd/fwd.py" <<'EOF'
 # TCP forwarder LISTEN-HOST PORT TARGET-HOST PORT, bytes unchanged (the bad-PASV FTP control channel).
 import asyncio, sys
@@ -484,7 +489,7 @@ want slapd && for p in $PEER_LDAP_PORT $PEER_LDAPS_PORT; do port_busy $p && busy
 want squid && { port_busy $PEER_SQUID_PORT && busy+=" $PEER_SQUID_PORT"; }
 want mitmproxy && { port_busy $PEER_MITM_PORT && busy+=" $PEER_MITM_PORT"; }
 want blackbox && { port_busy $PEER_BLACKBOX_PORT && busy+=" $PEER_BLACKBOX_PORT"; }
-want ftp && for p in $PEER_FTP_PORT $PEER_FTPS_PORT $PEER_FTP_BADPASV_PORT; do port_busy $p && busy+=" $p"; done
+want ftp && for p in $PEER_FTP_PORT $PEER_FTPS_PORT $PEER_FTP_BADPASV_PORT $PEER_FTP_REUSE_PORT; do port_busy $p && busy+=" $p"; done
 want ftp && { port_busy $PEER_FTP_BADPASV_PORT $FTP_BAD_BACKEND && busy+=" $FTP_BAD_BACKEND:$PEER_FTP_BADPASV_PORT"; }
 want ike && for p in $PEER_IKE_PORT $PEER_IKE_NATT_PORT; do udp_bound $p && busy+=" udp/$p"; done
 want ike && [ -s /run/charon.pid ] && kill -0 "$(cat /run/charon.pid)" 2>/dev/null &&
@@ -519,7 +524,7 @@ want mitmproxy && launch mitmproxy mitmdump --listen-host 127.0.0.1 --listen-por
 want blackbox && launch blackbox prometheus-blackbox-exporter --config.file="$DIR/blackbox/blackbox.yml" \
   --web.listen-address="127.0.0.1:$PEER_BLACKBOX_PORT"
 if want ftp; then
-  for f in ftp ftps ftp-badpasv; do launch $f vsftpd "$DIR/$f/vsftpd.conf"; done
+  for f in ftp ftps ftp-badpasv ftp-reuse; do launch $f vsftpd "$DIR/$f/vsftpd.conf"; done
   launch ftp-badpasv-fwd "$PY" "$DIR/ftp-badpasv-fwd/fwd.py" 127.0.0.1 "$PEER_FTP_BADPASV_PORT" "$FTP_BAD_BACKEND" "$PEER_FTP_BADPASV_PORT"
 fi
 if want ike; then  # charon ignores the extra argument; it puts DIR in the command line for stop.sh
@@ -553,6 +558,7 @@ ready() { case $1 in
   ftps) port_busy $PEER_FTPS_PORT ;;
   ftp-badpasv) port_busy $PEER_FTP_BADPASV_PORT $FTP_BAD_BACKEND ;;
   ftp-badpasv-fwd) port_busy $PEER_FTP_BADPASV_PORT ;;
+  ftp-reuse) port_busy $PEER_FTP_REUSE_PORT ;;
   ike) udp_bound $PEER_IKE_PORT && udp_bound $PEER_IKE_NATT_PORT && ike_loaded ;;
 esac; }
 fail() { echo "peers: $1 not ready: $2; last log lines:" >&2
@@ -596,6 +602,7 @@ PEER_FTP_PORT=$PEER_FTP_PORT
 PEER_FTPS_PORT=$PEER_FTPS_PORT
 PEER_FTP_BADPASV_PORT=$PEER_FTP_BADPASV_PORT
 PEER_FTP_BADPASV_ADDR=$FTP_BAD_PASV_ADDR
+PEER_FTP_REUSE_PORT=$PEER_FTP_REUSE_PORT
 PEER_FTP_PASV_MIN=$PEER_FTP_PASV_MIN
 PEER_FTP_PASV_MAX=$PEER_FTP_PASV_MAX
 PEER_FTP_USER=$FTP_USER
