@@ -226,10 +226,7 @@ fn ftp_and_ike_profile() -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAdd
             "egressGateway": {"nodeSelector": {"egress": "true"}, "egressIP": "192.0.2.10"},
         },
     }));
-    let addresses = BTreeMap::from([(
-        "bulk".to_owned(),
-        vec!["198.51.100.21".parse().unwrap()],
-    )]);
+    let addresses = BTreeMap::from([("bulk".to_owned(), vec!["198.51.100.21".parse().unwrap()])]);
     (spec, addresses)
 }
 
@@ -278,20 +275,42 @@ async fn ftp_data_ranges_ike_udp_and_esp_render_to_valid_objects_and_say_what_is
             _ => "ftp.vendor.example.com",
         };
         assert!(has(flavor, (bulk, "TCP", 21)), "{name}: control port");
-        assert!(has(flavor, (bulk, "TCP", 50000)), "{name}: passive range start");
-        assert!(has(flavor, (bulk, "TCP", 50100)), "{name}: passive range end");
-        assert!(!has(flavor, (bulk, "TCP", 50101)), "{name}: not beyond the range");
-        assert!(has(flavor, ("18.233.3.236/32", "UDP", 500)), "{name}: IKE");
-        assert!(has(flavor, ("18.233.3.236/32", "UDP", 4500)), "{name}: NAT-T");
-        assert!(!has(flavor, ("18.233.3.236/32", "TCP", 500)), "{name}: IKE is not TCP");
         assert!(
-            noted(flavor, "bulk-legacy", "FTP on port 990 without ftp.passivePorts"),
+            has(flavor, (bulk, "TCP", 50000)),
+            "{name}: passive range start"
+        );
+        assert!(
+            has(flavor, (bulk, "TCP", 50100)),
+            "{name}: passive range end"
+        );
+        assert!(
+            !has(flavor, (bulk, "TCP", 50101)),
+            "{name}: not beyond the range"
+        );
+        assert!(has(flavor, ("18.233.3.236/32", "UDP", 500)), "{name}: IKE");
+        assert!(
+            has(flavor, ("18.233.3.236/32", "UDP", 4500)),
+            "{name}: NAT-T"
+        );
+        assert!(
+            !has(flavor, ("18.233.3.236/32", "TCP", 500)),
+            "{name}: IKE is not TCP"
+        );
+        assert!(
+            noted(
+                flavor,
+                "bulk-legacy",
+                "FTP on port 990 without ftp.passivePorts"
+            ),
             "{name}: {:?}",
             by_flavor[&flavor].notes
         );
     }
     // Cilium names hosts: the same ports to the name.
-    assert!(has(Flavor::Cilium, ("ftp.vendor.example.com", "TCP", 50042)));
+    assert!(has(
+        Flavor::Cilium,
+        ("ftp.vendor.example.com", "TCP", 50042)
+    ));
     assert!(has(Flavor::Cilium, ("34.208.112.206/32", "UDP", 4500)));
     // ESP where the flavor has it (Calico: IP protocol 50), a note where it has not.
     assert!(has(Flavor::Calico, ("18.233.3.236/32", "ESP", 0)));
@@ -304,7 +323,11 @@ async fn ftp_data_ranges_ike_udp_and_esp_render_to_valid_objects_and_say_what_is
         Flavor::EgressFirewall,
     ] {
         assert!(
-            noted(flavor, "vpn-primary", "ESP (IP protocol 50) cannot be expressed"),
+            noted(
+                flavor,
+                "vpn-primary",
+                "ESP (IP protocol 50) cannot be expressed"
+            ),
             "{}: {:?}",
             flavor.as_str(),
             by_flavor[&flavor].notes
@@ -837,7 +860,11 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
             .map(|p| {
                 let protocol = protocols[rng.below(protocols.len() as u64) as usize];
                 // IKE on 500 brings NAT traversal on 4500: make it common.
-                let p = if protocol == "IKE" && rng.below(2) == 0 { 500 } else { p };
+                let p = if protocol == "IKE" && rng.below(2) == 0 {
+                    500
+                } else {
+                    p
+                };
                 let mut port = json!({"port": p, "protocol": protocol});
                 if protocol.starts_with("FTP") && rng.below(3) != 0 {
                     let from = 1024 + rng.below(60000) as u16;
@@ -997,7 +1024,11 @@ fn allowed(object: &Value) -> BTreeSet<(String, String, u16)> {
                         .as_str()
                         .map(str::to_owned)
                         .unwrap_or_else(|| "dns".into());
-                    set.extend(ports.iter().map(|(t, p)| (destination.clone(), t.clone(), *p)));
+                    set.extend(
+                        ports
+                            .iter()
+                            .map(|(t, p)| (destination.clone(), t.clone(), *p)),
+                    );
                 }
             }
         }
@@ -1063,7 +1094,9 @@ fn allowed(object: &Value) -> BTreeSet<(String, String, u16)> {
                         .unwrap()
                         .iter()
                         .flat_map(|p| match p.as_str().and_then(|r| r.split_once(':')) {
-                            Some((from, to)) => (from.parse::<u16>().unwrap()..=to.parse().unwrap()).collect::<Vec<_>>(),
+                            Some((from, to)) => (from.parse::<u16>().unwrap()
+                                ..=to.parse().unwrap())
+                                .collect::<Vec<_>>(),
                             None => vec![port_of(p)],
                         })
                         .map(|n| (transport.clone(), n))
@@ -1123,10 +1156,16 @@ fn allowed(object: &Value) -> BTreeSet<(String, String, u16)> {
                         .flat_map(|p| {
                             let (transport, ports) = if p["portRange"].is_object() {
                                 let r = &p["portRange"];
-                                (r["protocol"].as_str().unwrap().to_owned(), span(&r["start"], &r["end"]))
+                                (
+                                    r["protocol"].as_str().unwrap().to_owned(),
+                                    span(&r["start"], &r["end"]),
+                                )
                             } else {
                                 let n = &p["portNumber"];
-                                (n["protocol"].as_str().unwrap().to_owned(), vec![port_of(&n["port"])])
+                                (
+                                    n["protocol"].as_str().unwrap().to_owned(),
+                                    vec![port_of(&n["port"])],
+                                )
                             };
                             ports.into_iter().map(move |n| (transport.clone(), n))
                         })
@@ -1175,7 +1214,10 @@ fn allowed(object: &Value) -> BTreeSet<(String, String, u16)> {
                     .unwrap()
                     .to_owned();
                 let ports = rule["ports"].as_array().unwrap();
-                assert!(!ports.is_empty(), "an Allow without ports allows every port: {rule}");
+                assert!(
+                    !ports.is_empty(),
+                    "an Allow without ports allows every port: {rule}"
+                );
                 for port in ports {
                     set.insert((
                         destination.clone(),
@@ -1330,8 +1372,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
     for round in 0..300 {
         let (spec, addresses) = random_profile(&mut rng);
         let declared = declared(&spec, &addresses);
-        let declared_nets: BTreeSet<String> =
-            declared.iter().map(|(d, _, _)| d.clone()).collect();
+        let declared_nets: BTreeSet<String> = declared.iter().map(|(d, _, _)| d.clone()).collect();
         let input = Input {
             name: "random",
             namespace: "ns",
@@ -1366,7 +1407,8 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                 for (destination, transport, port) in allowed(object) {
                     nat_t |= transport == "UDP" && port == 4500;
                     esp |= transport == "ESP";
-                    ranged |= transport == "TCP" && ranges.iter().any(|(a, b)| (*a..=*b).contains(&port));
+                    ranged |=
+                        transport == "TCP" && ranges.iter().any(|(a, b)| (*a..=*b).contains(&port));
                     if destination == "dns" {
                         assert_eq!(
                             port,

@@ -1311,7 +1311,11 @@ fn ftp_secrets() -> tempfile::TempDir {
         ("ftp-wrong", "not-the-password"),
     ] {
         std::fs::create_dir_all(dir.path().join(name)).unwrap();
-        std::fs::write(dir.path().join(name).join("username"), peers.var("PEER_FTP_USER")).unwrap();
+        std::fs::write(
+            dir.path().join(name).join("username"),
+            peers.var("PEER_FTP_USER"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join(name).join("password"), password).unwrap();
     }
     dir
@@ -1380,7 +1384,11 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
 
     // This server refuses a data connection that does not resume the control channel's TLS
     // session (522), as vsftpd does by default.
-    let reuse = row(results, "ftp-session-reuse", peers.port("PEER_FTP_REUSE_PORT"));
+    let reuse = row(
+        results,
+        "ftp-session-reuse",
+        peers.port("PEER_FTP_REUSE_PORT"),
+    );
     assert_row(reuse, Outcome::Pass, Stage::Protocol, Reason::Reachable);
     assert!(
         reuse.detail.as_deref().unwrap().contains("(TLS)"),
@@ -1395,7 +1403,10 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
         detail.starts_with("peerftp logged in (AUTH TLS); LIST /pub over the PASV data connection"),
         "{through}: {detail}"
     );
-    assert!(detail.contains("(TLS)"), "{through}: the listing came over TLS: {detail}");
+    assert!(
+        detail.contains("(TLS)"),
+        "{through}: the listing came over TLS: {detail}"
+    );
     let tls = explicit.tls.as_ref().expect("AUTH TLS facts");
     assert_eq!(tls.issuer_organization.as_deref(), Some("Test Public CA"));
     assert!(explicit.latency.tls_ms.is_some() && explicit.latency.protocol_ms.is_some());
@@ -1404,7 +1415,8 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
     assert_row(implicit, Outcome::Pass, Stage::Protocol, Reason::Reachable);
     let detail = implicit.detail.as_deref().unwrap();
     assert!(
-        detail.starts_with("peerftp logged in (implicit TLS); LIST / over the EPSV data connection")
+        detail
+            .starts_with("peerftp logged in (implicit TLS); LIST / over the EPSV data connection")
             && detail.contains("(TLS)"),
         "{through}: {detail}"
     );
@@ -1431,8 +1443,9 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
     let pasv_min = peers.port("PEER_FTP_PASV_MAX") + 1;
     let advertised = peers.var("PEER_FTP_BADPASV_ADDR");
     assert!(
-        blocked.message.starts_with(&format!("login to 127.0.0.1:{bad} works, but the data connection to 127.0.0.1:"))
-            && blocked.message.contains("(from PASV)"),
+        blocked.message.starts_with(&format!(
+            "login to 127.0.0.1:{bad} works, but the data connection to 127.0.0.1:"
+        )) && blocked.message.contains("(from PASV)"),
         "{through}: {}",
         blocked.message
     );
@@ -1456,7 +1469,11 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
         blocked.message
     );
     if through == "directly" {
-        assert!(blocked.message.contains("was refused"), "{}", blocked.message);
+        assert!(
+            blocked.message.contains("was refused"),
+            "{}",
+            blocked.message
+        );
         assert!(
             blocked.message.contains(&format!(
                 "PASV advertised {advertised}:{port}, a private or unroutable address"
@@ -1466,8 +1483,17 @@ fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
         );
     }
     let epsv = row(results, "ftp-bad-epsv", bad);
-    assert_row(epsv, Outcome::Fail, Stage::Protocol, Reason::DataChannelBlocked);
-    assert!(epsv.message.contains("(from EPSV)"), "{through}: {}", epsv.message);
+    assert_row(
+        epsv,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::DataChannelBlocked,
+    );
+    assert!(
+        epsv.message.contains("(from EPSV)"),
+        "{through}: {}",
+        epsv.message
+    );
     let control = row(results, "ftp-bad-control-only", bad);
     assert_row(control, Outcome::Pass, Stage::Protocol, Reason::Reachable);
     assert!(
@@ -1561,14 +1587,24 @@ async fn an_ftp_server_that_wants_tls_before_login_is_told_apart_from_a_wrong_pa
         Options::default(),
     )
     .await;
-    assert_row(&results[0], Outcome::Fail, Stage::StartTls, Reason::TlsRequired);
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::TlsRequired,
+    );
     assert!(
         results[0].message.contains("requires TLS before login")
             && results[0].message.contains("set tls.mode: StartTLS"),
         "{}",
         results[0].message
     );
-    assert_row(&results[1], Outcome::Fail, Stage::StartTls, Reason::TlsRequired);
+    assert_row(
+        &results[1],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::TlsRequired,
+    );
     assert_row(&results[2], Outcome::Fail, Stage::Auth, Reason::AuthFailed);
     assert!(
         results[2].message.contains("anonymous logins are refused"),
@@ -1632,7 +1668,11 @@ async fn ike_passes_against_strongswan_and_a_silent_or_closed_udp_port_fails() {
     let legacy = row(&results, "vpn-legacy", peers.port("PEER_IKE_PORT"));
     assert_eq!(legacy.outcome, Outcome::Pass, "{}", legacy.message);
     assert!(
-        legacy.detail.as_deref().unwrap().contains("IKEv1 responder (Main Mode)"),
+        legacy
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("IKEv1 responder (Main Mode)"),
         "{:?}",
         legacy.detail
     );
@@ -1655,7 +1695,12 @@ async fn ike_passes_against_strongswan_and_a_silent_or_closed_udp_port_fails() {
         silent_row.message
     );
     let closed = row(&results, "vpn-closed", closed_port);
-    assert_row(closed, Outcome::Fail, Stage::Connect, Reason::ConnectionRefused);
+    assert_row(
+        closed,
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::ConnectionRefused,
+    );
     assert!(
         elapsed < Duration::from_secs(3),
         "every row ends within its 2s timeout (took {elapsed:?})"
@@ -1676,7 +1721,12 @@ async fn ike_goes_direct_even_when_a_proxy_is_set_and_says_so() {
         },
     )
     .await;
-    assert_row(&results[0], Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
     assert!(
         results[0]
             .message

@@ -220,7 +220,12 @@ pub fn allows(input: &Input<'_>) -> Vec<Allow> {
                 .ports
                 .iter()
                 .filter(|p| matches!(p.protocol, Protocol::Ftp | Protocol::Ftps))
-                .filter(|p| p.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()).is_none())
+                .filter(|p| {
+                    p.ftp
+                        .as_ref()
+                        .and_then(|f| f.passive_ports.as_ref())
+                        .is_none()
+                })
                 .map(|p| p.port as u16)
                 .collect();
             ftp_without_range.sort_unstable();

@@ -9,12 +9,12 @@ use futures::StreamExt;
 
 use super::aggregate::*;
 pub use super::context::ProbeContext;
+use super::ike;
 use super::net::{self, Deadline, Failure, ProxyTarget};
 use super::pipeline::*;
 use super::plan::Target;
-use super::ike;
-use crate::api::{Protocol, TlsMode};
 use crate::api::result::{Latency, Outcome, ProbeResult, Reason, Stage};
+use crate::api::{Protocol, TlsMode};
 
 /// Grace on top of a target's timeout before the outer guard cuts a probe off; stages time
 /// themselves out first, so this only catches a stage that forgot to.
@@ -134,8 +134,8 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
     };
     // IKE is UDP: an HTTP CONNECT proxy cannot carry it (the schema refuses `proxy` with
     // IKE; one given on the command line or by a check over a profile is not used).
-    let proxy_ignored = target.protocol == Protocol::Ike
-        && (ctx.proxy.is_some() || target.proxy.is_some());
+    let proxy_ignored =
+        target.protocol == Protocol::Ike && (ctx.proxy.is_some() || target.proxy.is_some());
     let configured = ctx.proxy.clone().map(Ok).or_else(|| {
         target
             .proxy

@@ -461,11 +461,9 @@ async fn connect_data(
                 .await
                 .map(|s| Box::new(s) as BoxStream)
         }
-        Route::Proxy(proxy) => {
-            net::connect_via_proxy(proxy, scope.peer_host, data.port, deadline)
-                .await
-                .map(|s| Box::new(s) as BoxStream)
-        }
+        Route::Proxy(proxy) => net::connect_via_proxy(proxy, scope.peer_host, data.port, deadline)
+            .await
+            .map(|s| Box::new(s) as BoxStream),
     };
     connected.map_err(|failure| {
         let what = match failure.reason {
@@ -548,7 +546,14 @@ async fn list(
         .unwrap_or("/");
     let data = passive(wire, mode, scope, shown).await?;
     let mut stream = connect_data(&data, scope, shown).await?;
-    let answer = command(wire, &format!("LIST {path}"), shown, Stage::Protocol, deadline).await?;
+    let answer = command(
+        wire,
+        &format!("LIST {path}"),
+        shown,
+        Stage::Protocol,
+        deadline,
+    )
+    .await?;
     match answer.code {
         125 | 150 => {}
         425 | 426 => {
@@ -610,10 +615,7 @@ async fn list(
                 return Err(Failure::new(
                     Stage::Protocol,
                     Reason::ProtocolError,
-                    format!(
-                        "{shown} ended LIST {path} with {}",
-                        done.shown()
-                    ),
+                    format!("{shown} ended LIST {path} with {}", done.shown()),
                 ));
             }
         }
@@ -780,7 +782,14 @@ mod tests {
 
     #[test]
     fn private_and_unspecified_addresses_are_unroutable() {
-        for ip in ["10.1.2.3", "192.168.0.1", "127.0.0.9", "0.0.0.0", "100.64.0.1", "fd00::1"] {
+        for ip in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "127.0.0.9",
+            "0.0.0.0",
+            "100.64.0.1",
+            "fd00::1",
+        ] {
             assert!(unroutable(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["18.233.3.236", "2001:db8::1"] {
@@ -791,9 +800,16 @@ mod tests {
     #[test]
     fn a_pasv_address_differing_from_the_control_address_is_reported() {
         let direct = Route::Direct("203.0.113.5".parse().unwrap());
-        let note = data_note("10.0.0.5:50000".parse().unwrap(), &direct, "ftp.example.com")
-            .unwrap();
-        assert!(note.contains("PASV advertised 10.0.0.5:50000, a private or unroutable address"), "{note}");
+        let note = data_note(
+            "10.0.0.5:50000".parse().unwrap(),
+            &direct,
+            "ftp.example.com",
+        )
+        .unwrap();
+        assert!(
+            note.contains("PASV advertised 10.0.0.5:50000, a private or unroutable address"),
+            "{note}"
+        );
         assert!(note.contains("pasv_address"), "{note}");
         assert_eq!(
             data_note("203.0.113.5:50000".parse().unwrap(), &direct, "x"),

@@ -169,7 +169,14 @@ pub fn ike_sa_init(
     body.extend(payload(V2_NONCE, &ke));
     body.extend(payload(0, &nonce));
     let first = if cookie.is_some() { V2_NOTIFY } else { V2_SA };
-    Some(header(spi_i, first, 0x20, IKE_SA_INIT, FLAG_INITIATOR, &body))
+    Some(header(
+        spi_i,
+        first,
+        0x20,
+        IKE_SA_INIT,
+        FLAG_INITIATOR,
+        &body,
+    ))
 }
 
 /// An IKEv1 Main Mode first message: one SA with common PSK transforms.
@@ -317,10 +324,9 @@ pub fn parse_response(datagram: &[u8], spi_i: [u8; 8], version: u8) -> Option<An
         }) {
             return notify_of(notify, 0);
         }
-        if let Some((_, notify)) = payloads
-            .iter()
-            .find(|(kind, body)| *kind == V2_NOTIFY && body.get(2..4) == Some(&NOTIFY_COOKIE.to_be_bytes()[..]))
-        {
+        if let Some((_, notify)) = payloads.iter().find(|(kind, body)| {
+            *kind == V2_NOTIFY && body.get(2..4) == Some(&NOTIFY_COOKIE.to_be_bytes()[..])
+        }) {
             return notify_of(notify, 0);
         }
         return match payloads.iter().find(|(kind, _)| *kind == V2_SA) {
@@ -346,7 +352,12 @@ fn notify_of(body: &[u8], skip: usize) -> Option<Answer> {
     let body = body.get(skip..)?;
     let spi_size = *body.get(1)? as usize;
     let kind = u16::from_be_bytes([*body.get(2)?, *body.get(3)?]);
-    let data = body.get(4 + spi_size..)?.iter().take(256).copied().collect();
+    let data = body
+        .get(4 + spi_size..)?
+        .iter()
+        .take(256)
+        .copied()
+        .collect();
     Some(Answer::Notify { kind, data })
 }
 
@@ -424,7 +435,11 @@ fn shown_udp(address: IpAddr, port: u16) -> String {
 
 /// Sends the request (retransmitting every second) until an answer for our SPI arrives, a
 /// retry is asked for, or the deadline passes.
-async fn exchange(address: IpAddr, target: &Target, deadline: &Deadline) -> Result<String, Failure> {
+async fn exchange(
+    address: IpAddr,
+    target: &Target,
+    deadline: &Deadline,
+) -> Result<String, Failure> {
     let port = target.port;
     let peer = SocketAddr::new(address, port);
     let shown = shown_udp(address, port);
@@ -447,7 +462,9 @@ async fn exchange(address: IpAddr, target: &Target, deadline: &Deadline) -> Resu
             format!("cannot send IKE to {shown}: {e}; check this machine's network"),
         )
     };
-    let socket = tokio::net::UdpSocket::bind(local).await.map_err(io_failure)?;
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(io_failure)?;
     socket.connect(peer).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NetworkUnreachable => Failure::new(
             Stage::Connect,
@@ -715,7 +732,9 @@ mod tests {
             }
             let _ = parse_response(&datagram, spi_i, 2);
             let _ = parse_response(&datagram, spi_i, 1);
-            let noise: Vec<u8> = (0..(round % 64)).map(|i| (seed >> (i % 56)) as u8).collect();
+            let noise: Vec<u8> = (0..(round % 64))
+                .map(|i| (seed >> (i % 56)) as u8)
+                .collect();
             let _ = parse_response(&noise, spi_i, 2);
         }
     }
