@@ -1735,3 +1735,146 @@ async fn ike_goes_direct_even_when_a_proxy_is_set_and_says_so() {
         results[0].message
     );
 }
+
+#[tokio::test]
+async fn an_endless_ftp_listing_is_cut_at_its_cap_within_the_timeout() {
+    use tokio::io::AsyncBufReadExt;
+    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data_port = data.local_addr().unwrap().port();
+    let data = Arc::new(data);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let streamed = sent.clone();
+    let control = raw_server(move |stream| {
+        let data = data.clone();
+        let sent = streamed.clone();
+        async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let _ = write.write_all(b"220 endless\r\n").await;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let verb = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let reply = match verb.as_str() {
+                    "USER" => "230 in".to_owned(),
+                    "PASV" => format!(
+                        "227 Entering Passive Mode (127,0,0,1,{},{})",
+                        data_port >> 8,
+                        data_port & 0xff
+                    ),
+                    "LIST" => "150 here it comes, forever".to_owned(),
+                    _ => "200 ok".to_owned(),
+                };
+                let _ = write.write_all(format!("{reply}\r\n").as_bytes()).await;
+                if verb == "LIST" {
+                    // Bounded too: stops after 256 MiB, far more than any probe may read.
+                    let (mut stream, _) = data.accept().await.unwrap();
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..4096 {
+                        if stream.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                        sent.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &format!(
+            "    - name: endless\n      cidr: 127.0.0.1\n      ports: [{{port: {control}, protocol: FTP, tls: {{mode: Disabled}}}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    let detail = results[0].detail.as_deref().unwrap();
+    assert!(detail.contains(": at least 6"), "{detail}");
+    assert!(
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= 64 * 1024,
+        "the server streamed the listing"
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+/// An IKE response from a fake responder: the request's SPI, one notify payload.
+fn ike_notify_response(request: &[u8], kind: u16, data: &[u8]) -> Vec<u8> {
+    let mut message = request[..8].to_vec();
+    message.extend_from_slice(&[9; 8]);
+    message.extend_from_slice(&[41, 0x20, 34, 0x20, 0, 0, 0, 0]);
+    let length = 28 + 8 + data.len();
+    message.extend_from_slice(&(length as u32).to_be_bytes());
+    message.extend_from_slice(&[0, 0]);
+    message.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    message.extend_from_slice(&[0, 0]);
+    message.extend_from_slice(&kind.to_be_bytes());
+    message.extend_from_slice(data);
+    let mut datagram = vec![0; 4]; // the non-ESP marker: this port is not 500
+    datagram.extend(message);
+    datagram
+}
+
+#[tokio::test]
+async fn an_ike_cookie_is_sent_back_once_and_no_proposal_chosen_still_proves_reachability() {
+    let responder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = responder.local_addr().unwrap().port();
+    let fake = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65536];
+        let mut requests = Vec::new();
+        for kind in [16390u16, 14] {
+            let (n, from) = responder.recv_from(&mut buffer).await.unwrap();
+            let request = buffer[4..n].to_vec();
+            let data: &[u8] = if kind == 16390 {
+                b"a-cookie-of-ours"
+            } else {
+                b""
+            };
+            responder
+                .send_to(&ike_notify_response(&request, kind, data), from)
+                .await
+                .unwrap();
+            requests.push(request);
+        }
+        requests
+    });
+    let results = probe_endpoints(
+        &format!(
+            "    - name: vpn\n      cidr: 127.0.0.1\n      timeout: 2s\n      ports: [{{port: {port}, protocol: IKE}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(
+        results[0].detail.as_deref().unwrap().starts_with(
+            "sent a COOKIE, then IKEv2 responder answered NO_PROPOSAL_CHOSEN: the VPN endpoint is reachable"
+        ),
+        "{:?}",
+        results[0].detail
+    );
+    let requests = fake.await.unwrap();
+    // The retry carries the cookie as its first payload (a notify), with the same SPI.
+    let retry = &requests[1];
+    assert_eq!(retry[..8], requests[0][..8]);
+    assert_eq!(retry[16], 41, "the first payload is a notify");
+    let notify_length = u16::from_be_bytes([retry[30], retry[31]]) as usize;
+    assert_eq!(
+        &retry[28 + 8..28 + notify_length],
+        b"a-cookie-of-ours".as_slice()
+    );
+}

@@ -238,12 +238,12 @@ impl FromStr for Protocol {
     }
 }
 
-/// How TLS is reached on a port. Default: Implicit for TLS, HTTPS, SMTPS, IMAPS, POP3S and
-/// LDAPS; Opportunistic for SMTP, IMAP and POP3; Disabled for TCP, HTTP and LDAP.
+/// How TLS is reached on a port. Default: Implicit for TLS, HTTPS, SMTPS, IMAPS, POP3S, LDAPS
+/// and FTPS; Opportunistic for SMTP, IMAP, POP3 and FTP; Disabled for TCP, HTTP, LDAP and IKE.
 ///
 /// On a port, the mode must fit its protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS,
-/// POP3S and LDAPS; StartTLS and Opportunistic with SMTP, IMAP, POP3 and LDAP; Disabled with
-/// TCP, HTTP, SMTP, IMAP, POP3 and LDAP. On an endpoint or in `defaults`, the mode applies
+/// POP3S, LDAPS and FTPS; StartTLS and Opportunistic (FTP: AUTH TLS) with SMTP, IMAP, POP3,
+/// LDAP and FTP; Disabled with TCP, HTTP, SMTP, IMAP, POP3, LDAP, FTP and IKE. On an endpoint or in `defaults`, the mode applies
 /// only to the ports it fits and the others keep their own: an implicit-TLS protocol always
 /// does TLS, and HTTP or TCP never gets TLS from an inherited mode.
 ///
