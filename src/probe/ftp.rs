@@ -675,7 +675,7 @@ pub(super) async fn session(
         ));
     }
     let implicit = target.protocol == Protocol::Ftps;
-    let mut how = if implicit { "implicit TLS" } else { "plain" };
+    let mut tls_on = implicit;
     let mode = target.tls.mode;
     if !implicit && matches!(mode, TlsMode::StartTls | TlsMode::Opportunistic) {
         let answer = command(&mut wire, "AUTH TLS", &shown, Stage::StartTls, deadline).await?;
@@ -684,7 +684,7 @@ pub(super) async fn session(
                 .into_stream()
                 .map_err(|e| starttls_injection(&shown, e))?;
             wire = Wire::new(upgrade(stream, scope, progress).await?);
-            how = "AUTH TLS";
+            tls_on = true;
         } else if mode == TlsMode::StartTls {
             return Err(Failure::new(
                 Stage::StartTls,
@@ -698,7 +698,11 @@ pub(super) async fn session(
             return Err(stripped("AUTH TLS", &shown, &why));
         }
     }
-    let tls_on = implicit || how == "AUTH TLS";
+    let how = match (implicit, tls_on) {
+        (true, _) => "implicit TLS",
+        (false, true) => "AUTH TLS",
+        (false, false) => "plain",
+    };
     let login = login_of(scope, &shown)?;
     log_in(&mut wire, &login, tls_on, &shown, deadline).await?;
     let mut protected = false;

@@ -418,7 +418,7 @@ pub(super) async fn session(
             reason: Reason::Reachable,
             message: format!(
                 "{} reachable over IKE (UDP): {detail}",
-                shown_udp(address, target.port)
+                shown_udp(target, address)
             ),
             intercepted: false,
             tls: None,
@@ -429,8 +429,15 @@ pub(super) async fn session(
     }
 }
 
-fn shown_udp(address: IpAddr, port: u16) -> String {
-    format!("UDP {port} to {address}")
+/// `UDP 500 to 18.233.3.236`, with the host name in front when the address came from DNS.
+fn shown_udp(target: &Target, address: IpAddr) -> String {
+    let port = target.port;
+    match target.host.as_deref() {
+        Some(host) if host.parse::<IpAddr>().is_err() => {
+            format!("{host}: UDP {port} to {address}")
+        }
+        _ => format!("UDP {port} to {address}"),
+    }
 }
 
 /// Sends the request (retransmitting every second) until an answer for our SPI arrives, a
@@ -442,7 +449,7 @@ async fn exchange(
 ) -> Result<String, Failure> {
     let port = target.port;
     let peer = SocketAddr::new(address, port);
-    let shown = shown_udp(address, port);
+    let shown = shown_udp(target, address);
     let version = if target.ike.as_ref().and_then(|i| i.version) == Some(1) {
         1u8
     } else {
