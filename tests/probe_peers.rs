@@ -1878,3 +1878,66 @@ async fn an_ike_cookie_is_sent_back_once_and_no_proposal_chosen_still_proves_rea
         b"a-cookie-of-ours".as_slice()
     );
 }
+
+#[tokio::test]
+async fn a_filtered_ftp_data_port_is_data_channel_blocked_within_the_deadline() {
+    use tokio::io::AsyncBufReadExt;
+    // The data port drops SYNs (a full accept queue), as a firewall that blocks it does.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let filtered = socket.listen(0).unwrap();
+    let data_port = filtered.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", data_port)),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let control = raw_server(move |stream| async move {
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let _ = write.write_all(b"220 ready\r\n").await;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = match line.split_whitespace().next().unwrap_or_default() {
+                "USER" => "230 in".to_owned(),
+                "PASV" => format!(
+                    "227 Entering Passive Mode (127,0,0,1,{},{})",
+                    data_port >> 8,
+                    data_port & 0xff
+                ),
+                _ => "200 ok".to_owned(),
+            };
+            let _ = write.write_all(format!("{reply}\r\n").as_bytes()).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &format!(
+            "    - name: filtered-data\n      cidr: 127.0.0.1\n      timeout: 1s\n      ports: [{{port: {control}, protocol: FTP, tls: {{mode: Disabled}}}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::DataChannelBlocked,
+    );
+    assert!(
+        results[0].message.starts_with(&format!(
+            "login to 127.0.0.1:{control} works, but the data connection to 127.0.0.1:{data_port} (from PASV) timed out"
+        )),
+        "{}",
+        results[0].message
+    );
+    assert!(took < Duration::from_millis(1800), "took {took:?}");
+    drop(filtered);
+}
