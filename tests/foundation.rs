@@ -145,8 +145,28 @@ fn each_schema_rule_refuses_bad_input_with_exit_2_naming_the_field() {
         ),
         (
             "unknown protocol",
-            profile_with("    - {name: a, host: a.example.com, ports: [{port: 21, protocol: FTP}]}\n"),
-            "spec.endpoints[0].ports[0].protocol: Unsupported value: \"FTP\"",
+            profile_with("    - {name: a, host: a.example.com, ports: [{port: 70, protocol: GOPHER}]}\n"),
+            "spec.endpoints[0].ports[0].protocol: Unsupported value: \"GOPHER\"",
+        ),
+        (
+            "ftp settings on a port that is not FTP",
+            profile_with("    - {name: a, host: a.example.com, ports: [{port: 443, protocol: HTTPS, ftp: {path: /}}]}\n"),
+            "spec.endpoints[0].ports[0]: Invalid value: ftp settings apply only to FTP and FTPS ports",
+        ),
+        (
+            "a passive range that ends before it starts",
+            profile_with("    - {name: a, host: a.example.com, ports: [{port: 21, protocol: FTP, ftp: {passivePorts: {from: 50100, to: 50000}}}]}\n"),
+            "spec.endpoints[0].ports[0].ftp.passivePorts: Invalid value: from must not be greater than to",
+        ),
+        (
+            "ike version 3",
+            profile_with("    - {name: a, cidr: 18.233.3.236, ports: [{port: 500, protocol: IKE, ike: {version: 3}}]}\n"),
+            "spec.endpoints[0].ports[0].ike.version: Invalid value: 3",
+        ),
+        (
+            "IKE through a proxy",
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: p}\nspec:\n  proxy: {url: http://proxy.corp:3128}\n  endpoints: [{name: vpn, cidr: 18.233.3.236, ports: [{port: 500, protocol: IKE}]}]\n".into(),
+            "spec: Invalid value: IKE runs over UDP and cannot go through an HTTP CONNECT proxy",
         ),
         (
             "duplicate endpoint names",

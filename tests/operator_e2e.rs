@@ -1781,3 +1781,48 @@ async fn a_bind_or_mail_password_appears_in_no_status_event_log_or_metric() {
     }
     operator.handle.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ftp_credentials_reach_the_probe_pod_and_an_ike_row_comes_back() {
+    let cluster = Cluster::start("ftp-ike").await;
+    peers_ca(&cluster).await;
+    let peers = Peers::get();
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: ftp-account}}\nstringData: {{username: \"{}\", password: \"{}\"}}\n",
+            peers.var("PEER_FTP_USER"),
+            peers.var("PEER_FTP_PASSWORD")
+        ))
+        .await;
+    cluster
+        .apply_yaml(&profile_yaml(
+            "bulk",
+            &format!(
+                "    - name: bulk\n      cidr: 127.0.0.1\n      ports: [{{port: {}, protocol: FTPS, ftp: {{credentialsSecretRef: {{name: ftp-account}}}}}}]\n    - name: vpn\n      cidr: 127.0.0.1\n      ports: [{{port: {}, protocol: IKE}}]\n",
+                peers.port("PEER_FTPS_PORT"),
+                peers.port("PEER_IKE_NATT_PORT")
+            ),
+        ))
+        .await;
+    cluster.apply_yaml(&check_yaml("bulk", "bulk", "")).await;
+    let (_ctx, handle) = cluster.operator(cluster.settings("one"));
+    let check = wait_condition(&cluster, "bulk", "Reconciling", "False").await;
+    let status = check.status.clone().unwrap();
+    let bulk = status
+        .results
+        .iter()
+        .find(|r| r.endpoint == "bulk")
+        .unwrap();
+    assert_eq!(bulk.outcome, Outcome::Pass, "{}", bulk.message);
+    assert!(
+        bulk.detail
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("peerftp logged in (implicit TLS)"),
+        "the mounted Secret logged in: {bulk:?}"
+    );
+    let vpn = status.results.iter().find(|r| r.endpoint == "vpn").unwrap();
+    assert_eq!(vpn.outcome, Outcome::Pass, "{}", vpn.message);
+    assert_eq!(condition(&check, "Ready").unwrap().0, "True");
+    handle.abort();
+}

@@ -14,7 +14,7 @@ use std::process::Command;
 use ipnet::IpNet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use netreach::api::{ConnectivityProfileSpec, Flavor};
+use netreach::api::{ConnectivityProfileSpec, Flavor, Protocol};
 use netreach::emit::{
     EGRESS_FIREWALL_RULES_ANNOTATION, Input, allowlist, emit, merge_egress_firewall, to_yaml,
     unmerge_egress_firewall,
@@ -208,6 +208,162 @@ async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
         }
     }
     assert!(schemas.applied >= 12, "applied {} objects", schemas.applied);
+}
+
+/// FTP with a passive range, FTPS without one, and two IKE peers, as an ITSM integration
+/// declares them.
+fn ftp_and_ike_profile() -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
+    let spec = spec(json!({
+        "endpoints": [
+            {"name": "bulk", "host": "ftp.vendor.example.com", "ports": [{"port": 21, "protocol": "FTP", "ftp": {"passivePorts": {"from": 50000, "to": 50100}}}]},
+            {"name": "bulk-legacy", "cidr": "203.0.113.50/32", "ports": [{"port": 990, "protocol": "FTPS"}]},
+            {"name": "vpn-primary", "cidr": "18.233.3.236/32", "ports": [{"port": 500, "protocol": "IKE"}]},
+            {"name": "vpn-dr", "cidr": "34.208.112.206/32", "ports": [{"port": 500, "protocol": "IKE", "ike": {"version": 1}}]},
+        ],
+        "policy": {
+            "podSelector": {"matchLabels": {"app": "itsm-integration"}},
+            "flavors": ["NetworkPolicy"],
+            "egressGateway": {"nodeSelector": {"egress": "true"}, "egressIP": "192.0.2.10"},
+        },
+    }));
+    let addresses = BTreeMap::from([("bulk".to_owned(), vec!["198.51.100.21".parse().unwrap()])]);
+    (spec, addresses)
+}
+
+#[tokio::test]
+async fn ftp_data_ranges_ike_udp_and_esp_render_to_valid_objects_and_say_what_is_left_out() {
+    let mut schemas = UpstreamSchemas::start().await;
+    let (spec, addresses) = ftp_and_ike_profile();
+    let input = Input {
+        name: "itsm",
+        namespace: "itsm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let mut by_flavor = BTreeMap::new();
+    for flavor in Flavor::iter() {
+        let output = emit(flavor, &input);
+        for object in &output.objects {
+            schemas.apply(object, flavor.as_str()).await;
+        }
+        by_flavor.insert(flavor, output);
+    }
+    let has = |flavor: Flavor, wanted: (&str, &str, u16)| {
+        by_flavor[&flavor]
+            .objects
+            .iter()
+            .flat_map(allowed)
+            .any(|(d, t, p)| (d.as_str(), t.as_str(), p) == wanted)
+    };
+    let noted = |flavor: Flavor, endpoint: &str, text: &str| {
+        by_flavor[&flavor]
+            .notes
+            .iter()
+            .any(|n| n.endpoint == endpoint && n.message.contains(text))
+    };
+    for flavor in [
+        Flavor::NetworkPolicy,
+        Flavor::Calico,
+        Flavor::AdminNetworkPolicy,
+        Flavor::ClusterNetworkPolicy,
+        Flavor::EgressFirewall,
+    ] {
+        let name = flavor.as_str();
+        // Address-based flavors allow the resolved address, the others the name.
+        let bulk = match flavor {
+            Flavor::NetworkPolicy | Flavor::Calico => "198.51.100.21/32",
+            _ => "ftp.vendor.example.com",
+        };
+        assert!(has(flavor, (bulk, "TCP", 21)), "{name}: control port");
+        assert!(
+            has(flavor, (bulk, "TCP", 50000)),
+            "{name}: passive range start"
+        );
+        assert!(
+            has(flavor, (bulk, "TCP", 50100)),
+            "{name}: passive range end"
+        );
+        assert!(
+            !has(flavor, (bulk, "TCP", 50101)),
+            "{name}: not beyond the range"
+        );
+        assert!(has(flavor, ("18.233.3.236/32", "UDP", 500)), "{name}: IKE");
+        assert!(
+            has(flavor, ("18.233.3.236/32", "UDP", 4500)),
+            "{name}: NAT-T"
+        );
+        assert!(
+            !has(flavor, ("18.233.3.236/32", "TCP", 500)),
+            "{name}: IKE is not TCP"
+        );
+        assert!(
+            noted(
+                flavor,
+                "bulk-legacy",
+                "FTP on port 990 without ftp.passivePorts"
+            ),
+            "{name}: {:?}",
+            by_flavor[&flavor].notes
+        );
+    }
+    // Cilium names hosts: the same ports to the name.
+    assert!(has(
+        Flavor::Cilium,
+        ("ftp.vendor.example.com", "TCP", 50042)
+    ));
+    assert!(has(Flavor::Cilium, ("34.208.112.206/32", "UDP", 4500)));
+    // ESP where the flavor has it (Calico: IP protocol 50), a note where it has not.
+    assert!(has(Flavor::Calico, ("18.233.3.236/32", "ESP", 0)));
+    assert!(!noted(Flavor::Calico, "vpn-primary", "ESP"));
+    for flavor in [
+        Flavor::NetworkPolicy,
+        Flavor::Cilium,
+        Flavor::AdminNetworkPolicy,
+        Flavor::ClusterNetworkPolicy,
+        Flavor::EgressFirewall,
+    ] {
+        assert!(
+            noted(
+                flavor,
+                "vpn-primary",
+                "ESP (IP protocol 50) cannot be expressed"
+            ),
+            "{}: {:?}",
+            flavor.as_str(),
+            by_flavor[&flavor].notes
+        );
+    }
+    // Istio's sidecars carry TCP only: the FTP ports listed one by one, IKE left out, said so.
+    assert!(has(Flavor::Istio, ("ftp.vendor.example.com", "TCP", 50100)));
+    assert!(noted(Flavor::Istio, "vpn-dr", "bypass the mesh"));
+    assert!(
+        by_flavor[&Flavor::Istio]
+            .objects
+            .iter()
+            .all(|o| !o["metadata"]["name"].as_str().unwrap().ends_with("vpn-dr")),
+        "no ServiceEntry without ports"
+    );
+    assert!(schemas.applied >= 8, "applied {} objects", schemas.applied);
+
+    let csv = allowlist::csv(std::slice::from_ref(&input));
+    assert!(
+        csv.starts_with("profile,endpoint,destination,port,transport,protocol,"),
+        "{csv}"
+    );
+    for row in [
+        "itsm/itsm,bulk,ftp.vendor.example.com,21,TCP,FTP,198.51.100.21,",
+        "itsm/itsm,bulk,ftp.vendor.example.com,50000-50100,TCP,FTP data (passive),198.51.100.21,none,true",
+        "itsm/itsm,vpn-primary,18.233.3.236/32,500,UDP,IKE,18.233.3.236/32,none,true",
+        "itsm/itsm,vpn-primary,18.233.3.236/32,4500,UDP,IKE (NAT traversal),",
+        "itsm/itsm,vpn-dr,34.208.112.206/32,,ESP,IPsec ESP,34.208.112.206/32,none,true",
+    ] {
+        assert!(csv.contains(row), "{row} missing:\n{csv}");
+    }
+    let markdown = allowlist::markdown(std::slice::from_ref(&input));
+    assert!(
+        markdown.contains("| itsm/itsm | vpn-dr | 34.208.112.206/32 | 500 | UDP | IKE |"),
+        "{markdown}"
+    );
 }
 
 #[tokio::test]
@@ -431,12 +587,12 @@ fn allowlists_list_every_declared_host_cidr_and_port() {
         let destination = endpoint.host.clone().or(endpoint.cidr.clone()).unwrap();
         for port in &endpoint.ports {
             let csv_row = format!(
-                "mdm/maas360-m3,{},{destination},{},{}",
+                "mdm/maas360-m3,{},{destination},{},TCP,{}",
                 endpoint.name, port.port, port.protocol
             );
             assert!(csv.contains(&csv_row), "{csv_row} missing:\n{csv}");
             let md_row = format!(
-                "| mdm/maas360-m3 | {} | {destination} | {} | {} |",
+                "| mdm/maas360-m3 | {} | {destination} | {} | TCP | {} |",
                 endpoint.name, port.port, port.protocol
             );
             assert!(markdown.contains(&md_row), "{md_row} missing:\n{markdown}");
@@ -696,10 +852,28 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
         let ports: BTreeSet<u16> = (0..(1 + rng.below(3)))
             .map(|_| 1 + rng.below(65535) as u16)
             .collect();
-        let protocols = ["TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS"];
+        let protocols = [
+            "TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS", "FTP", "FTPS", "IKE",
+        ];
         let ports: Vec<Value> = ports
             .into_iter()
-            .map(|p| json!({"port": p, "protocol": protocols[rng.below(6) as usize]}))
+            .map(|p| {
+                let protocol = protocols[rng.below(protocols.len() as u64) as usize];
+                // IKE on 500 brings NAT traversal on 4500: make it common.
+                let p = if protocol == "IKE" && rng.below(2) == 0 {
+                    500
+                } else {
+                    p
+                };
+                let mut port = json!({"port": p, "protocol": protocol});
+                if protocol.starts_with("FTP") && rng.below(3) != 0 {
+                    let from = 1024 + rng.below(60000) as u16;
+                    let width = if rng.below(4) == 0 { 400 } else { 30 };
+                    let to = from.saturating_add(rng.below(width) as u16);
+                    port["ftp"] = json!({"passivePorts": {"from": from, "to": to}});
+                }
+                port
+            })
             .collect();
         let endpoint = match rng.below(4) {
             0 => {
@@ -759,11 +933,13 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
     (spec, addresses)
 }
 
-/// (destination, port) pairs the profile declares: hosts, CIDRs and resolved addresses.
+/// (destination, transport, port) the profile declares: hosts, CIDRs and resolved addresses,
+/// with each port's transport; an FTP port's passive range; for IKE, UDP 4500 beside UDP 500
+/// and ESP (port 0).
 fn declared(
     spec: &ConnectivityProfileSpec,
     addresses: &BTreeMap<String, Vec<IpAddr>>,
-) -> BTreeSet<(String, u16)> {
+) -> BTreeSet<(String, String, u16)> {
     let mut set = BTreeSet::new();
     for endpoint in &spec.endpoints {
         let mut destinations: Vec<String> = endpoint
@@ -780,12 +956,36 @@ fn declared(
                 .map(|ip| IpNet::from(*ip).to_string()),
         );
         for port in &endpoint.ports {
+            let number = port.port as u16;
+            let mut allowed: Vec<(&str, u16)> = Vec::new();
+            match port.protocol {
+                Protocol::Ike => {
+                    allowed.push(("UDP", number));
+                    if number == 500 {
+                        allowed.push(("UDP", 4500));
+                    }
+                    allowed.push(("ESP", 0));
+                }
+                _ => allowed.push(("TCP", number)),
+            }
+            if let Some(range) = port.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
+                allowed.extend((range.from as u16..=range.to as u16).map(|p| ("TCP", p)));
+            }
             for destination in &destinations {
-                set.insert((destination.clone(), port.port as u16));
+                for (transport, port) in &allowed {
+                    set.insert((destination.clone(), transport.to_string(), *port));
+                }
             }
         }
     }
     set
+}
+
+/// Every port of `from..=to`.
+fn span(from: &Value, to: &Value) -> Vec<u16> {
+    let from = port_of(from);
+    let to = if to.is_null() { from } else { port_of(to) };
+    (from..=to).collect()
 }
 
 fn port_of(value: &Value) -> u16 {
@@ -796,8 +996,10 @@ fn port_of(value: &Value) -> u16 {
         .unwrap()
 }
 
-/// What an emitted object allows, as (destination, port); cluster DNS as ("dns", port).
-fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
+/// What an emitted object allows, as (destination, transport, port); cluster DNS as ("dns",
+/// transport, port); ESP with port 0; a destination without ports (gateway routes, network
+/// sets) as ("ANY", 0).
+fn allowed(object: &Value) -> BTreeSet<(String, String, u16)> {
     let mut set = BTreeSet::new();
     let kind = object["kind"].as_str().unwrap();
     let api_version = object["apiVersion"].as_str().unwrap();
@@ -806,28 +1008,42 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
     match (api_version, kind) {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             for rule in rules("egress") {
-                let ports: Vec<u16> = rule["ports"]
+                let ports: Vec<(String, u16)> = rule["ports"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|p| port_of(&p["port"]))
+                    .flat_map(|p| {
+                        let transport = p["protocol"].as_str().unwrap().to_owned();
+                        span(&p["port"], &p["endPort"])
+                            .into_iter()
+                            .map(move |n| (transport.clone(), n))
+                    })
                     .collect();
                 for peer in rule["to"].as_array().unwrap() {
                     let destination = peer["ipBlock"]["cidr"]
                         .as_str()
                         .map(str::to_owned)
                         .unwrap_or_else(|| "dns".into());
-                    set.extend(ports.iter().map(|p| (destination.clone(), *p)));
+                    set.extend(
+                        ports
+                            .iter()
+                            .map(|(t, p)| (destination.clone(), t.clone(), *p)),
+                    );
                 }
             }
         }
         (_, "CiliumNetworkPolicy") => {
             for rule in rules("egress") {
-                let ports: Vec<u16> = rule["toPorts"][0]["ports"]
+                let ports: Vec<(String, u16)> = rule["toPorts"][0]["ports"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|p| port_of(&p["port"]))
+                    .flat_map(|p| {
+                        let transport = p["protocol"].as_str().unwrap().to_owned();
+                        span(&p["port"], &p["endPort"])
+                            .into_iter()
+                            .map(move |n| (transport.clone(), n))
+                    })
                     .collect();
                 let mut destinations: Vec<String> = rule["toFQDNs"]
                     .as_array()
@@ -852,19 +1068,40 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                     destinations.push("dns".into());
                 }
                 for d in destinations {
-                    set.extend(ports.iter().map(|p| (d.clone(), *p)));
+                    set.extend(ports.iter().map(|(t, p)| (d.clone(), t.clone(), *p)));
                 }
             }
         }
         (_, "CiliumEgressGatewayPolicy") => {
             for cidr in spec["destinationCIDRs"].as_array().unwrap() {
-                set.insert((cidr.as_str().unwrap().to_owned(), 0));
+                set.insert((cidr.as_str().unwrap().to_owned(), "ANY".into(), 0));
             }
         }
         ("projectcalico.org/v3", "NetworkPolicy") => {
             for rule in rules("egress") {
                 let d = &rule["destination"];
-                let ports: Vec<u16> = d["ports"].as_array().unwrap().iter().map(port_of).collect();
+                let transport = match &rule["protocol"] {
+                    Value::Number(n) if n.as_u64() == Some(50) => "ESP".to_owned(),
+                    Value::String(name) => name.clone(),
+                    other => panic!("unexpected Calico protocol {other}"),
+                };
+                let ports: Vec<(String, u16)> = if transport == "ESP" {
+                    assert!(d["ports"].is_null(), "ESP has no ports: {rule}");
+                    vec![(transport.clone(), 0)]
+                } else {
+                    d["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|p| match p.as_str().and_then(|r| r.split_once(':')) {
+                            Some((from, to)) => (from.parse::<u16>().unwrap()
+                                ..=to.parse().unwrap())
+                                .collect::<Vec<_>>(),
+                            None => vec![port_of(p)],
+                        })
+                        .map(|n| (transport.clone(), n))
+                        .collect()
+                };
                 let mut destinations: Vec<String> = d["nets"]
                     .as_array()
                     .into_iter()
@@ -876,16 +1113,17 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                     destinations.push("dns".into());
                 }
                 for dest in destinations {
-                    set.extend(ports.iter().map(|p| (dest.clone(), *p)));
+                    set.extend(ports.iter().map(|(t, p)| (dest.clone(), t.clone(), *p)));
                 }
             }
         }
         (_, "GlobalNetworkSet") => {
             for net in spec["nets"].as_array().unwrap() {
-                set.insert((net.as_str().unwrap().to_owned(), 0));
+                set.insert((net.as_str().unwrap().to_owned(), "ANY".into(), 0));
             }
         }
         (_, "ServiceEntry") => {
+            // Sidecars carry TCP only, whatever the port's application protocol.
             let ports: Vec<u16> = spec["ports"]
                 .as_array()
                 .unwrap()
@@ -905,27 +1143,49 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                     .collect(),
             };
             for d in destinations {
-                set.extend(ports.iter().map(|p| (d.clone(), *p)));
+                set.extend(ports.iter().map(|p| (d.clone(), "TCP".to_owned(), *p)));
             }
         }
         (_, "AdminNetworkPolicy" | "ClusterNetworkPolicy") => {
             for rule in rules("egress") {
-                let ports: Vec<u16> = match kind {
+                let ports: Vec<(String, u16)> = match kind {
                     "AdminNetworkPolicy" => rule["ports"]
                         .as_array()
                         .unwrap()
                         .iter()
-                        .map(|p| port_of(&p["portNumber"]["port"]))
+                        .flat_map(|p| {
+                            let (transport, ports) = if p["portRange"].is_object() {
+                                let r = &p["portRange"];
+                                (
+                                    r["protocol"].as_str().unwrap().to_owned(),
+                                    span(&r["start"], &r["end"]),
+                                )
+                            } else {
+                                let n = &p["portNumber"];
+                                (
+                                    n["protocol"].as_str().unwrap().to_owned(),
+                                    vec![port_of(&n["port"])],
+                                )
+                            };
+                            ports.into_iter().map(move |n| (transport.clone(), n))
+                        })
                         .collect(),
                     _ => rule["protocols"]
                         .as_array()
                         .unwrap()
                         .iter()
-                        .map(|p| {
-                            p["tcp"]["destinationPort"]["number"]
-                                .as_u64()
-                                .or(p["udp"]["destinationPort"]["number"].as_u64())
-                                .unwrap() as u16
+                        .flat_map(|p| {
+                            let (transport, d) = if p["tcp"].is_object() {
+                                ("TCP", &p["tcp"]["destinationPort"])
+                            } else {
+                                ("UDP", &p["udp"]["destinationPort"])
+                            };
+                            let ports = if d["range"].is_object() {
+                                span(&d["range"]["start"], &d["range"]["end"])
+                            } else {
+                                vec![port_of(&d["number"])]
+                            };
+                            ports.into_iter().map(move |n| (transport.to_owned(), n))
                         })
                         .collect(),
                 };
@@ -941,7 +1201,7 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                         destinations.push("dns".into());
                     }
                     for d in destinations {
-                        set.extend(ports.iter().map(|p| (d.clone(), *p)));
+                        set.extend(ports.iter().map(|(t, p)| (d.clone(), t.clone(), *p)));
                     }
                 }
             }
@@ -953,8 +1213,17 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                     .or(rule["to"]["cidrSelector"].as_str())
                     .unwrap()
                     .to_owned();
-                for port in rule["ports"].as_array().unwrap() {
-                    set.insert((destination.clone(), port_of(&port["port"])));
+                let ports = rule["ports"].as_array().unwrap();
+                assert!(
+                    !ports.is_empty(),
+                    "an Allow without ports allows every port: {rule}"
+                );
+                for port in ports {
+                    set.insert((
+                        destination.clone(),
+                        port["protocol"].as_str().unwrap().to_owned(),
+                        port_of(&port["port"]),
+                    ));
                 }
             }
         }
@@ -963,7 +1232,7 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
             for server in rules("servers") {
                 let port = port_of(&server["port"]["number"]);
                 for host in server["hosts"].as_array().unwrap() {
-                    set.insert((host.as_str().unwrap().to_owned(), port));
+                    set.insert((host.as_str().unwrap().to_owned(), "TCP".into(), port));
                 }
             }
         }
@@ -974,7 +1243,7 @@ fn allowed(object: &Value) -> BTreeSet<(String, u16)> {
                     // The hop to the gateway itself is routing, not a destination.
                     if host != "istio-egressgateway.istio-system.svc.cluster.local" {
                         let port = port_of(&destination["destination"]["port"]["number"]);
-                        set.insert((host.to_owned(), port));
+                        set.insert((host.to_owned(), "TCP".into(), port));
                     }
                 }
             }
@@ -1098,10 +1367,12 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut kinds = BTreeSet::new();
     let mut calico_domains = false;
+    // What FTP and IKE bring beside their own port reached some object.
+    let (mut nat_t, mut esp, mut ranged) = (false, false, false);
     for round in 0..300 {
         let (spec, addresses) = random_profile(&mut rng);
         let declared = declared(&spec, &addresses);
-        let declared_nets: BTreeSet<String> = declared.iter().map(|(d, _)| d.clone()).collect();
+        let declared_nets: BTreeSet<String> = declared.iter().map(|(d, _, _)| d.clone()).collect();
         let input = Input {
             name: "random",
             namespace: "ns",
@@ -1125,7 +1396,19 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                         serde_json::to_string(&spec).unwrap()
                     );
                 }
-                for (destination, port) in allowed(object) {
+                let ranges: Vec<(u16, u16)> = spec
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| &e.ports)
+                    .filter_map(|p| p.ftp.as_ref()?.passive_ports.as_ref())
+                    .filter(|r| r.to > r.from)
+                    .map(|r| (r.from as u16 + 1, r.to as u16))
+                    .collect();
+                for (destination, transport, port) in allowed(object) {
+                    nat_t |= transport == "UDP" && port == 4500;
+                    esp |= transport == "ESP";
+                    ranged |=
+                        transport == "TCP" && ranges.iter().any(|(a, b)| (*a..=*b).contains(&port));
                     if destination == "dns" {
                         assert_eq!(
                             port,
@@ -1136,14 +1419,14 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                         continue;
                     }
                     // Destinations without ports (gateway routes, network sets) must be declared networks.
-                    let ok = if port == 0 {
+                    let ok = if transport == "ANY" {
                         declared_nets.contains(&destination)
                     } else {
-                        declared.contains(&(destination.clone(), port))
+                        declared.contains(&(destination.clone(), transport.clone(), port))
                     };
                     assert!(
                         ok,
-                        "round {round}: {} allows {destination}:{port}, undeclared\nprofile: {}\nobject: {object}",
+                        "round {round}: {} allows {transport} {destination}:{port}, undeclared\nprofile: {}\nobject: {object}",
                         flavor.as_str(),
                         serde_json::to_string(&spec).unwrap()
                     );
@@ -1166,6 +1449,10 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
     assert!(
         calico_domains,
         "calicoEnterprise never produced a domain rule"
+    );
+    assert!(
+        nat_t && esp && ranged,
+        "IKE's 4500 ({nat_t}), ESP ({esp}) or an FTP passive range ({ranged}) never emitted"
     );
 }
 

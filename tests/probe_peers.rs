@@ -1966,3 +1966,643 @@ async fn ntlm_logins_run_the_three_message_dialogue_and_a_wrong_password_fails()
         "only the port with tls.mode: Disabled sent AUTH PLAIN"
     );
 }
+
+/// Secrets for the FTP peer: the real account and one with a wrong password.
+fn ftp_secrets() -> tempfile::TempDir {
+    let peers = Peers::get();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, password) in [
+        ("ftp-user", peers.var("PEER_FTP_PASSWORD")),
+        ("ftp-wrong", "not-the-password"),
+    ] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        std::fs::write(
+            dir.path().join(name).join("username"),
+            peers.var("PEER_FTP_USER"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(name).join("password"), password).unwrap();
+    }
+    dir
+}
+
+fn row<'a>(results: &'a [ProbeResult], endpoint: &str, port: u16) -> &'a ProbeResult {
+    results
+        .iter()
+        .find(|r| r.endpoint == endpoint && r.port == i32::from(port))
+        .unwrap_or_else(|| panic!("no row {endpoint}:{port} in {results:?}"))
+}
+
+fn ftp_endpoints() -> String {
+    let peers = Peers::get();
+    format!(
+        r#"    - name: ftp-anonymous
+      cidr: 127.0.0.1
+      ports: [{{port: {ftp}, protocol: FTP, tls: {{mode: Disabled}}}}]
+    - name: ftp-user
+      cidr: 127.0.0.1
+      tls: {{expectedIssuer: {{organization: Test Public CA}}}}
+      ports:
+        - {{port: {ftp}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-user}}, path: /pub}}}}
+        - {{port: {ftps}, protocol: FTPS, ftp: {{credentialsSecretRef: {{name: ftp-user}}, dataChannel: ExtendedPassive}}}}
+    - name: ftp-session-reuse
+      cidr: 127.0.0.1
+      ports: [{{port: {reuse}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-user}}}}}}]
+    - name: ftp-wrong-password
+      cidr: 127.0.0.1
+      timeout: 10s                  # PAM and vsftpd delay a failed login by about 3s
+      ports: [{{port: {ftp}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-wrong}}}}}}]
+    - name: ftp-bad-pasv
+      cidr: 127.0.0.1
+      ports:
+        - {{port: {bad}, protocol: FTP, tls: {{mode: StartTLS}}, ftp: {{credentialsSecretRef: {{name: ftp-user}}, passivePorts: {{from: {min}, to: {max}}}}}}}
+    - name: ftp-bad-epsv
+      cidr: 127.0.0.1
+      ports: [{{port: {bad}, protocol: FTP, ftp: {{dataChannel: ExtendedPassive}}}}]
+    - name: ftp-bad-control-only
+      cidr: 127.0.0.1
+      ports: [{{port: {bad}, protocol: FTP, ftp: {{dataChannel: None}}}}]
+"#,
+        ftp = peers.port("PEER_FTP_PORT"),
+        ftps = peers.port("PEER_FTPS_PORT"),
+        bad = peers.port("PEER_FTP_BADPASV_PORT"),
+        reuse = peers.port("PEER_FTP_REUSE_PORT"),
+        min = peers.port("PEER_FTP_PASV_MIN"),
+        max = peers.port("PEER_FTP_PASV_MAX"),
+    )
+}
+
+/// What every FTP row must show, directly or through squid.
+fn assert_ftp_rows(results: &[ProbeResult], through: &str) {
+    let peers = Peers::get();
+    let ftp = peers.port("PEER_FTP_PORT");
+    let ftps = peers.port("PEER_FTPS_PORT");
+    let bad = peers.port("PEER_FTP_BADPASV_PORT");
+    let anonymous = row(results, "ftp-anonymous", ftp);
+    assert_row(anonymous, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    let detail = anonymous.detail.as_deref().unwrap();
+    assert!(
+        detail.starts_with("anonymous logged in (plain); LIST / over the PASV data connection to"),
+        "{through}: {detail}"
+    );
+    assert!(anonymous.tls.is_none(), "{through}: plain FTP has no TLS");
+
+    // This server refuses a data connection that does not resume the control channel's TLS
+    // session (522), as vsftpd does by default.
+    let reuse = row(
+        results,
+        "ftp-session-reuse",
+        peers.port("PEER_FTP_REUSE_PORT"),
+    );
+    assert_row(reuse, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    assert!(
+        reuse.detail.as_deref().unwrap().contains("(TLS)"),
+        "{through}: {:?}",
+        reuse.detail
+    );
+
+    let explicit = row(results, "ftp-user", ftp);
+    assert_row(explicit, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    let detail = explicit.detail.as_deref().unwrap();
+    assert!(
+        detail.starts_with("peerftp logged in (AUTH TLS); LIST /pub over the PASV data connection"),
+        "{through}: {detail}"
+    );
+    assert!(
+        detail.contains("(TLS)"),
+        "{through}: the listing came over TLS: {detail}"
+    );
+    let tls = explicit.tls.as_ref().expect("AUTH TLS facts");
+    assert_eq!(tls.issuer_organization.as_deref(), Some("Test Public CA"));
+    assert!(explicit.latency.tls_ms.is_some() && explicit.latency.protocol_ms.is_some());
+
+    let implicit = row(results, "ftp-user", ftps);
+    assert_row(implicit, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    let detail = implicit.detail.as_deref().unwrap();
+    assert!(
+        detail
+            .starts_with("peerftp logged in (implicit TLS); LIST / over the EPSV data connection")
+            && detail.contains("(TLS)"),
+        "{through}: {detail}"
+    );
+    assert!(implicit.tls.is_some());
+
+    let wrong = row(results, "ftp-wrong-password", ftp);
+    assert_row(wrong, Outcome::Fail, Stage::Auth, Reason::AuthFailed);
+    assert!(
+        wrong.message.contains("refused the login of peerftp (530")
+            && wrong.message.contains("Secret ftp-wrong"),
+        "{through}: {}",
+        wrong.message
+    );
+    assert!(!wrong.message.contains("not-the-password"));
+
+    // Login passes, the data connection is refused: reported on its own, naming the port.
+    let blocked = row(results, "ftp-bad-pasv", bad);
+    assert_row(
+        blocked,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::DataChannelBlocked,
+    );
+    let pasv_min = peers.port("PEER_FTP_PASV_MAX") + 1;
+    let advertised = peers.var("PEER_FTP_BADPASV_ADDR");
+    assert!(
+        blocked.message.starts_with(&format!(
+            "login to 127.0.0.1:{bad} works, but the data connection to 127.0.0.1:"
+        )) && blocked.message.contains("(from PASV)"),
+        "{through}: {}",
+        blocked.message
+    );
+    let port: u16 = blocked.message["login to 127.0.0.1:".len()..]
+        .split("data connection to 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{through}: no data port in {}", blocked.message));
+    assert!(
+        (pasv_min..pasv_min + 5).contains(&port),
+        "{through}: the data port {port} is the one the server offered"
+    );
+    assert!(
+        blocked.message.contains(&format!(
+            "allow egress to 127.0.0.1 ports {}-{}",
+            peers.var("PEER_FTP_PASV_MIN"),
+            peers.var("PEER_FTP_PASV_MAX")
+        )),
+        "{through}: {}",
+        blocked.message
+    );
+    if through == "directly" {
+        assert!(
+            blocked.message.contains("was refused"),
+            "{}",
+            blocked.message
+        );
+        assert!(
+            blocked.message.contains(&format!(
+                "PASV advertised {advertised}:{port}, a private or unroutable address"
+            )) && blocked.message.contains("pasv_address"),
+            "{}",
+            blocked.message
+        );
+    }
+    let epsv = row(results, "ftp-bad-epsv", bad);
+    assert_row(
+        epsv,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::DataChannelBlocked,
+    );
+    assert!(
+        epsv.message.contains("(from EPSV)"),
+        "{through}: {}",
+        epsv.message
+    );
+    let control = row(results, "ftp-bad-control-only", bad);
+    assert_row(control, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    assert!(
+        control
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("data channel not checked"),
+        "{through}: {:?}",
+        control.detail
+    );
+}
+
+#[tokio::test]
+async fn ftp_logs_in_lists_over_a_tls_data_channel_and_reports_a_blocked_one() {
+    let secrets = ftp_secrets();
+    let results = probe_endpoints(
+        &ftp_endpoints(),
+        Options {
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_ftp_rows(&results, "directly");
+}
+
+#[tokio::test]
+async fn ftp_through_squid_tunnels_the_data_connection_too() {
+    let peers = Peers::get();
+    let secrets = ftp_secrets();
+    let results = probe_endpoints(
+        &ftp_endpoints(),
+        Options {
+            proxy: Some(peers.port("PEER_SQUID_PORT")),
+            secrets_dir: Some(secrets.path().to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_ftp_rows(&results, "through squid");
+    let explicit = row(&results, "ftp-user", peers.port("PEER_FTP_PORT"));
+    assert!(
+        explicit.message.contains("through proxy 127.0.0.1:"),
+        "{}",
+        explicit.message
+    );
+    // squid saw both the control and the data tunnel.
+    let log = std::fs::read_to_string(peers.dir.join("squid/access.log")).unwrap();
+    let data_port = explicit
+        .detail
+        .as_deref()
+        .unwrap()
+        .split("data connection to 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ':']).next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        log.contains(&format!("CONNECT 127.0.0.1:{data_port}")),
+        "no CONNECT to the data port {data_port} in squid's log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_ftp_server_that_wants_tls_before_login_is_told_apart_from_a_wrong_password() {
+    use tokio::io::AsyncBufReadExt;
+    // vsftpd's answer with force_local_logins_ssl=YES, and a plain 534.
+    let server = |answer: &'static str| {
+        raw_server(move |stream| async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let _ = write.write_all(b"220-welcome\r\n220 ready\r\n").await;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = if line.starts_with("USER") {
+                    answer.as_bytes()
+                } else {
+                    b"500 unknown\r\n"
+                };
+                let _ = write.write_all(reply).await;
+            }
+        })
+    };
+    let encryption = server("530 Non-anonymous sessions must use encryption.\r\n").await;
+    let code_534 = server("534 Policy requires SSL.\r\n").await;
+    let refused = server("530 This FTP server is anonymous only.\r\n").await;
+    let results = probe_endpoints(
+        &format!(
+            "    - name: wants-tls\n      cidr: 127.0.0.1\n      ports: [{{port: {encryption}, protocol: FTP, tls: {{mode: Disabled}}}}, {{port: {code_534}, protocol: FTP, tls: {{mode: Disabled}}}}, {{port: {refused}, protocol: FTP, tls: {{mode: Disabled}}}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::TlsRequired,
+    );
+    assert!(
+        results[0].message.contains("requires TLS before login")
+            && results[0].message.contains("set tls.mode: StartTLS"),
+        "{}",
+        results[0].message
+    );
+    assert_row(
+        &results[1],
+        Outcome::Fail,
+        Stage::StartTls,
+        Reason::TlsRequired,
+    );
+    assert_row(&results[2], Outcome::Fail, Stage::Auth, Reason::AuthFailed);
+    assert!(
+        results[2].message.contains("anonymous logins are refused"),
+        "{}",
+        results[2].message
+    );
+}
+
+#[tokio::test]
+async fn ike_passes_against_strongswan_and_a_silent_or_closed_udp_port_fails() {
+    let peers = Peers::get();
+    // Silent: bound, reads what arrives, never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    // Closed: bound once for a free port, then released, so the kernel answers ICMP.
+    let closed_port = {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &format!(
+            r#"    - name: vpn-primary
+      cidr: 127.0.0.1
+      timeout: 2s
+      ports: [{{port: {ike}, protocol: IKE}}, {{port: {natt}, protocol: IKE}}]
+    - name: vpn-legacy
+      cidr: 127.0.0.1
+      timeout: 2s
+      ports: [{{port: {ike}, protocol: IKE, ike: {{version: 1}}}}]
+    - name: vpn-silent
+      cidr: 127.0.0.1
+      timeout: 2s
+      ports: [{{port: {silent_port}, protocol: IKE}}]
+    - name: vpn-closed
+      cidr: 127.0.0.1
+      timeout: 2s
+      ports: [{{port: {closed_port}, protocol: IKE}}]
+"#,
+            ike = peers.port("PEER_IKE_PORT"),
+            natt = peers.port("PEER_IKE_NATT_PORT"),
+        ),
+        Options::default(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let primary = row(&results, "vpn-primary", peers.port("PEER_IKE_PORT"));
+    assert_row(primary, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    // The responder's first proposal is AES-256/SHA-256/MODP-2048: it asks for group 14 first.
+    let detail = primary.detail.as_deref().unwrap();
+    assert_eq!(
+        detail,
+        "asked for group MODP_2048 (INVALID_KE_PAYLOAD), then IKEv2 responder chose AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+        "{}",
+        primary.message
+    );
+    assert!(primary.latency.protocol_ms.is_some());
+    assert_eq!(primary.addresses.len(), 1);
+    let natt = row(&results, "vpn-primary", peers.port("PEER_IKE_NATT_PORT"));
+    assert_row(natt, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    let legacy = row(&results, "vpn-legacy", peers.port("PEER_IKE_PORT"));
+    assert_eq!(legacy.outcome, Outcome::Pass, "{}", legacy.message);
+    assert!(
+        legacy
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("IKEv1 responder (Main Mode)"),
+        "{:?}",
+        legacy.detail
+    );
+
+    // The silent port got our request (with the non-ESP marker), and the row still failed.
+    let mut buffer = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), silent.recv_from(&mut buffer))
+        .await
+        .expect("the probe's request reached the silent port")
+        .unwrap();
+    assert!(n > 32 && buffer[..4] == [0, 0, 0, 0], "NAT-T marker first");
+    assert_eq!(buffer[4 + 18], 34, "an IKE_SA_INIT");
+    let silent_row = row(&results, "vpn-silent", silent_port);
+    assert_row(silent_row, Outcome::Fail, Stage::Connect, Reason::NoAnswer);
+    assert!(
+        silent_row.message.starts_with(&format!(
+            "UDP {silent_port} to 127.0.0.1 unanswered: a firewall may drop IKE, or the peer is not configured for this source address"
+        )),
+        "{}",
+        silent_row.message
+    );
+    let closed = row(&results, "vpn-closed", closed_port);
+    assert_row(
+        closed,
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::ConnectionRefused,
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "every row ends within its 2s timeout (took {elapsed:?})"
+    );
+}
+
+#[tokio::test]
+async fn ike_goes_direct_even_when_a_proxy_is_set_and_says_so() {
+    let peers = Peers::get();
+    let results = probe_endpoints(
+        &format!(
+            "    - name: vpn\n      cidr: 127.0.0.1\n      ports: [{{port: {}, protocol: IKE}}]\n",
+            peers.port("PEER_IKE_PORT")
+        ),
+        Options {
+            proxy: Some(peers.port("PEER_SQUID_PORT")),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(
+        results[0]
+            .message
+            .contains("not through the proxy: IKE is UDP"),
+        "{}",
+        results[0].message
+    );
+}
+
+#[tokio::test]
+async fn an_endless_ftp_listing_is_cut_at_its_cap_within_the_timeout() {
+    use tokio::io::AsyncBufReadExt;
+    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data_port = data.local_addr().unwrap().port();
+    let data = Arc::new(data);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let streamed = sent.clone();
+    let control = raw_server(move |stream| {
+        let data = data.clone();
+        let sent = streamed.clone();
+        async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let _ = write.write_all(b"220 endless\r\n").await;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let verb = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let reply = match verb.as_str() {
+                    "USER" => "230 in".to_owned(),
+                    "PASV" => format!(
+                        "227 Entering Passive Mode (127,0,0,1,{},{})",
+                        data_port >> 8,
+                        data_port & 0xff
+                    ),
+                    "LIST" => "150 here it comes, forever".to_owned(),
+                    _ => "200 ok".to_owned(),
+                };
+                let _ = write.write_all(format!("{reply}\r\n").as_bytes()).await;
+                if verb == "LIST" {
+                    // Bounded too: stops after 256 MiB, far more than any probe may read.
+                    let (mut stream, _) = data.accept().await.unwrap();
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..4096 {
+                        if stream.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                        sent.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &format!(
+            "    - name: endless\n      cidr: 127.0.0.1\n      ports: [{{port: {control}, protocol: FTP, tls: {{mode: Disabled}}}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    let detail = results[0].detail.as_deref().unwrap();
+    assert!(detail.contains(": at least 6"), "{detail}");
+    assert!(
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= 64 * 1024,
+        "the server streamed the listing"
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+/// An IKE response from a fake responder: the request's SPI, one notify payload.
+fn ike_notify_response(request: &[u8], kind: u16, data: &[u8]) -> Vec<u8> {
+    let mut message = request[..8].to_vec();
+    message.extend_from_slice(&[9; 8]);
+    message.extend_from_slice(&[41, 0x20, 34, 0x20, 0, 0, 0, 0]);
+    let length = 28 + 8 + data.len();
+    message.extend_from_slice(&(length as u32).to_be_bytes());
+    message.extend_from_slice(&[0, 0]);
+    message.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    message.extend_from_slice(&[0, 0]);
+    message.extend_from_slice(&kind.to_be_bytes());
+    message.extend_from_slice(data);
+    let mut datagram = vec![0; 4]; // the non-ESP marker: this port is not 500
+    datagram.extend(message);
+    datagram
+}
+
+#[tokio::test]
+async fn an_ike_cookie_is_sent_back_once_and_no_proposal_chosen_still_proves_reachability() {
+    let responder = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = responder.local_addr().unwrap().port();
+    let fake = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65536];
+        let mut requests = Vec::new();
+        for kind in [16390u16, 14] {
+            let (n, from) = responder.recv_from(&mut buffer).await.unwrap();
+            let request = buffer[4..n].to_vec();
+            let data: &[u8] = if kind == 16390 {
+                b"a-cookie-of-ours"
+            } else {
+                b""
+            };
+            responder
+                .send_to(&ike_notify_response(&request, kind, data), from)
+                .await
+                .unwrap();
+            requests.push(request);
+        }
+        requests
+    });
+    let results = probe_endpoints(
+        &format!(
+            "    - name: vpn\n      cidr: 127.0.0.1\n      timeout: 2s\n      ports: [{{port: {port}, protocol: IKE}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    assert_row(
+        &results[0],
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
+    assert!(
+        results[0].detail.as_deref().unwrap().starts_with(
+            "sent a COOKIE, then IKEv2 responder answered NO_PROPOSAL_CHOSEN: the VPN endpoint is reachable"
+        ),
+        "{:?}",
+        results[0].detail
+    );
+    let requests = fake.await.unwrap();
+    // The retry carries the cookie as its first payload (a notify), with the same SPI.
+    let retry = &requests[1];
+    assert_eq!(retry[..8], requests[0][..8]);
+    assert_eq!(retry[16], 41, "the first payload is a notify");
+    let notify_length = u16::from_be_bytes([retry[30], retry[31]]) as usize;
+    assert_eq!(
+        &retry[28 + 8..28 + notify_length],
+        b"a-cookie-of-ours".as_slice()
+    );
+}
+
+#[tokio::test]
+async fn a_filtered_ftp_data_port_is_data_channel_blocked_within_the_deadline() {
+    use tokio::io::AsyncBufReadExt;
+    // The data port drops SYNs (a full accept queue), as a firewall that blocks it does.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let filtered = socket.listen(0).unwrap();
+    let data_port = filtered.local_addr().unwrap().port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", data_port)),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let control = raw_server(move |stream| async move {
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let _ = write.write_all(b"220 ready\r\n").await;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = match line.split_whitespace().next().unwrap_or_default() {
+                "USER" => "230 in".to_owned(),
+                "PASV" => format!(
+                    "227 Entering Passive Mode (127,0,0,1,{},{})",
+                    data_port >> 8,
+                    data_port & 0xff
+                ),
+                _ => "200 ok".to_owned(),
+            };
+            let _ = write.write_all(format!("{reply}\r\n").as_bytes()).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let results = probe_endpoints(
+        &format!(
+            "    - name: filtered-data\n      cidr: 127.0.0.1\n      timeout: 1s\n      ports: [{{port: {control}, protocol: FTP, tls: {{mode: Disabled}}}}]\n"
+        ),
+        Options::default(),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_row(
+        &results[0],
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::DataChannelBlocked,
+    );
+    assert!(
+        results[0].message.starts_with(&format!(
+            "login to 127.0.0.1:{control} works, but the data connection to 127.0.0.1:{data_port} (from PASV) timed out"
+        )),
+        "{}",
+        results[0].message
+    );
+    assert!(took < Duration::from_millis(1800), "took {took:?}");
+    drop(filtered);
+}

@@ -17,6 +17,7 @@ pub const RUN_NOW_ANNOTATION: &str = "netreach.dev/run-now";
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.profileRef) != has(self.endpoints)").message("set exactly one of profileRef or endpoints").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.proxy) || !has(self.endpoints) || self.endpoints.all(e, e.ports.all(p, p.protocol != 'IKE'))").message("IKE runs over UDP and cannot go through an HTTP CONNECT proxy: remove proxy, or move the IKE ports to a check without one").reason(Reason::FieldValueInvalid))]
 #[kube(
     group = "netreach.dev",
     version = "v1alpha1",

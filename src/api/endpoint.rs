@@ -69,9 +69,11 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("!has(self.ldap) || self.protocol in ['LDAP', 'LDAPS']").message("ldap expectations apply only to LDAP and LDAPS ports").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.mail) || !has(self.mail.auth) || !(self.mail.auth.mechanism in ['APOP', 'USER']) || self.protocol in ['POP3', 'POP3S']").message("mail.auth.mechanism APOP and USER apply only to POP3 and POP3S ports; IMAP logs in with LOGIN, PLAIN, CRAM-MD5 or NTLM").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.mail) || !has(self.mail.mailbox) || self.protocol in ['IMAP', 'IMAPS']").message("mail.mailbox applies only to IMAP and IMAPS ports (POP3 has only the inbox)").reason(Reason::FieldValueInvalid))]
-#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.mode) || (self.tls.mode == 'Implicit' ? self.protocol in ['TLS', 'HTTPS', 'SMTPS', 'IMAPS', 'POP3S', 'LDAPS'] : self.tls.mode == 'Disabled' ? self.protocol in ['TCP', 'HTTP', 'SMTP', 'IMAP', 'POP3', 'LDAP'] : self.protocol in ['SMTP', 'IMAP', 'POP3', 'LDAP'])").message("tls.mode does not fit the protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS, POP3S and LDAPS; StartTLS and Opportunistic with SMTP, IMAP, POP3 and LDAP; Disabled with plain protocols").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.ftp) || self.protocol in ['FTP', 'FTPS']").message("ftp settings apply only to FTP and FTPS ports").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.ike) || self.protocol == 'IKE'").message("ike settings apply only to IKE ports").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.mode) || (self.tls.mode == 'Implicit' ? self.protocol in ['TLS', 'HTTPS', 'SMTPS', 'IMAPS', 'POP3S', 'LDAPS', 'FTPS'] : self.tls.mode == 'Disabled' ? self.protocol in ['TCP', 'HTTP', 'SMTP', 'IMAP', 'POP3', 'LDAP', 'FTP', 'IKE'] : self.protocol in ['SMTP', 'IMAP', 'POP3', 'LDAP', 'FTP'])").message("tls.mode does not fit the protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS, POP3S, LDAPS and FTPS; StartTLS and Opportunistic with SMTP, IMAP, POP3, LDAP and FTP; Disabled with plain protocols").reason(Reason::FieldValueInvalid))]
 pub struct PortSpec {
-    /// TCP port number.
+    /// Port number (TCP; UDP for IKE).
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
@@ -97,6 +99,15 @@ pub struct PortSpec {
     /// LDAP check: optional simple bind and base-DN search.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapExpectation>,
+
+    /// FTP/FTPS check: login, data channel and path to list; the server's passive range for
+    /// policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftp: Option<FtpExpectation>,
+
+    /// IKE check: the IKE version to speak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<IkeExpectation>,
 }
 
 /// Application protocol spoken on a port.
@@ -139,10 +150,16 @@ pub enum Protocol {
     Ldap,
     /// LDAP over implicit TLS.
     Ldaps,
+    /// FTP with optional AUTH TLS, login and a passive data channel (LIST).
+    Ftp,
+    /// FTP over implicit TLS.
+    Ftps,
+    /// IPsec VPN reachability: one IKE_SA_INIT (or IKEv1 Main Mode) exchange over UDP.
+    Ike,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 12] = [
+    pub const ALL: [Protocol; 15] = [
         Protocol::Tcp,
         Protocol::Tls,
         Protocol::Http,
@@ -155,6 +172,9 @@ impl Protocol {
         Protocol::Pop3s,
         Protocol::Ldap,
         Protocol::Ldaps,
+        Protocol::Ftp,
+        Protocol::Ftps,
+        Protocol::Ike,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -171,6 +191,17 @@ impl Protocol {
             Protocol::Pop3s => "POP3S",
             Protocol::Ldap => "LDAP",
             Protocol::Ldaps => "LDAPS",
+            Protocol::Ftp => "FTP",
+            Protocol::Ftps => "FTPS",
+            Protocol::Ike => "IKE",
+        }
+    }
+
+    /// The transport a firewall sees for this protocol: UDP for IKE, TCP for the rest.
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Ike => Transport::Udp,
+            _ => Transport::Tcp,
         }
     }
 
@@ -182,9 +213,12 @@ impl Protocol {
             | Protocol::Smtps
             | Protocol::Imaps
             | Protocol::Pop3s
-            | Protocol::Ldaps => TlsMode::Implicit,
-            Protocol::Smtp | Protocol::Imap | Protocol::Pop3 => TlsMode::Opportunistic,
-            Protocol::Tcp | Protocol::Http | Protocol::Ldap => TlsMode::Disabled,
+            | Protocol::Ldaps
+            | Protocol::Ftps => TlsMode::Implicit,
+            Protocol::Smtp | Protocol::Imap | Protocol::Pop3 | Protocol::Ftp => {
+                TlsMode::Opportunistic
+            }
+            Protocol::Tcp | Protocol::Http | Protocol::Ldap | Protocol::Ike => TlsMode::Disabled,
         }
     }
 }
@@ -206,12 +240,12 @@ impl FromStr for Protocol {
     }
 }
 
-/// How TLS is reached on a port. Default: Implicit for TLS, HTTPS, SMTPS, IMAPS, POP3S and
-/// LDAPS; Opportunistic for SMTP, IMAP and POP3; Disabled for TCP, HTTP and LDAP.
+/// How TLS is reached on a port. Default: Implicit for TLS, HTTPS, SMTPS, IMAPS, POP3S, LDAPS
+/// and FTPS; Opportunistic for SMTP, IMAP, POP3 and FTP; Disabled for TCP, HTTP, LDAP and IKE.
 ///
 /// On a port, the mode must fit its protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS,
-/// POP3S and LDAPS; StartTLS and Opportunistic with SMTP, IMAP, POP3 and LDAP; Disabled with
-/// TCP, HTTP, SMTP, IMAP, POP3 and LDAP. On an endpoint or in `defaults`, the mode applies
+/// POP3S, LDAPS and FTPS; StartTLS and Opportunistic (FTP: AUTH TLS) with SMTP, IMAP, POP3,
+/// LDAP and FTP; Disabled with TCP, HTTP, SMTP, IMAP, POP3, LDAP, FTP and IKE. On an endpoint or in `defaults`, the mode applies
 /// only to the ports it fits and the others keep their own: an implicit-TLS protocol always
 /// does TLS, and HTTP or TCP never gets TLS from an inherited mode.
 ///
@@ -240,14 +274,14 @@ impl TlsMode {
         match self {
             TlsMode::Implicit => matches!(
                 protocol,
-                P::Tls | P::Https | P::Smtps | P::Imaps | P::Pop3s | P::Ldaps
+                P::Tls | P::Https | P::Smtps | P::Imaps | P::Pop3s | P::Ldaps | P::Ftps
             ),
             TlsMode::Disabled => matches!(
                 protocol,
-                P::Tcp | P::Http | P::Smtp | P::Imap | P::Pop3 | P::Ldap
+                P::Tcp | P::Http | P::Smtp | P::Imap | P::Pop3 | P::Ldap | P::Ftp | P::Ike
             ),
             TlsMode::StartTls | TlsMode::Opportunistic => {
-                matches!(protocol, P::Smtp | P::Imap | P::Pop3 | P::Ldap)
+                matches!(protocol, P::Smtp | P::Imap | P::Pop3 | P::Ldap | P::Ftp)
             }
         }
     }
@@ -549,6 +583,96 @@ pub enum SearchScope {
     OneLevel,
     /// The base and everything below it.
     Subtree,
+}
+
+/// FTP/FTPS expectations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FtpExpectation {
+    /// Secret holding `username` and `password` to log in with. Without it the probe logs in
+    /// anonymously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// How the data channel is opened; the choices are on [`FtpDataChannel`], whose
+    /// description is what the CRD schema shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_channel: Option<FtpDataChannel>,
+    /// Directory to LIST over the data channel. Default: `/`. Nothing is ever written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/[^\r\n]*$"), length(max = 1024))]
+    pub path: Option<String>,
+    /// The server's passive port range (its `pasv_min_port`/`pasv_max_port`), so emitted
+    /// policy allows the data connections too. Without it only the control port is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive_ports: Option<PortRange>,
+}
+
+/// How the FTP data channel is opened: Passive (PASV, default), ExtendedPassive (EPSV) or
+/// None (control channel and login only). The listing of `path` proves the data channel;
+/// the probe never writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum FtpDataChannel {
+    /// PASV: the server names an address and port (the probe connects to the control
+    /// connection's address, and reports when the named address differs).
+    Passive,
+    /// EPSV: the server names only a port, on the control connection's address.
+    ExtendedPassive,
+    /// No data channel: the control connection and login only.
+    None,
+}
+
+/// An inclusive range of ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.from <= self.to").message("from must not be greater than to").reason(Reason::FieldValueInvalid))]
+pub struct PortRange {
+    /// First port of the range.
+    #[schemars(range(min = 1, max = 65535))]
+    pub from: i32,
+    /// Last port of the range (inclusive).
+    #[schemars(range(min = 1, max = 65535))]
+    pub to: i32,
+}
+
+/// IKE expectations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IkeExpectation {
+    /// IKE version to send: 2 (IKE_SA_INIT, default) or 1 (Main Mode, for older
+    /// concentrators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2))]
+    pub version: Option<i32>,
+}
+
+/// The IKE port. On any other port IKE goes with the NAT-T non-ESP marker (RFC 3948).
+pub const IKE_PORT: u16 = 500;
+/// The NAT traversal port IKE and ESP float to behind NAT.
+pub const NAT_T_PORT: u16 = 4500;
+
+/// The transport a firewall rule matches: TCP, UDP, or ESP (IP protocol 50, IPsec's payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Esp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+            Transport::Esp => "ESP",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A Secret in the same namespace.

@@ -46,6 +46,7 @@ use super::endpoint::{DnsSpec, Endpoint, EndpointDefaults, ProxySpec};
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.proxy) || self.endpoints.all(e, e.ports.all(p, p.protocol != 'IKE'))").message("IKE runs over UDP and cannot go through an HTTP CONNECT proxy: remove proxy, or move the IKE ports to a profile without one").reason(Reason::FieldValueInvalid))]
 pub struct ConnectivityProfileSpec {
     /// What this profile is for, e.g. "MaaS360 Cloud Extender, instance M3".
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -101,6 +101,11 @@ crate::wire_enum! {
         #[serde(rename = "CABundleUnavailable")]
         CaBundleUnavailable,
         DeadlineExceeded,
+        /// The FTP control channel works, but the data connection is refused or times out.
+        DataChannelBlocked,
+        /// The server requires TLS before it accepts a login (FTP 534, or 530 before AUTH TLS).
+        #[serde(rename = "TLSRequired")]
+        TlsRequired,
     }
 }
 

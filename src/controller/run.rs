@@ -134,7 +134,17 @@ pub fn referenced_secrets(targets: &[Target]) -> Vec<String> {
                 .as_ref()
                 .and_then(|m| m.auth.as_ref())
                 .map(|a| a.credentials_secret_ref.name.clone());
-            ldap.into_iter().chain(proxy).chain(smtp).chain(mail)
+
+            let ftp = t
+                .ftp
+                .as_ref()
+                .and_then(|f| f.credentials_secret_ref.as_ref())
+                .map(|s| s.name.clone());
+            ldap.into_iter()
+                .chain(proxy)
+                .chain(smtp)
+                .chain(mail)
+                .chain(ftp)
         })
         .collect();
     names.sort();
@@ -330,6 +340,20 @@ mod tests {
 
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn every_credentials_secret_the_targets_name_is_mounted_once() {
+        let yaml = "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: p}\nspec:\n  proxy: {url: http://proxy.corp:3128, credentialsSecretRef: {name: proxy-auth}}\n  endpoints:\n    - {name: ad, host: ad.example.com, ports: [{port: 389, protocol: LDAP, ldap: {bindSecretRef: {name: ldap-reader}}}]}\n    - {name: bulk, host: ftp.example.com, ports: [{port: 990, protocol: FTPS, ftp: {credentialsSecretRef: {name: ftp-account}}}, {port: 21, protocol: FTP, ftp: {credentialsSecretRef: {name: ftp-account}}}]}\n";
+        let loaded = crate::api::load::load_str(std::path::Path::new("p.yaml"), yaml).unwrap();
+        let targets = crate::probe::plan::plan_documents(&loaded)
+            .unwrap()
+            .remove(0)
+            .targets;
+        assert_eq!(
+            referenced_secrets(&targets),
+            ["ftp-account", "ldap-reader", "proxy-auth"]
+        );
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Allowlists for perimeter firewall teams: every declared host, CIDR and port with its
-//! resolved addresses and TLS expectation, as CSV or Markdown.
+//! transport (TCP, UDP, ESP), resolved addresses and TLS expectation, as CSV or Markdown.
 
 use super::Input;
-use crate::api::TlsMode;
+use crate::api::endpoint::{IKE_PORT, NAT_T_PORT, Transport};
 use crate::api::source::EndpointSource;
+use crate::api::{Protocol, TlsMode};
 
-/// One row per endpoint×port.
+/// One row per endpoint×port, plus the rows a protocol needs beside its port: an FTP server's
+/// passive range, IKE's NAT traversal port and ESP.
+#[derive(Clone)]
 struct Row {
     profile: String,
     endpoint: String,
     destination: String,
-    port: u16,
+    /// A port, a `from-to` range, or empty for ESP (no ports).
+    port: String,
+    transport: Transport,
     protocol: String,
     addresses: String,
     tls: String,
@@ -50,7 +55,7 @@ fn rows(inputs: &[Input<'_>]) -> Vec<Row> {
                     }
                 }
             };
-            rows.push(Row {
+            let row = Row {
                 profile: format!("{}/{}", input.namespace, input.name),
                 endpoint: target.endpoint.clone(),
                 destination: target
@@ -58,12 +63,47 @@ fn rows(inputs: &[Input<'_>]) -> Vec<Row> {
                     .clone()
                     .or(target.cidr.clone())
                     .unwrap_or_default(),
-                port: target.port,
+                port: target.port.to_string(),
+                transport: target.protocol.transport(),
                 protocol: target.protocol.to_string(),
                 addresses,
                 tls,
                 required: target.required,
-            });
+            };
+            let mut extra = Vec::new();
+            match target.protocol {
+                Protocol::Ftp | Protocol::Ftps => {
+                    if let Some(range) = target.ftp.as_ref().and_then(|f| f.passive_ports.as_ref())
+                    {
+                        extra.push((
+                            format!("{}-{}", range.from, range.to),
+                            Transport::Tcp,
+                            format!("{} data (passive)", target.protocol),
+                        ));
+                    }
+                }
+                Protocol::Ike => {
+                    if target.port == IKE_PORT {
+                        extra.push((
+                            NAT_T_PORT.to_string(),
+                            Transport::Udp,
+                            "IKE (NAT traversal)".to_owned(),
+                        ));
+                    }
+                    extra.push((String::new(), Transport::Esp, "IPsec ESP".to_owned()));
+                }
+                _ => {}
+            }
+            rows.push(row.clone());
+            for (port, transport, protocol) in extra {
+                rows.push(Row {
+                    port,
+                    transport,
+                    protocol,
+                    tls: "none".to_owned(),
+                    ..row.clone()
+                });
+            }
         }
     }
     rows
@@ -79,14 +119,15 @@ fn csv_field(text: &str) -> String {
 
 pub fn csv(inputs: &[Input<'_>]) -> String {
     let mut out = String::from(
-        "profile,endpoint,destination,port,protocol,resolved_addresses,tls,required\n",
+        "profile,endpoint,destination,port,transport,protocol,resolved_addresses,tls,required\n",
     );
     for r in rows(inputs) {
         let fields = [
             r.profile,
             r.endpoint,
             r.destination,
-            r.port.to_string(),
+            r.port,
+            r.transport.to_string(),
             r.protocol,
             r.addresses,
             r.tls,
@@ -106,16 +147,17 @@ pub fn csv(inputs: &[Input<'_>]) -> String {
 
 pub fn markdown(inputs: &[Input<'_>]) -> String {
     let mut out = String::from(
-        "| Profile | Endpoint | Destination | Port | Protocol | Resolved addresses | TLS | Required |\n|---|---|---|---|---|---|---|---|\n",
+        "| Profile | Endpoint | Destination | Port | Transport | Protocol | Resolved addresses | TLS | Required |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows(inputs) {
         let cell = |t: &str| t.replace('|', "\\|");
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             cell(&r.profile),
             cell(&r.endpoint),
             cell(&r.destination),
             r.port,
+            r.transport,
             r.protocol,
             cell(&r.addresses),
             cell(&r.tls),

@@ -1,10 +1,12 @@
-//! Calico projectcalico.org/v3 NetworkPolicy with a GlobalNetworkSet of the allowed networks.
+//! Calico projectcalico.org/v3 NetworkPolicy (TCP, UDP and ESP rules) with a GlobalNetworkSet
+//! of the allowed networks.
 
 use std::collections::BTreeMap;
 
 use super::types::{Object, calico};
 use super::{Input, Output, allows, cluster_dns, metadata, object_name};
 use crate::api::Flavor;
+use crate::api::endpoint::Transport;
 
 use super::shared::*;
 
@@ -39,42 +41,74 @@ pub fn calico(input: &Input<'_>) -> Output {
     let mut rules = Vec::new();
     let mut all_nets = Vec::new();
     for allow in allows(input) {
+        output.notes.extend(protocol_notes(flavor, &allow, true));
+        // One rule per protocol: TCP and UDP with their ports, ESP (IP protocol 50) without.
+        let per_protocol = |destination: calico::EntityRule| -> Vec<calico::Rule> {
+            let mut rules = Vec::new();
+            for (transport, protocol) in [
+                (Transport::Tcp, calico::Protocol::TCP),
+                (Transport::Udp, calico::Protocol::UDP),
+            ] {
+                let ports: Vec<calico::Port> = allow
+                    .ports
+                    .iter()
+                    .filter(|p| p.transport == transport)
+                    .map(|p| {
+                        if p.is_range() {
+                            calico::Port::Range(format!("{}:{}", p.from, p.to))
+                        } else {
+                            calico::Port::Number(p.from)
+                        }
+                    })
+                    .collect();
+                if !ports.is_empty() {
+                    rules.push(calico::Rule {
+                        action: calico::Action::Allow,
+                        protocol,
+                        destination: calico::EntityRule {
+                            ports,
+                            ..destination.clone()
+                        },
+                    });
+                }
+            }
+            if allow.esp {
+                rules.push(calico::Rule {
+                    action: calico::Action::Allow,
+                    protocol: calico::Protocol::ESP,
+                    destination,
+                });
+            }
+            rules
+        };
         match (&allow.host, enterprise, address_nets(flavor, &allow)) {
             // Calico Enterprise learns a domain's addresses from DNS answers.
-            (Some(host), true, _) if !allow.is_wildcard() => rules.push(calico::Rule {
-                action: calico::Action::Allow,
-                protocol: calico::Protocol::Tcp,
-                destination: calico::EntityRule {
+            (Some(host), true, _) if !allow.is_wildcard() => {
+                rules.extend(per_protocol(calico::EntityRule {
                     domains: vec![host.clone()],
-                    ports: allow.ports.clone(),
                     ..calico::EntityRule::default()
-                },
-            }),
+                }))
+            }
             (_, _, Ok(nets)) => {
                 let nets: Vec<String> = nets.iter().map(|n| n.trunc().to_string()).collect();
                 all_nets.extend(nets.clone());
-                rules.push(calico::Rule {
-                    action: calico::Action::Allow,
-                    protocol: calico::Protocol::Tcp,
-                    destination: calico::EntityRule {
-                        nets,
-                        ports: allow.ports.clone(),
-                        ..calico::EntityRule::default()
-                    },
-                });
+                rules.extend(per_protocol(calico::EntityRule {
+                    nets,
+                    ..calico::EntityRule::default()
+                }));
             }
             (_, _, Err(n)) => output.notes.push(n),
         }
     }
     let (dns_namespace, dns_labels) = cluster_dns(input);
-    for protocol in [calico::Protocol::Udp, calico::Protocol::Tcp] {
+    for protocol in [calico::Protocol::UDP, calico::Protocol::TCP] {
         rules.push(calico::Rule {
             action: calico::Action::Allow,
             protocol,
             destination: calico::EntityRule {
                 selector: Some(calico_selector(&dns_labels)),
                 namespace_selector: Some(format!("projectcalico.org/name == '{dns_namespace}'")),
-                ports: vec![53],
+                ports: vec![calico::Port::Number(53)],
                 ..calico::EntityRule::default()
             },
         });

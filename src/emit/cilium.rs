@@ -5,18 +5,23 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::types::{Object, cilium};
-use super::{Input, Note, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, cluster_dns, metadata, object_name};
 use crate::api::Flavor;
+use crate::api::endpoint::Transport;
 
 use super::shared::*;
 
-fn cilium_ports(ports: &[u16]) -> Vec<cilium::PortRule> {
+fn cilium_ports(ports: &[PortRule]) -> Vec<cilium::PortRule> {
     vec![cilium::PortRule {
         ports: ports
             .iter()
             .map(|p| cilium::PortProtocol {
-                port: p.to_string(),
-                protocol: cilium::L4Protocol::Tcp,
+                port: p.from.to_string(),
+                end_port: p.is_range().then_some(p.to),
+                protocol: match p.transport {
+                    Transport::Udp => cilium::L4Protocol::Udp,
+                    _ => cilium::L4Protocol::Tcp,
+                },
             })
             .collect(),
         rules: None,
@@ -34,6 +39,9 @@ pub fn cilium(input: &Input<'_>) -> Output {
     };
     let mut egress = Vec::new();
     for allow in allows(input) {
+        output
+            .notes
+            .extend(protocol_notes(Flavor::Cilium, &allow, false));
         // A toFQDNs rule may not carry other L3 peers: names and CIDRs go in separate rules.
         let rule = match &allow.host {
             Some(host) if allow.is_wildcard() => cilium::EgressRule {
@@ -73,6 +81,7 @@ pub fn cilium(input: &Input<'_>) -> Output {
         to_ports: vec![cilium::PortRule {
             ports: vec![cilium::PortProtocol {
                 port: "53".into(),
+                end_port: None,
                 protocol: cilium::L4Protocol::Any,
             }],
             rules: Some(cilium::L7Rules {

@@ -222,14 +222,21 @@ pub fn egress_firewall(input: &Input<'_>) -> Output {
     }
     let mut egress = Vec::new();
     for allow in allows(input) {
-        let ports: Vec<ovn::Port> = allow
-            .ports
-            .iter()
-            .map(|p| ovn::Port {
-                protocol: "TCP".into(),
-                port: *p,
-            })
-            .collect();
+        output.notes.extend(protocol_notes(flavor, &allow, false));
+        let mut ports: Vec<ovn::Port> = Vec::new();
+        for rule in &allow.ports {
+            match listed_ports(rule) {
+                Some(listed) => ports.extend(listed.into_iter().map(|port| ovn::Port {
+                    protocol: rule.transport.as_str().into(),
+                    port,
+                })),
+                None => output.notes.push(range_note(flavor, &allow, rule)),
+            }
+        }
+        // A rule without ports would allow every port.
+        if ports.is_empty() {
+            continue;
+        }
         let destinations: Vec<ovn::Destination> = match &allow.host {
             Some(host) => {
                 if allow.is_wildcard() {

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, istio};
-use super::{Input, Note, Output, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, metadata, object_name};
+use crate::api::endpoint::Transport;
 use crate::api::{Flavor, Protocol};
 
 use super::shared::*;
@@ -16,8 +17,16 @@ fn istio_protocol(protocol: Protocol) -> &'static str {
         | Protocol::Smtps
         | Protocol::Imaps
         | Protocol::Pop3s
-        | Protocol::Ldaps => "TLS",
-        Protocol::Tcp | Protocol::Smtp | Protocol::Imap | Protocol::Pop3 | Protocol::Ldap => "TCP",
+        | Protocol::Ldaps
+        | Protocol::Ftps => "TLS",
+        Protocol::Tcp
+        | Protocol::Smtp
+        | Protocol::Imap
+        | Protocol::Pop3
+        | Protocol::Ldap
+        | Protocol::Ftp => "TCP",
+        // Never emitted: sidecars do not carry UDP (see below).
+        Protocol::Ike => "UDP",
     }
 }
 
@@ -35,21 +44,48 @@ pub fn istio(input: &Input<'_>) -> Output {
     let mut tls_hosts: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     let mut endpoints: Vec<_> = input.spec.endpoints.iter().collect();
     endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+    let allows = allows(input);
     for endpoint in endpoints {
-        let mut ports: Vec<istio::Port> = endpoint
-            .ports
-            .iter()
-            .map(|p| {
-                let protocol = istio_protocol(p.protocol);
-                istio::Port {
-                    number: p.port as u16,
-                    name: format!("{}-{}", protocol.to_ascii_lowercase(), p.port),
-                    protocol: protocol.into(),
+        let Some(allow) = allows.iter().find(|a| a.endpoint == endpoint.name) else {
+            continue;
+        };
+        output.notes.extend(protocol_notes(flavor, allow, true));
+        let port = |number: u16, protocol: &str| istio::Port {
+            number,
+            name: format!("{}-{number}", protocol.to_ascii_lowercase()),
+            protocol: protocol.into(),
+        };
+        let mut ports: Vec<istio::Port> = Vec::new();
+        for spec in &endpoint.ports {
+            if spec.protocol == Protocol::Ike {
+                continue;
+            }
+            ports.push(port(spec.port as u16, istio_protocol(spec.protocol)));
+            // The FTP passive range: plain TCP, port by port (a ServiceEntry has no ranges).
+            if let Some(range) = spec.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
+                let rule = PortRule {
+                    transport: Transport::Tcp,
+                    from: range.from as u16,
+                    to: range.to as u16,
+                };
+                match listed_ports(&rule) {
+                    Some(listed) => ports.extend(listed.into_iter().map(|n| port(n, "TCP"))),
+                    None => output.notes.push(range_note(flavor, allow, &rule)),
                 }
-            })
-            .collect();
+            }
+        }
+        if allow.esp {
+            output.notes.push(note(
+                flavor,
+                allow,
+                "Istio's sidecars carry neither UDP nor ESP, so IKE and the IPsec tunnel bypass the mesh: no ServiceEntry port is emitted for them; allow them with a network-layer flavor",
+            ));
+        }
         ports.sort_by_key(|p| p.number);
         ports.dedup_by_key(|p| p.number);
+        if ports.is_empty() {
+            continue;
+        }
         let name = format!("{}-{}", object_name(input, false), endpoint.name);
         let spec = match (&endpoint.host, &endpoint.cidr) {
             (Some(host), _) if host.starts_with("*.") => {

@@ -28,7 +28,8 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use crate::api::{ConnectivityProfileSpec, Flavor};
+use crate::api::endpoint::{IKE_PORT, NAT_T_PORT, Transport};
+use crate::api::{ConnectivityProfileSpec, Flavor, PortSpec, Protocol};
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "netreach");
 pub const PROFILE_LABEL: &str = "netreach.dev/profile";
@@ -87,7 +88,39 @@ pub struct Input<'a> {
     pub addresses: &'a BTreeMap<String, Vec<IpAddr>>,
 }
 
-/// One endpoint as policies see it: a name to match, or networks, and TCP ports.
+/// One port, or an inclusive range of ports, of one transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRule {
+    pub transport: Transport,
+    pub from: u16,
+    /// Equal to `from` for a single port.
+    pub to: u16,
+}
+
+impl PortRule {
+    pub fn single(transport: Transport, port: u16) -> Self {
+        Self {
+            transport,
+            from: port,
+            to: port,
+        }
+    }
+
+    pub fn is_range(&self) -> bool {
+        self.to > self.from
+    }
+
+    /// `TCP 21`, `TCP 50000-50100`, for messages.
+    pub fn shown(&self) -> String {
+        if self.is_range() {
+            format!("{} {}-{}", self.transport, self.from, self.to)
+        } else {
+            format!("{} {}", self.transport, self.from)
+        }
+    }
+}
+
+/// One endpoint as policies see it: a name to match, or networks, and ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allow {
     pub endpoint: String,
@@ -95,13 +128,61 @@ pub struct Allow {
     pub host: Option<String>,
     /// The declared CIDR, or the host's resolved addresses as /32 and /128.
     pub nets: Vec<IpNet>,
+    /// TCP and UDP ports and ranges: every declared port with its protocol's transport, an FTP
+    /// port's declared passive range, and for IKE on 500 also UDP 4500 (NAT traversal).
     /// Sorted, without duplicates.
-    pub ports: Vec<u16>,
+    pub ports: Vec<PortRule>,
+    /// An IKE port is declared: IPsec's ESP (IP protocol 50) should pass too.
+    pub esp: bool,
+    /// FTP control ports declared without `ftp.passivePorts`: their data ports are unknown.
+    pub ftp_without_range: Vec<u16>,
 }
 
 impl Allow {
     pub fn is_wildcard(&self) -> bool {
         self.host.as_deref().is_some_and(|h| h.starts_with("*."))
+    }
+}
+
+/// The port rules one declared port needs.
+pub fn port_rules(port: &PortSpec) -> Vec<PortRule> {
+    let number = port.port as u16;
+    let mut rules = vec![PortRule::single(port.protocol.transport(), number)];
+    match port.protocol {
+        Protocol::Ftp | Protocol::Ftps => {
+            if let Some(range) = port.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
+                rules.push(PortRule {
+                    transport: Transport::Tcp,
+                    from: range.from as u16,
+                    to: range.to as u16,
+                });
+            }
+        }
+        Protocol::Ike if number == IKE_PORT => {
+            rules.push(PortRule::single(Transport::Udp, NAT_T_PORT));
+        }
+        _ => {}
+    }
+    rules
+}
+
+/// The note of an FTP port whose passive range is unknown.
+pub fn ftp_range_note(flavor: Flavor, allow: &Allow, port: u16) -> Note {
+    Note {
+        flavor,
+        endpoint: allow.endpoint.clone(),
+        message: format!(
+            "FTP on port {port} without ftp.passivePorts: the passive data ports are unknown, so only the control port is allowed and listings and transfers will fail; declare the server's passive range"
+        ),
+    }
+}
+
+/// The note of an IKE endpoint in a flavor without ESP.
+pub fn esp_note(flavor: Flavor, allow: &Allow) -> Note {
+    Note {
+        flavor,
+        endpoint: allow.endpoint.clone(),
+        message: "ESP (IP protocol 50) cannot be expressed in this flavor and is left out: the IPsec tunnel's traffic passes only if NAT traversal wraps it in UDP 4500, or if it is allowed elsewhere".into(),
     }
 }
 
@@ -132,14 +213,30 @@ pub fn allows(input: &Input<'_>) -> Vec<Allow> {
                 }
                 (None, None) => Vec::new(),
             };
-            let mut ports: Vec<u16> = endpoint.ports.iter().map(|p| p.port as u16).collect();
+            let mut ports: Vec<PortRule> = endpoint.ports.iter().flat_map(port_rules).collect();
             ports.sort_unstable();
             ports.dedup();
+            let mut ftp_without_range: Vec<u16> = endpoint
+                .ports
+                .iter()
+                .filter(|p| matches!(p.protocol, Protocol::Ftp | Protocol::Ftps))
+                .filter(|p| {
+                    p.ftp
+                        .as_ref()
+                        .and_then(|f| f.passive_ports.as_ref())
+                        .is_none()
+                })
+                .map(|p| p.port as u16)
+                .collect();
+            ftp_without_range.sort_unstable();
+            ftp_without_range.dedup();
             Allow {
                 endpoint: endpoint.name.clone(),
                 host: endpoint.host.clone(),
                 nets,
                 ports,
+                esp: endpoint.ports.iter().any(|p| p.protocol == Protocol::Ike),
+                ftp_without_range,
             }
         })
         .collect();

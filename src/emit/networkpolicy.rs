@@ -1,4 +1,5 @@
-//! Kubernetes NetworkPolicy: ipBlocks from resolved addresses, TCP ports, cluster DNS.
+//! Kubernetes NetworkPolicy: ipBlocks from resolved addresses, TCP and UDP ports and ranges,
+//! cluster DNS.
 
 use std::collections::BTreeMap;
 
@@ -9,20 +10,23 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Input, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Output, PortRule, allows, cluster_dns, metadata, object_name};
 use crate::api::Flavor;
 
 use super::shared::*;
 
 pub fn network_policy(input: &Input<'_>) -> Output {
     let mut output = Output::default();
-    let tcp = |port: u16| NetworkPolicyPort {
-        protocol: Some("TCP".into()),
-        port: Some(IntOrString::Int(i32::from(port))),
-        end_port: None,
+    let port = |rule: &PortRule| NetworkPolicyPort {
+        protocol: Some(rule.transport.as_str().into()),
+        port: Some(IntOrString::Int(i32::from(rule.from))),
+        end_port: rule.is_range().then_some(i32::from(rule.to)),
     };
     let mut egress = Vec::new();
     for allow in allows(input) {
+        output
+            .notes
+            .extend(protocol_notes(Flavor::NetworkPolicy, &allow, false));
         match address_nets(Flavor::NetworkPolicy, &allow) {
             Ok(nets) => egress.push(NetworkPolicyEgressRule {
                 to: Some(
@@ -36,7 +40,7 @@ pub fn network_policy(input: &Input<'_>) -> Output {
                         })
                         .collect(),
                 ),
-                ports: Some(allow.ports.iter().map(|p| tcp(*p)).collect()),
+                ports: Some(allow.ports.iter().map(port).collect()),
             }),
             Err(n) => output.notes.push(n),
         }

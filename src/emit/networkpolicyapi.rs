@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, network_policy_api as npa};
-use super::{Input, Note, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, cluster_dns, metadata, object_name};
 use crate::api::Flavor;
+use crate::api::endpoint::Transport;
 
 use super::shared::*;
 
@@ -14,9 +15,10 @@ fn policy_api_rules(
     flavor: Flavor,
     input: &Input<'_>,
     output: &mut Output,
-) -> Vec<(String, npa::Peer, Vec<u16>)> {
+) -> Vec<(String, npa::Peer, Vec<PortRule>)> {
     let mut rules = Vec::new();
     for allow in allows(input) {
+        output.notes.extend(protocol_notes(flavor, &allow, false));
         let peer = match &allow.host {
             Some(host) if allow.is_wildcard() => {
                 output.notes.push(note(
@@ -104,10 +106,25 @@ pub fn admin_network_policy(input: &Input<'_>) -> Output {
         }
     };
     let port = |port: u16, protocol: &str| npa::AdminPort {
-        port_number: npa::PortNumber {
+        port_number: Some(npa::PortNumber {
             port,
             protocol: protocol.into(),
-        },
+        }),
+        port_range: None,
+    };
+    let rule_port = |rule: &PortRule| {
+        if rule.is_range() {
+            npa::AdminPort {
+                port_number: None,
+                port_range: Some(npa::PortRange {
+                    protocol: rule.transport.as_str().into(),
+                    start: rule.from,
+                    end: rule.to,
+                }),
+            }
+        } else {
+            port(rule.from, rule.transport.as_str())
+        }
     };
     let mut egress: Vec<npa::AdminEgressRule> = policy_api_rules(flavor, input, &mut output)
         .into_iter()
@@ -115,7 +132,7 @@ pub fn admin_network_policy(input: &Input<'_>) -> Output {
             name,
             action: npa::AdminAction::Allow,
             to: vec![peer],
-            ports: ports.iter().map(|p| port(*p, "TCP")).collect(),
+            ports: ports.iter().map(rule_port).collect(),
         })
         .collect();
     egress.push(npa::AdminEgressRule {
@@ -147,19 +164,40 @@ pub fn cluster_network_policy(input: &Input<'_>) -> Output {
             return output;
         }
     };
-    let tcp = |p: u16| npa::ProtocolPort {
-        tcp: Some(npa::DestinationPort {
-            destination_port: npa::Number { number: p },
-        }),
-        udp: None,
+    let destination = |rule: &PortRule| npa::DestinationPort {
+        destination_port: if rule.is_range() {
+            npa::Number {
+                number: None,
+                range: Some(npa::Range {
+                    start: rule.from,
+                    end: rule.to,
+                }),
+            }
+        } else {
+            npa::Number {
+                number: Some(rule.from),
+                range: None,
+            }
+        },
     };
+    let protocol_port = |rule: &PortRule| match rule.transport {
+        Transport::Udp => npa::ProtocolPort {
+            tcp: None,
+            udp: Some(destination(rule)),
+        },
+        _ => npa::ProtocolPort {
+            tcp: Some(destination(rule)),
+            udp: None,
+        },
+    };
+    let tcp = |p: u16| protocol_port(&PortRule::single(Transport::Tcp, p));
     let mut egress: Vec<npa::ClusterEgressRule> = policy_api_rules(flavor, input, &mut output)
         .into_iter()
         .map(|(name, peer, ports)| npa::ClusterEgressRule {
             name,
             action: npa::ClusterAction::Accept,
             to: vec![peer],
-            protocols: ports.iter().map(|p| tcp(*p)).collect(),
+            protocols: ports.iter().map(protocol_port).collect(),
         })
         .collect();
     egress.push(npa::ClusterEgressRule {
@@ -167,12 +205,7 @@ pub fn cluster_network_policy(input: &Input<'_>) -> Output {
         action: npa::ClusterAction::Accept,
         to: vec![dns_peer(input)],
         protocols: vec![
-            npa::ProtocolPort {
-                tcp: None,
-                udp: Some(npa::DestinationPort {
-                    destination_port: npa::Number { number: 53 },
-                }),
-            },
+            protocol_port(&PortRule::single(Transport::Udp, 53)),
             tcp(53),
         ],
     });

@@ -6,12 +6,47 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::types::MatchLabels;
-use super::{Allow, Input, Note, pod_labels};
+use super::{Allow, Input, Note, PortRule, pod_labels};
 use crate::api::Flavor;
 
 pub(super) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub(super) const ANP_MAX_RULES: usize = 100;
 pub(super) const ANP_MAX_PEERS: usize = 25;
+/// Most ports a range is listed as, port by port, in flavors without ranges.
+pub(super) const MAX_LISTED_RANGE: usize = 256;
+
+/// The notes every flavor owes an endpoint for what its protocols need beyond the declared
+/// ports: FTP data ports that are unknown, and ESP where the flavor cannot express it.
+pub(super) fn protocol_notes(flavor: Flavor, allow: &Allow, esp_expressible: bool) -> Vec<Note> {
+    let mut notes: Vec<Note> = allow
+        .ftp_without_range
+        .iter()
+        .map(|port| super::ftp_range_note(flavor, allow, *port))
+        .collect();
+    if allow.esp && !esp_expressible {
+        notes.push(super::esp_note(flavor, allow));
+    }
+    notes
+}
+
+/// Each port of `rule`, for flavors that only take single ports; None (and the caller notes
+/// it) when the range is too long to list.
+pub(super) fn listed_ports(rule: &PortRule) -> Option<Vec<u16>> {
+    let count = usize::from(rule.to - rule.from) + 1;
+    (count <= MAX_LISTED_RANGE).then(|| (rule.from..=rule.to).collect())
+}
+
+/// The note of a range too long to list port by port.
+pub(super) fn range_note(flavor: Flavor, allow: &Allow, rule: &PortRule) -> Note {
+    note(
+        flavor,
+        allow,
+        format!(
+            "{} spans more than {MAX_LISTED_RANGE} ports, and this flavor has no port ranges; it is left out, narrow the server's passive range",
+            rule.shown()
+        ),
+    )
+}
 
 pub(super) fn to_value<T: serde::Serialize>(object: &T) -> Value {
     serde_json::to_value(object).expect("emitted objects serialize")

@@ -73,6 +73,9 @@ pub mod cilium {
     pub struct PortProtocol {
         /// A string upstream.
         pub port: String,
+        /// The last port of a range.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub end_port: Option<u16>,
         pub protocol: L4Protocol,
     }
 
@@ -142,14 +145,37 @@ pub mod calico {
         pub destination: EntityRule,
     }
 
+    /// A port or a `from:to` range (Calico's port is an int-or-string).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum Port {
+        Number(u16),
+        Range(String),
+    }
+
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Action {
         Allow,
     }
 
+    /// A protocol name, or an IP protocol number (Calico's protocol is an int-or-string).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum Protocol {
+        Named(ProtocolName),
+        Number(u8),
+    }
+
+    impl Protocol {
+        pub const TCP: Protocol = Protocol::Named(ProtocolName::Tcp);
+        pub const UDP: Protocol = Protocol::Named(ProtocolName::Udp);
+        /// IPsec's Encapsulating Security Payload.
+        pub const ESP: Protocol = Protocol::Number(50);
+    }
+
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "UPPERCASE")]
-    pub enum Protocol {
+    pub enum ProtocolName {
         Tcp,
         Udp,
     }
@@ -166,7 +192,8 @@ pub mod calico {
         /// Calico Enterprise only.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub domains: Vec<String>,
-        pub ports: Vec<u16>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub ports: Vec<Port>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,7 +402,18 @@ pub mod network_policy_api {
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct AdminPort {
-        pub port_number: PortNumber,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port_number: Option<PortNumber>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port_range: Option<PortRange>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PortRange {
+        pub protocol: String,
+        pub start: u16,
+        pub end: u16,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,7 +469,17 @@ pub mod network_policy_api {
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct Number {
-        pub number: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub number: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub range: Option<Range>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Range {
+        pub start: u16,
+        pub end: u16,
     }
 }
 

@@ -9,11 +9,12 @@ use futures::StreamExt;
 
 use super::aggregate::*;
 pub use super::context::ProbeContext;
+use super::ike;
 use super::net::{self, Deadline, Failure, ProxyTarget};
 use super::pipeline::*;
 use super::plan::Target;
-use crate::api::TlsMode;
 use crate::api::result::{Latency, Outcome, ProbeResult, Reason, Stage};
+use crate::api::{Protocol, TlsMode};
 
 /// Grace on top of a target's timeout before the outer guard cuts a probe off; stages time
 /// themselves out first, so this only catches a stage that forgot to.
@@ -131,12 +132,17 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             format!("{shown} has no host or address to probe; set the endpoint's host or cidr"),
         );
     };
-    let proxy = match ctx.proxy.clone().map(Ok).or_else(|| {
+    // IKE is UDP: an HTTP CONNECT proxy cannot carry it (the schema refuses `proxy` with
+    // IKE; one given on the command line or by a check over a profile is not used).
+    let proxy_ignored =
+        target.protocol == Protocol::Ike && (ctx.proxy.is_some() || target.proxy.is_some());
+    let configured = ctx.proxy.clone().map(Ok).or_else(|| {
         target
             .proxy
             .as_ref()
             .map(|p| proxy_from_spec(p, ctx, &shown))
-    }) {
+    });
+    let proxy = match configured.filter(|_| !proxy_ignored) {
         Some(Ok(proxy)) => Some(proxy),
         Some(Err(failure)) => {
             return row(
@@ -158,6 +164,7 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         {
             Ok(stream) => {
                 latency.connect_ms = Some(started.elapsed().as_millis() as u64);
+                let route = Route::Proxy(proxy.clone());
                 session(
                     Box::new(stream),
                     target,
@@ -165,6 +172,7 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
                     ctx,
                     &deadline,
                     latency,
+                    &route,
                 )
                 .await
             }
@@ -242,7 +250,14 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         });
         futures::future::join_all(all).await
     };
-    aggregate(target, sessions, ctx.first_address_only)
+    let mut result = aggregate(target, sessions, ctx.first_address_only);
+    if proxy_ignored {
+        result.message = format!(
+            "{} (sent directly, not through the proxy: IKE is UDP, which an HTTP CONNECT proxy cannot carry)",
+            result.message
+        );
+    }
+    result
 }
 
 pub(super) async fn address_session(
@@ -253,12 +268,25 @@ pub(super) async fn address_session(
     deadline: &Deadline,
     mut latency: Latency,
 ) -> Session {
+    if target.protocol == Protocol::Ike {
+        return ike::session(address, target, deadline, latency).await;
+    }
     let shown = target.display();
     let started = Instant::now();
     match net::connect(SocketAddr::new(address, target.port), &shown, deadline).await {
         Ok(stream) => {
             latency.connect_ms = Some(started.elapsed().as_millis() as u64);
-            session(Box::new(stream), target, peer_host, ctx, deadline, latency).await
+            let route = Route::Direct(address);
+            session(
+                Box::new(stream),
+                target,
+                peer_host,
+                ctx,
+                deadline,
+                latency,
+                &route,
+            )
+            .await
         }
         Err(failure) => Session::failed(failure, latency, None),
     }
@@ -310,7 +338,6 @@ pub(super) fn tls_server_name<'a>(target: &'a Target, peer_host: &'a str) -> &'a
 mod tests {
     use super::*;
     use crate::api::endpoint::MismatchAction;
-    use crate::api::{Protocol, TlsMode};
     use crate::probe::plan::TlsPlan;
 
     fn target() -> Target {
@@ -336,6 +363,8 @@ mod tests {
             smtp: None,
             mail: None,
             ldap: None,
+            ftp: None,
+            ike: None,
             proxy: None,
             dns: None,
         }

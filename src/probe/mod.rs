@@ -6,6 +6,8 @@ pub mod certs;
 pub mod context;
 pub mod dns;
 pub mod engine;
+pub mod ftp;
+pub mod ike;
 pub mod ldap;
 pub mod ldap_filter;
 pub mod login;

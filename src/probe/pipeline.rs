@@ -1,15 +1,17 @@
 //! The stages after connect on one stream: StartTLS, TLS, issuer, then the application
 //! protocol and its authentication, carrying what each stage found.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::aggregate::*;
 use super::context::ProbeContext;
 use super::engine::*;
+use super::ftp;
 use super::ldap::LdapConn;
 use super::ldap_filter;
 use super::mail::{imap, pop3, smtp};
-use super::net::{BoxStream, Deadline, Failure};
+use super::net::{BoxStream, Deadline, Failure, ProxyTarget};
 use super::plan::Target;
 use super::protocols::{self, Upgrade};
 use super::tls::{self};
@@ -25,12 +27,25 @@ pub(super) struct Progress {
     pub(super) latency: Latency,
 }
 
+/// How a session's connection was made, so a protocol that opens more connections (FTP's
+/// data channel) opens them the same way.
+#[derive(Clone, Debug)]
+pub(super) enum Route {
+    /// Straight to this address.
+    Direct(IpAddr),
+    /// Tunnelled through this HTTP CONNECT proxy.
+    Proxy(ProxyTarget),
+}
+
 /// Where a session runs: the target, the name to verify, shared settings and the deadline.
 pub(super) struct Scope<'a> {
     pub(super) target: &'a Target,
     pub(super) peer_host: &'a str,
     pub(super) ctx: &'a ProbeContext,
     pub(super) deadline: &'a Deadline,
+    pub(super) route: &'a Route,
+    /// TLS sessions to resume on further connections of this session (FTP data channels).
+    pub(super) tls_sessions: Option<tls::SessionCache>,
 }
 
 /// Runs the stages after connect on one stream.
@@ -41,6 +56,7 @@ pub(super) async fn session(
     ctx: &ProbeContext,
     deadline: &Deadline,
     latency: Latency,
+    route: &Route,
 ) -> Session {
     let shown = target.display();
     let scope = Scope {
@@ -48,6 +64,9 @@ pub(super) async fn session(
         peer_host,
         ctx,
         deadline,
+        route,
+        tls_sessions: matches!(target.protocol, Protocol::Ftp | Protocol::Ftps)
+            .then(tls::session_cache),
     };
     let mut progress = Progress {
         tls: None,
@@ -58,13 +77,14 @@ pub(super) async fn session(
     // Implicit TLS first, for every protocol that has it.
     let stream = if target.tls.mode == TlsMode::Implicit {
         let started = Instant::now();
-        match tls::handshake(
+        match tls::handshake_with(
             stream,
             tls_server_name(target, peer_host),
             &target.tls,
             &ctx.roots,
             &shown,
             deadline,
+            scope.tls_sessions.as_ref(),
         )
         .await
         {
@@ -155,13 +175,14 @@ pub(super) async fn upgrade(
     let target = scope.target;
     let started = Instant::now();
     let server_name = tls_server_name(target, scope.peer_host);
-    let done = tls::handshake(
+    let done = tls::handshake_with(
         stream,
         server_name,
         &target.tls,
         &scope.ctx.roots,
         &target.display(),
         scope.deadline,
+        scope.tls_sessions.as_ref(),
     )
     .await
     .map_err(|rejected| {
@@ -196,11 +217,15 @@ pub(super) async fn application(
         peer_host,
         ctx,
         deadline,
+        ..
     } = *scope;
     let shown = target.display();
     let mode = target.tls.mode;
     match target.protocol {
         Protocol::Tcp => Ok((Stage::Connect, None)),
+        Protocol::Ftp | Protocol::Ftps => ftp::session(stream, scope, progress).await,
+        // IKE is UDP and never reaches a stream session (see engine).
+        Protocol::Ike => Ok((Stage::Protocol, None)),
         Protocol::Tls => Ok((Stage::Tls, None)),
         Protocol::Http | Protocol::Https => {
             let host_header = match target.port {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::endpoint::{
-    CaBundleRef, DnsSpec, HttpExpectation, IssuerMatch, LdapExpectation, MailExpectation,
-    MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
+    CaBundleRef, DnsSpec, FtpExpectation, HttpExpectation, IkeExpectation, IssuerMatch,
+    LdapExpectation, MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
 };
 use crate::api::load::{Document, Loaded};
 use crate::api::source::EndpointSource;
@@ -39,6 +39,10 @@ pub struct Target {
     pub mail: Option<MailExpectation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ldap: Option<LdapExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftp: Option<FtpExpectation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<IkeExpectation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,6 +131,8 @@ impl EndpointSource<'_> {
                     smtp: port.smtp.clone(),
                     mail: port.mail.clone(),
                     ldap: port.ldap.clone(),
+                    ftp: port.ftp.clone(),
+                    ike: port.ike.clone(),
                     proxy: self.proxy.cloned(),
                     dns: self.dns.cloned(),
                 });

@@ -215,6 +215,17 @@ impl From<Failure> for Rejected {
     }
 }
 
+/// TLS sessions shared by the connections of one FTP session, so a data connection resumes
+/// the control connection's session (servers may require it, e.g. vsftpd's
+/// `require_ssl_reuse`). Each FTP session starts with an empty cache: its first handshake is
+/// a full one, as for every other probe.
+pub type SessionCache = Arc<dyn rustls::client::ClientSessionStore>;
+
+/// An empty [`SessionCache`].
+pub fn session_cache() -> SessionCache {
+    Arc::new(rustls::client::ClientSessionMemoryCache::new(4))
+}
+
 /// Runs the TLS handshake on `stream` for `server_name` and judges the certificate.
 pub async fn handshake(
     stream: BoxStream,
@@ -223,6 +234,19 @@ pub async fn handshake(
     roots: &TrustRoots,
     target: &str,
     deadline: &Deadline,
+) -> Result<Handshake, Rejected> {
+    handshake_with(stream, server_name, plan, roots, target, deadline, None).await
+}
+
+/// [`handshake`], storing and resuming sessions in `sessions` when given.
+pub async fn handshake_with(
+    stream: BoxStream,
+    server_name: &str,
+    plan: &TlsPlan,
+    roots: &TrustRoots,
+    target: &str,
+    deadline: &Deadline,
+    sessions: Option<&SessionCache>,
 ) -> Result<Handshake, Rejected> {
     let roots = match &plan.ca_bundle_pem {
         Some(pem) => {
@@ -251,7 +275,15 @@ pub async fn handshake(
             format!("{server_name:?} is not a valid TLS server name"),
         )
     })?;
-    let connector = TlsConnector::from(roots.config.clone());
+    let config = match sessions {
+        Some(store) => {
+            let mut config = (*roots.config).clone();
+            config.resumption = rustls::client::Resumption::store(store.clone());
+            Arc::new(config)
+        }
+        None => roots.config.clone(),
+    };
+    let connector = TlsConnector::from(config);
     let tls = deadline
         .run(
             Stage::Tls,

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need, once: the protocol servers of the loopback peers, Lua,
-# Prometheus with promtool for the monitoring tests, podman and runc for the image and the
-# install test (Debian packages), and the Helm SDK for the chart tests (PyPI). Writes /etc/containers/containers.conf when there is none (see
+# Installs what the tests need, once: the protocol servers of the loopback peers (vsftpd and
+# strongSwan's charon included), Lua, Prometheus with promtool for the monitoring tests,
+# podman and runc for the image and the install test (Debian packages), and the Helm SDK for
+# the chart tests (PyPI). Writes /etc/containers/containers.conf when there is none (see
 # below). Skips packages already present; needs root (or sudo) only when something is missing.
 set -euo pipefail
 PKGS="nginx python3-aiosmtpd dovecot-imapd dovecot-pop3d slapd ldap-utils dnsmasq-base squid mitmproxy
 prometheus-blackbox-exporter openssl iproute2 lua5.4 lua-cjson prometheus
-podman runc binutils ca-certificates"
+podman runc binutils ca-certificates
+vsftpd strongswan-charon strongswan-swanctl libstrongswan-standard-plugins"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 
 # podman's defaults fail on machines like CI's: crun refuses cgroups in hybrid mode, and the

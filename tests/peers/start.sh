@@ -6,13 +6,16 @@
 # Writes DIR/certs (a "public" test CA chain and a "corporate proxy" CA), per-peer configs and
 # logs, DIR/peers.pids ("name pid" lines) and DIR/peers.env (ports, CA paths, credentials).
 # Peers of an earlier run in DIR are stopped first. Env: PEERS (subset), PEERS_TIMEOUT, PEER_*_PORT.
+# ftp (vsftpd) and ike (strongSwan charon) need root; outside DIR, ftp adds the system user
+# peerftp once and ike uses charon's fixed /run/charon.pid (one charon per machine).
 set -euo pipefail
 
 DIR=${1:-${TMPDIR:-/tmp}/test-peers}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PEERS=${PEERS:-"nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox"}
+DEFAULT_PEERS="nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox ftp ike"
+PEERS=${PEERS:-$DEFAULT_PEERS}
 TIMEOUT=${PEERS_TIMEOUT:-30}
 PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 
@@ -24,6 +27,12 @@ PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 : "${PEER_DNS_PORT:=15353}"   "${PEER_SQUID_PORT:=13128}"
 : "${PEER_MITM_PORT:=13129}"  "${PEER_BLACKBOX_PORT:=19115}"
 : "${PEER_SUBMISSION_PORT:=10587}"
+: "${PEER_FTP_PORT:=10021}"   "${PEER_FTPS_PORT:=10990}"  "${PEER_FTP_BADPASV_PORT:=10022}"
+: "${PEER_FTP_REUSE_PORT:=10023}"
+: "${PEER_FTP_PASV_MIN:=10100}" "${PEER_FTP_PASV_MAX:=10120}"
+: "${PEER_IKE_PORT:=10500}"   "${PEER_IKE_NATT_PORT:=14500}"
+FTP_USER=peerftp FTP_PASSWORD=secret      # system user: vsftpd logs users in through PAM
+FTP_BAD_BACKEND=127.0.0.2 FTP_BAD_PASV_ADDR=127.0.0.9
 
 die() { echo "peers: $*" >&2; exit 1; }
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -43,6 +52,13 @@ want dnsmasq && need dnsmasq dnsmasq-base
 want squid && need squid squid
 want mitmproxy && need mitmdump mitmproxy
 want blackbox && need prometheus-blackbox-exporter prometheus-blackbox-exporter
+want ftp && need vsftpd vsftpd
+want ike && { [ -x /usr/lib/ipsec/charon ] || missing+=" strongswan-charon"; need swanctl strongswan-swanctl
+              [ -e /usr/lib/ipsec/plugins/libstrongswan-openssl.so ] || missing+=" libstrongswan-standard-plugins"; }
+if [ $ROOT = 0 ]; then   # vsftpd logs users in only as root; charon needs CAP_NET_ADMIN and /run
+  if [ "$PEERS" = "$DEFAULT_PEERS" ]; then PEERS=${PEERS/ ftp ike/}; echo "peers: not root: leaving out ftp ike" >&2
+  else for p in ftp ike; do want $p && die "$p needs root (vsftpd logins, charon's kernel interface)"; done; fi
+fi
 [ -z "$missing" ] || die "missing packages:$missing (apt-get install --no-install-recommends ...)"
 
 # ---- stop leftovers from a previous run (by PID) ----
@@ -89,7 +105,7 @@ EOF
   rm -f "$C"/*.csr
 fi
 
-mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox}
+mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,ftp,ftps,ftp-badpasv,ftp-badpasv-fwd,ftp-reuse,ike}
 printf '127.0.0.1 localhost maas360.com www.maas360.com example.com mail.example.com ldap.example.com %s\n' "$(for m in 1 2 3 4 6; do printf 'mpnsv2.m%s.maas360.com ' $m; done)services.m3.maas360.com" > "$DIR/hosts"
 
 # ---- configs ----
@@ -370,8 +386,146 @@ modules:
     dns: {query_name: maas360.com, query_type: A, transport_protocol: udp, valid_rcodes: [NOERROR]}
 EOF
 
+# vsftpd: one process per listener (AUTH TLS optional, implicit TLS, bad PASV). Anonymous and
+# the user (local_root) see the same read-only tree, DIR/ftp/root with pub/hello.txt.
+# The bad-PASV vsftpd listens on 127.0.0.2 behind a TCP forwarder on 127.0.0.1: its PASV reply
+# names 127.0.0.9 and its data sockets sit on 127.0.0.2, so a data connection to the advertised
+# address (PASV) or to the control address (EPSV, or PASV with the address ignored) is refused.
+rm -rf "$DIR/ftp/root"; mkdir -p "$DIR/ftp/root/pub" "$DIR/ftp/empty"
+echo "hello from the FTP test peer" > "$DIR/ftp/root/pub/hello.txt"
+vsftpd_conf() { # name listen-address port pasv-min pasv-max [extra lines]
+  local name=$1 addr=$2 port=$3 min=$4 max=$5; shift 5
+  { cat <<EOF
+listen=YES
+listen_ipv6=NO
+listen_address=$addr
+listen_port=$port
+background=NO
+seccomp_sandbox=NO
+isolate_network=NO
+secure_chroot_dir=$DIR/ftp/empty
+pam_service_name=other
+anonymous_enable=YES
+no_anon_password=YES
+anon_root=$DIR/ftp/root
+local_enable=YES
+local_root=$DIR/ftp/root
+chroot_local_user=YES
+write_enable=NO
+pasv_enable=YES
+pasv_min_port=$min
+pasv_max_port=$max
+ssl_enable=YES
+rsa_cert_file=$C/server-chain.pem
+rsa_private_key_file=$C/server.key
+ssl_ciphers=HIGH
+allow_anon_ssl=YES
+force_local_logins_ssl=NO
+force_local_data_ssl=NO
+require_ssl_reuse=NO
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file=$DIR/$name/vsftpd.log
+EOF
+    printf '%s\n' "$@"; } > "$DIR/$name/vsftpd.conf"; }
+vsftpd_conf ftp 127.0.0.1 "$PEER_FTP_PORT" "$PEER_FTP_PASV_MIN" "$PEER_FTP_PASV_MAX"
+vsftpd_conf ftps 127.0.0.1 "$PEER_FTPS_PORT" "$PEER_FTP_PASV_MIN" "$PEER_FTP_PASV_MAX" implicit_ssl=YES
+vsftpd_conf ftp-badpasv "$FTP_BAD_BACKEND" "$PEER_FTP_BADPASV_PORT" $((PEER_FTP_PASV_MAX + 1)) $((PEER_FTP_PASV_MAX + 5)) \
+  pasv_address=$FTP_BAD_PASV_ADDR pasv_addr_resolve=NO
+# Like ftp, but data connections must resume the control connection's TLS session (vsftpd's
+# default, which clients without session reuse fail); the last setting of a key wins.
+vsftpd_conf ftp-reuse 127.0.0.1 "$PEER_FTP_REUSE_PORT" $((PEER_FTP_PASV_MAX + 6)) $((PEER_FTP_PASV_MAX + 10)) \
+  require_ssl_reuse=YES
+cat > "$DIR/ftp-badpasv-fwd/fwd.py" <<'EOF'
+# TCP forwarder LISTEN-HOST PORT TARGET-HOST PORT, bytes unchanged (the bad-PASV FTP control channel).
+import asyncio, sys
+lhost, lport, thost, tport = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+    except OSError:
+        writer.close()
+
+async def handle(creader, cwriter):
+    try:
+        ureader, uwriter = await asyncio.open_connection(thost, tport)
+    except OSError:
+        cwriter.close()
+        return
+    await asyncio.gather(pipe(creader, uwriter), pipe(ureader, cwriter))
+    cwriter.close(); uwriter.close()
+
+async def main():
+    server = await asyncio.start_server(handle, lhost, lport)
+    await server.serve_forever()
+asyncio.run(main())
+EOF
+if want ftp && ! id -u "$FTP_USER" >/dev/null 2>&1; then  # PAM "other" = pam_unix: no shell needed
+  useradd --system --no-create-home --home-dir / --shell /usr/sbin/nologin --comment "netreach test peers FTP user" \
+    --password "$(openssl passwd -6 "$FTP_PASSWORD")" "$FTP_USER"
+fi
+
+# charon: IKEv2 responder, PSK, two proposals. socket-default binds 0.0.0.0 (it has no bind
+# address option); interfaces_use = lo makes charon drop packets sent to any non-lo address.
+# No children: an IKE_AUTH may complete, but no IPsec SA or policy reaches the kernel.
+IKE_PSK=ikesecret IKE_ID=ike.example.com IKE_PROPOSALS=aes256-sha256-modp2048,aes128gcm16-prfsha256-x25519
+cat > "$DIR/ike/strongswan.conf" <<EOF
+charon {
+  load = random nonce openssl aes sha1 sha2 hmac gmp kdf pem pkcs1 x509 pubkey kernel-netlink socket-default vici
+  port = $PEER_IKE_PORT
+  port_nat_t = $PEER_IKE_NATT_PORT
+  interfaces_use = lo
+  install_routes = no
+  install_virtual_ip = no
+  # no COOKIE replies or per-IP blocking after a few half-open IKE_SAs (probes never finish)
+  dos_protection = no
+  plugins {
+    socket-default {
+      use_ipv6 = no
+    }
+    vici {
+      socket = unix://$DIR/ike/charon.vici
+    }
+  }
+  filelog {
+    stderr {
+      default = 1
+      ike = 2
+    }
+  }
+}
+EOF
+cat > "$DIR/ike/swanctl.conf" <<EOF
+connections {
+  peers {
+    version = 2
+    local_addrs = 127.0.0.1
+    proposals = ${IKE_PROPOSALS//,/, }
+    local {
+      auth = psk
+      id = $IKE_ID
+    }
+    remote {
+      auth = psk
+    }
+  }
+}
+secrets {
+  ike-peers {
+    secret = "$IKE_PSK"
+  }
+}
+EOF
+
 # ---- pre-flight ----
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_busy() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }   # port [host]
+udp_bound() { local hex; hex=$(printf ':%04X' "$1")   # any local address (charon binds 0.0.0.0)
+  cat /proc/net/udp /proc/net/udp6 2>/dev/null | awk -v p="$hex" 'substr($2, length($2) - 4) == p {f = 1} END {exit !f}'; }
 if [ $ROOT = 1 ] && { want squid || want dovecot; }; then  # they switch to proxy / nobody
   setpriv --reuid=proxy --regid=proxy --clear-groups test -w "$DIR/squid" ||
     die "$DIR is not reachable by unprivileged users (a parent dir lacks o+x); use a dir under /tmp"
@@ -384,6 +538,11 @@ want slapd && for p in $PEER_LDAP_PORT $PEER_LDAPS_PORT; do port_busy $p && busy
 want squid && { port_busy $PEER_SQUID_PORT && busy+=" $PEER_SQUID_PORT"; }
 want mitmproxy && { port_busy $PEER_MITM_PORT && busy+=" $PEER_MITM_PORT"; }
 want blackbox && { port_busy $PEER_BLACKBOX_PORT && busy+=" $PEER_BLACKBOX_PORT"; }
+want ftp && for p in $PEER_FTP_PORT $PEER_FTPS_PORT $PEER_FTP_BADPASV_PORT $PEER_FTP_REUSE_PORT; do port_busy $p && busy+=" $p"; done
+want ftp && { port_busy $PEER_FTP_BADPASV_PORT $FTP_BAD_BACKEND && busy+=" $FTP_BAD_BACKEND:$PEER_FTP_BADPASV_PORT"; }
+want ike && for p in $PEER_IKE_PORT $PEER_IKE_NATT_PORT; do udp_bound $p && busy+=" udp/$p"; done
+want ike && [ -s /run/charon.pid ] && kill -0 "$(cat /run/charon.pid)" 2>/dev/null &&
+  die "a charon already runs (pid $(cat /run/charon.pid), /run/charon.pid); only one can run per machine: stop it, or leave ike out of PEERS"
 [ -z "$busy" ] || die "ports already in use:$busy"
 
 # ---- launch (all at once, own session each, output to DIR/<name>/out.log) ----
@@ -414,6 +573,14 @@ want mitmproxy && launch mitmproxy mitmdump --listen-host 127.0.0.1 --listen-por
   --set confdir="$DIR/mitmproxy" --set ssl_verify_upstream_trusted_ca="$C/public-root.pem" -s "$DIR/mitmproxy/hosts_addon.py"
 want blackbox && launch blackbox prometheus-blackbox-exporter --config.file="$DIR/blackbox/blackbox.yml" \
   --web.listen-address="127.0.0.1:$PEER_BLACKBOX_PORT"
+if want ftp; then
+  for f in ftp ftps ftp-badpasv ftp-reuse; do launch $f vsftpd "$DIR/$f/vsftpd.conf"; done
+  launch ftp-badpasv-fwd "$PY" "$DIR/ftp-badpasv-fwd/fwd.py" 127.0.0.1 "$PEER_FTP_BADPASV_PORT" "$FTP_BAD_BACKEND" "$PEER_FTP_BADPASV_PORT"
+fi
+if want ike; then  # charon ignores the extra argument; it puts DIR in the command line for stop.sh
+  rm -f "$DIR/ike/loaded" "$DIR/ike/charon.vici"
+  launch ike env STRONGSWAN_CONF="$DIR/ike/strongswan.conf" /usr/lib/ipsec/charon "$DIR/ike"
+fi
 
 # ---- readiness ----
 dns_ok() { "$PY" - "$1" <<'EOF'
@@ -424,6 +591,10 @@ s.sendto(q, ("127.0.0.1", int(sys.argv[1])))
 r = s.recv(512); sys.exit(0 if r[3] & 15 == 0 and r[6:8] != b"\0\0" else 1)
 EOF
 }
+ike_loaded() { # once charon's vici socket is up, load swanctl.conf (connection + PSK)
+  [ -e "$DIR/ike/loaded" ] || { [ -S "$DIR/ike/charon.vici" ] &&
+    STRONGSWAN_CONF="$DIR/ike/strongswan.conf" swanctl --load-all --noprompt --uri "unix://$DIR/ike/charon.vici" \
+      --file "$DIR/ike/swanctl.conf" > "$DIR/ike/swanctl.log" 2>&1 && touch "$DIR/ike/loaded"; }; }
 ready() { case $1 in
   nginx) port_busy $PEER_HTTP_PORT && port_busy $PEER_HTTPS_PORT ;;
   smtp) port_busy $PEER_SMTP_PORT && port_busy $PEER_SMTPS_PORT && port_busy $PEER_SUBMISSION_PORT ;;
@@ -433,6 +604,12 @@ ready() { case $1 in
   squid) port_busy $PEER_SQUID_PORT ;;
   mitmproxy) port_busy $PEER_MITM_PORT ;;
   blackbox) port_busy $PEER_BLACKBOX_PORT ;;
+  ftp) port_busy $PEER_FTP_PORT ;;
+  ftps) port_busy $PEER_FTPS_PORT ;;
+  ftp-badpasv) port_busy $PEER_FTP_BADPASV_PORT $FTP_BAD_BACKEND ;;
+  ftp-badpasv-fwd) port_busy $PEER_FTP_BADPASV_PORT ;;
+  ftp-reuse) port_busy $PEER_FTP_REUSE_PORT ;;
+  ike) udp_bound $PEER_IKE_PORT && udp_bound $PEER_IKE_NATT_PORT && ike_loaded ;;
 esac; }
 fail() { echo "peers: $1 not ready: $2; last log lines:" >&2
   tail -n 20 "$DIR/$1"/*.log >&2 2>/dev/null || true
@@ -479,5 +656,17 @@ PEER_LDAP_EMPTY_SUBTREE=ou=empty,dc=example,dc=com
 PEER_LDAP_BASE=dc=example,dc=com
 PEER_LDAP_BIND_DN=cn=reader,dc=example,dc=com
 PEER_LDAP_BIND_PASSWORD=readersecret
+PEER_FTP_PORT=$PEER_FTP_PORT
+PEER_FTPS_PORT=$PEER_FTPS_PORT
+PEER_FTP_BADPASV_PORT=$PEER_FTP_BADPASV_PORT
+PEER_FTP_BADPASV_ADDR=$FTP_BAD_PASV_ADDR
+PEER_FTP_REUSE_PORT=$PEER_FTP_REUSE_PORT
+PEER_FTP_PASV_MIN=$PEER_FTP_PASV_MIN
+PEER_FTP_PASV_MAX=$PEER_FTP_PASV_MAX
+PEER_FTP_USER=$FTP_USER
+PEER_FTP_PASSWORD=$FTP_PASSWORD
+PEER_IKE_PORT=$PEER_IKE_PORT
+PEER_IKE_NATT_PORT=$PEER_IKE_NATT_PORT
+PEER_IKE_PROPOSALS=$IKE_PROPOSALS
 EOF
 echo "all peers ready in $(( ($(date +%s%N) - T0) / 1000000 )) ms; pids in $DIR/peers.pids, settings in $DIR/peers.env"
