@@ -5,6 +5,7 @@ pub mod check;
 pub mod conditions;
 pub mod duration;
 pub mod endpoint;
+pub mod limits;
 pub mod load;
 pub mod openapi;
 pub mod profile;
