@@ -64,9 +64,9 @@ fn deadline_exceeded(target: &Target) -> ProbeResult {
         Stage::Connect,
         Reason::DeadlineExceeded,
         format!(
-            "probing {} did not finish within its timeout of {:?}: the server or something in the path holds the exchange open; check the path to it, or raise the endpoint's timeout if the server is just slow",
+            "probing {} did not finish within its timeout of {}: the server or something in the path holds the exchange open",
             target.display(),
-            target.timeout()
+            crate::api::duration::human(target.timeout())
         ),
     )
 }
@@ -82,7 +82,7 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             Stage::Dns,
             Reason::WildcardHost,
             format!(
-                "{shown} is a wildcard used for policy only and cannot be probed; to probe port {} add an endpoint with a concrete host name under {}, such as {example}",
+                "{shown} is a wildcard used for policy only and cannot be probed on port {} (a concrete host name under {} can be, such as {example})",
                 target.port,
                 &host[2..]
             ),
@@ -170,11 +170,12 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             }
             Err(failure) => Session::failed(failure, latency, None),
         };
-        let mut result = from_session(target, session);
-        if result.outcome == Outcome::Pass {
-            result.message = format!("{} (through proxy {})", result.message, proxy.display());
+        // Whatever the outcome, the row says the proxy was in the path.
+        let mut session = session;
+        if !session.message.contains(&proxy.display()) {
+            session.message = format!("{} (through proxy {})", session.message, proxy.display());
         }
-        return result;
+        return from_session(target, session);
     }
 
     let mut latency = Latency::default();
@@ -253,9 +254,8 @@ pub(super) async fn address_session(
     deadline: &Deadline,
     mut latency: Latency,
 ) -> Session {
-    let shown = target.display();
     let started = Instant::now();
-    match net::connect(SocketAddr::new(address, target.port), &shown, deadline).await {
+    match net::connect(SocketAddr::new(address, target.port), deadline).await {
         Ok(stream) => {
             latency.connect_ms = Some(started.elapsed().as_millis() as u64);
             session(Box::new(stream), target, peer_host, ctx, deadline, latency).await

@@ -277,14 +277,15 @@ impl LdapConn {
                 Stage::StartTls,
                 Reason::StartTlsRejected,
                 format!(
-                    "{target} refused LDAP StartTLS ({}); enable TLS on the directory or use LDAPS",
+                    "{target} refused LDAP StartTLS ({})",
                     response.outcome()
                 ),
             )),
         }
     }
 
-    /// Simple bind; an empty DN binds anonymously.
+    /// Simple bind; an empty DN binds anonymously. Only a bind with credentials is the Auth
+    /// stage: without them the bind is part of the protocol exchange.
     pub async fn bind(
         &mut self,
         dn: &str,
@@ -292,6 +293,11 @@ impl LdapConn {
         target: &str,
         deadline: &Deadline,
     ) -> Result<(), Failure> {
+        let stage = if dn.is_empty() {
+            Stage::Protocol
+        } else {
+            Stage::Auth
+        };
         let id = self.id();
         let response = self
             .exchange(
@@ -299,21 +305,21 @@ impl LdapConn {
                 &[TAG_BIND_RESPONSE],
                 target,
                 "bind",
-                Stage::Auth,
+                stage,
                 deadline,
             )
             .await?;
         match response.result_code {
             Some(0) => Ok(()),
             Some(49) => Err(Failure::new(
-                Stage::Auth,
+                stage,
                 Reason::BindFailed,
                 format!(
-                    "{target} rejected the bind as {dn}: invalid credentials (49); check the bind Secret"
+                    "{target} rejected the bind as {dn}: invalid credentials (49)"
                 ),
             )),
             _ => Err(Failure::new(
-                Stage::Auth,
+                stage,
                 Reason::BindFailed,
                 format!(
                     "bind as {} to {target} failed ({})",
@@ -352,7 +358,7 @@ impl LdapConn {
             Some(32) => Err(Failure::new(
                 Stage::Protocol,
                 Reason::SearchFailed,
-                format!("{shown} does not exist on {target} (noSuchObject); check baseDN"),
+                format!("{shown} does not exist on {target} (noSuchObject)"),
             )),
             Some(50) => Err(Failure::new(
                 Stage::Protocol,

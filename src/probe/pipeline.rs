@@ -231,7 +231,7 @@ pub(super) async fn application(
                     Stage::Auth,
                     Reason::AuthMechanismMissing,
                     format!(
-                        "{shown} does not offer AUTH {} (offers: {}); enable them on the mail server{}",
+                        "{shown} does not offer AUTH {} (offers: {}){}",
                         missing.join(", "),
                         if offered.is_empty() {
                             "none".into()
@@ -239,7 +239,7 @@ pub(super) async fn application(
                             offered.join(" ")
                         },
                         if progress.tls.is_none() {
-                            ", or use STARTTLS: many servers offer AUTH only over TLS"
+                            "; this was over plain text, and many servers offer AUTH only over TLS (tls.mode: StartTLS)"
                         } else {
                             ""
                         }
@@ -392,7 +392,7 @@ pub(super) fn stripped(command: &str, shown: &str, why: &str) -> Failure {
         Stage::StartTls,
         Reason::StartTlsNotOffered,
         format!(
-            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked; make sure the server offers {command} and that nothing in the path removes it (or set tls.mode: Disabled if this port is meant to stay plain)"
+            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked"
         ),
     )
 }

@@ -16,7 +16,7 @@ fn io_failure(stage: Stage, target: &str, what: &str, error: impl std::fmt::Disp
     Failure::new(
         stage,
         Reason::ProtocolError,
-        format!("{what} with {target} failed: {error}; the port may speak another protocol"),
+        format!("{what} with {target} failed: {error}"),
     )
 }
 
@@ -156,7 +156,7 @@ async fn smtp_reply(
                 stage,
                 Reason::BannerMismatch,
                 format!(
-                    "{target} does not speak SMTP: expected a reply code, got {:?}",
+                    "{target} does not speak SMTP: expected a reply code, got {}",
                     truncate(&text)
                 ),
             ));
@@ -175,8 +175,9 @@ async fn smtp_reply(
     }
 }
 
+/// Server text for a message: escaped and truncated.
 fn truncate(text: &str) -> String {
-    text.chars().take(80).collect()
+    super::net::escaped(text.as_bytes())
 }
 
 /// What a text-protocol dialogue found, and the stream to continue on after an upgrade.
@@ -238,7 +239,7 @@ impl MailProtocol<'_> {
                     Reason::BannerMismatch,
                     format!(
                         "{target} greeted with {code} {} instead of 220: the server refuses service",
-                        banner.join(" ")
+                        truncate(&banner.join(" "))
                     ),
                 ));
             }
@@ -278,7 +279,7 @@ impl MailProtocol<'_> {
                 Stage::Protocol,
                 Reason::BannerMismatch,
                 format!(
-                    "{target} did not greet like a {name} server: {:?}",
+                    "{target} did not greet like a {name} server: {}",
                     truncate(&greeting)
                 ),
             ))
@@ -399,7 +400,7 @@ pub async fn open_mail(
             Stage::StartTls,
             Reason::StartTlsNotOffered,
             format!(
-                "{target} does not offer {0}: mail would travel unencrypted; enable TLS on the server, or a middlebox may strip {0}",
+                "{target} does not offer {0}: mail would travel unencrypted (or a middlebox strips {0})",
                 protocol.starttls()
             ),
         ));
@@ -440,7 +441,7 @@ async fn smtp_ehlo(
         return Err(Failure::new(
             Stage::Protocol,
             Reason::ProtocolError,
-            format!("{target} refused EHLO: {code} {}", lines.join(" ")),
+            format!("{target} refused EHLO: {code} {}", truncate(&lines.join(" "))),
         ));
     }
     let mut keywords = Vec::new();
