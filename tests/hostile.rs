@@ -81,7 +81,8 @@ async fn probe(endpoints: &str, extra: &str) -> (Vec<ProbeResult>, Duration) {
     let yaml = format!(
         "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: hostile, namespace: test}}\nspec:\n  defaults: {{timeout: 1s}}\n{extra}  endpoints:\n{endpoints}"
     );
-    let loaded = load_str(Path::new("hostile.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let loaded =
+        load_str(Path::new("hostile.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let targets: Vec<_> = plan_documents(&loaded)
         .unwrap()
         .into_iter()
@@ -114,7 +115,13 @@ fn peak_rss_kib() -> u64 {
 
 /// The verdict every hostile case must meet: the expected reason and stage, within the
 /// timeout plus grace, a message naming the target with the reason's next step, bounded memory.
-fn assert_hostile(row: &ProbeResult, took: Duration, outcome: Outcome, stage: Stage, reason: Reason) {
+fn assert_hostile(
+    row: &ProbeResult,
+    took: Duration,
+    outcome: Outcome,
+    stage: Stage,
+    reason: Reason,
+) {
     assert_eq!(
         (row.outcome, row.stage, row.reason),
         (outcome, stage, reason),
@@ -129,10 +136,18 @@ fn assert_hostile(row: &ProbeResult, took: Duration, outcome: Outcome, stage: St
         row.message
     );
     let target = row.target();
-    assert!(row.message.contains(&target), "names {target}: {}", row.message);
+    assert!(
+        row.message.contains(&target),
+        "names {target}: {}",
+        row.message
+    );
     let host = row.host.as_deref().or(row.cidr.as_deref()).unwrap();
     if let Some(step) = reason.next_step(host, &target) {
-        assert!(row.message.contains(&step), "next step {step:?} in {}", row.message);
+        assert!(
+            row.message.contains(&step),
+            "next step {step:?} in {}",
+            row.message
+        );
     }
     assert!(
         !row.message.chars().any(|c| c.is_control()),
@@ -153,8 +168,18 @@ fn assert_hostile(row: &ProbeResult, took: Duration, outcome: Outcome, stage: St
 async fn a_server_that_stalls_before_the_banner() {
     let port = server(hold).await;
     let (row, took) = probe_port(port, "SMTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::BannerTimeout);
-    assert!(row.message.contains("timeout 1s reached"), "{}", row.message);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::BannerTimeout,
+    );
+    assert!(
+        row.message.contains("timeout 1s reached"),
+        "{}",
+        row.message
+    );
 }
 
 #[tokio::test]
@@ -165,7 +190,13 @@ async fn a_server_that_stalls_after_the_banner() {
     })
     .await;
     let (row, took) = probe_port(port, "SMTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ResponseTimeout);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ResponseTimeout,
+    );
     assert!(row.message.contains("answer to EHLO"), "{}", row.message);
 }
 
@@ -189,7 +220,13 @@ async fn a_server_that_stalls_during_the_http_head() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ResponseTimeout);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ResponseTimeout,
+    );
 }
 
 // ---- endless and oversized answers ----
@@ -201,8 +238,18 @@ async fn an_endless_banner() {
     })
     .await;
     let (row, took) = probe_port(port, "SMTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ProtocolError);
-    assert!(row.message.contains("endless SMTP reply"), "{}", row.message);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ProtocolError,
+    );
+    assert!(
+        row.message.contains("endless SMTP reply"),
+        "{}",
+        row.message
+    );
 }
 
 #[tokio::test]
@@ -214,7 +261,13 @@ async fn an_endless_http_header() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ProtocolError);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ProtocolError,
+    );
 }
 
 #[tokio::test]
@@ -226,8 +279,18 @@ async fn a_ten_megabyte_line() {
     })
     .await;
     let (row, took) = probe_port(port, "SMTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ProtocolError);
-    assert!(row.message.contains("line longer than 8192 bytes"), "{}", row.message);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ProtocolError,
+    );
+    assert!(
+        row.message.contains("line longer than 8192 bytes"),
+        "{}",
+        row.message
+    );
 }
 
 #[tokio::test]
@@ -243,7 +306,13 @@ async fn one_byte_per_second() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ResponseTimeout);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ResponseTimeout,
+    );
 }
 
 #[tokio::test]
@@ -256,7 +325,13 @@ async fn a_hundred_thousand_http_headers() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ProtocolError);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ProtocolError,
+    );
 }
 
 #[tokio::test]
@@ -272,7 +347,13 @@ async fn a_body_that_never_ends_passes_on_its_head() {
     .await;
     let (row, took) = probe_port(port, "HTTP").await;
     // The probe needs only the head: it passes at once and leaves the body unread.
-    assert_hostile(&row, took, Outcome::Pass, Stage::Protocol, Reason::Reachable);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Pass,
+        Stage::Protocol,
+        Reason::Reachable,
+    );
     assert!(took < TIMEOUT, "took {took:?}");
 }
 
@@ -282,12 +363,20 @@ async fn a_body_that_never_ends_passes_on_its_head() {
 async fn garbage_instead_of_a_server_hello() {
     let port = server(|mut s| async move {
         read_some(&mut s).await;
-        let _ = s.write_all(&[0x17, 0x00, 0xff, b'g', b'a', b'r', b'b', 0x00, 0x01]).await;
+        let _ = s
+            .write_all(&[0x17, 0x00, 0xff, b'g', b'a', b'r', b'b', 0x00, 0x01])
+            .await;
         stream_forever(&mut s, b"\x00garbage\xff", 1 << 20).await;
     })
     .await;
     let (row, took) = probe_port(port, "TLS").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Tls, Reason::TlsHandshakeFailed);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::TlsHandshakeFailed,
+    );
 }
 
 #[tokio::test]
@@ -299,7 +388,13 @@ async fn a_reset_after_the_client_hello() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTPS").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Tls, Reason::TlsHandshakeFailed);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::TlsHandshakeFailed,
+    );
 }
 
 #[tokio::test]
@@ -310,7 +405,13 @@ async fn an_ssh_banner_on_an_https_port() {
     })
     .await;
     let (row, took) = probe_port(port, "HTTPS").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Tls, Reason::TlsHandshakeFailed);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::TlsHandshakeFailed,
+    );
 }
 
 #[tokio::test]
@@ -324,21 +425,39 @@ async fn an_http_server_on_an_smtp_port() {
     })
     .await;
     let (row, took) = probe_port(port, "SMTP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::BannerTimeout);
-    assert!(row.message.contains("sent no SMTP banner"), "{}", row.message);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::BannerTimeout,
+    );
+    assert!(
+        row.message.contains("sent no SMTP banner"),
+        "{}",
+        row.message
+    );
 }
 
 #[tokio::test]
 async fn a_ber_length_of_four_gibibytes() {
     let port = server(|mut s| async move {
         read_some(&mut s).await;
-        let _ = s.write_all(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x02, 0x01]).await;
+        let _ = s
+            .write_all(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x02, 0x01])
+            .await;
         hold(s).await;
     })
     .await;
     let (row, took) = probe_port(port, "LDAP").await;
     // No credentials are configured, so no stage is Auth.
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ProtocolError);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ProtocolError,
+    );
     assert!(row.message.contains("too large"), "{}", row.message);
 }
 
@@ -350,7 +469,13 @@ async fn an_ldap_server_that_stalls_without_credentials_configured_is_not_at_aut
     })
     .await;
     let (row, took) = probe_port(port, "LDAP").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Protocol, Reason::ResponseTimeout);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Protocol,
+        Reason::ResponseTimeout,
+    );
 }
 
 // ---- proxies ----
@@ -381,9 +506,13 @@ async fn a_proxy_that_answers_connect_with_garbage_fails_at_once() {
     .await;
     let (row, took) = probe_through(proxy, "HTTPS").await;
     assert_hostile(&row, took, Outcome::Fail, Stage::Proxy, Reason::ProxyError);
-    assert!(took < Duration::from_millis(500), "at once, not after the timeout: {took:?}");
     assert!(
-        row.message.contains("answered with non-HTTP data: \"\\0\\u{1b}[31mnot http"),
+        took < Duration::from_millis(500),
+        "at once, not after the timeout: {took:?}"
+    );
+    assert!(
+        row.message
+            .contains("answered with non-HTTP data: \"\\0\\u{1b}[31mnot http"),
         "{}",
         row.message
     );
@@ -393,18 +522,32 @@ async fn a_proxy_that_answers_connect_with_garbage_fails_at_once() {
 async fn a_proxy_that_accepts_connect_then_closes() {
     let proxy = server(|mut s| async move {
         read_some(&mut s).await;
-        let _ = s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await;
     })
     .await;
     let (row, took) = probe_through(proxy, "HTTPS").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Tls, Reason::TlsHandshakeFailed);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::TlsHandshakeFailed,
+    );
 }
 
 #[tokio::test]
 async fn a_silent_proxy() {
     let proxy = server(hold).await;
     let (row, took) = probe_through(proxy, "HTTPS").await;
-    assert_hostile(&row, took, Outcome::Fail, Stage::Proxy, Reason::ProxyTimeout);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Proxy,
+        Reason::ProxyTimeout,
+    );
 }
 
 // ---- DNS ----
@@ -472,7 +615,9 @@ async fn a_garbage_dns_answer() {
     // The query's id, then noise.
     let ns = dns_server(|q| {
         let mut reply = q[..2].to_vec();
-        reply.extend_from_slice(&[0x81, 0x80, 0xff, 0xff, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef, 0x00]);
+        reply.extend_from_slice(&[
+            0x81, 0x80, 0xff, 0xff, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef, 0x00,
+        ]);
         Some(reply)
     })
     .await;
@@ -527,12 +672,16 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
         .into_iter(),
     );
     let endpoint = |i: usize| {
-        format!("  - {{name: e{i}, host: h{i}.example.com, ports: [{{port: 443, protocol: HTTPS}}]}}\n")
+        format!(
+            "  - {{name: e{i}, host: h{i}.example.com, ports: [{{port: 443, protocol: HTTPS}}]}}\n"
+        )
     };
     let big = write(
         "big.yaml",
-        &mut std::iter::once(format!("{header}metadata: {{name: big}}\nspec:\n  endpoints:\n"))
-            .chain((0..700_000).map(endpoint)),
+        &mut std::iter::once(format!(
+            "{header}metadata: {{name: big}}\nspec:\n  endpoints:\n"
+        ))
+        .chain((0..700_000).map(endpoint)),
     );
     let value = "x".repeat(1000);
     let annotations = write(
@@ -581,14 +730,20 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
-        assert!(took < Duration::from_secs(1), "{name}: refused after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{name}: refused after {took:?}"
+        );
         assert!(output.stdout.is_empty(), "{name}: nothing probed");
     }
     // The largest of the children's peak resident sets.
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()), 0);
+        assert_eq!(
+            libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()),
+            0
+        );
         usage.assume_init()
     };
     assert!(
@@ -596,4 +751,63 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
         "peak RSS of a refusal: {} KiB",
         usage.ru_maxrss
     );
+}
+
+// ---- certificates ----
+
+/// A TLS server on loopback presenting a leaf for `name`, valid 2019 to 2021, from a CA
+/// nobody trusts.
+async fn expired_untrusted_server(name: &str) -> u16 {
+    install_provider();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Nobody Trusts This CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    leaf_params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    leaf_params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    server(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                drop(tls);
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_expired_certificate_from_an_untrusted_issuer_reports_both() {
+    let port = expired_untrusted_server("127.0.0.1").await;
+    let (row, took) = probe_port(port, "TLS").await;
+    // The issuer comes first: a renewed certificate from it would still not be trusted.
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Tls,
+        Reason::UntrustedIssuer,
+    );
+    for part in [
+        "CN=Nobody Trusts This CA",
+        "not trusted",
+        "expired on 2021-01-01",
+    ] {
+        assert!(row.message.contains(part), "{part:?} in {}", row.message);
+    }
+    let facts = row.tls.as_ref().unwrap();
+    assert!(!facts.trusted && facts.days_remaining < 0, "{facts:?}");
 }

@@ -1239,7 +1239,7 @@ async fn a_ca_bundle_ref_is_read_from_the_secrets_directory_or_reported_missing(
     for part in [
         "mpnsv2.m3.maas360.com:",
         "key ca.crt of ConfigMap peers-ca",
-        "create ConfigMap peers-ca with key ca.crt",
+        "create the ConfigMap or Secret that tls.caBundleRef names",
     ] {
         assert!(row.message.contains(part), "{part:?} in {}", row.message);
     }
@@ -1296,7 +1296,9 @@ async fn messages_name_host_port_and_a_next_step() {
         results[2].message.contains("mpnsv2.m3.maas360.com:443")
             && results[2]
                 .message
-                .contains("create Secret proxy-auth with key username"),
+                .contains("needs key username of Secret proxy-auth")
+            && results[2].message.contains("proxy 127.0.0.1:3128")
+            && results[2].message.contains("create that Secret"),
         "{}",
         results[2].message
     );

@@ -208,7 +208,10 @@ pub fn check_object_meta(object: &Value) -> Vec<FieldError> {
         && !name.is_empty()
         && let Err(why) = dns_subdomain(name)
     {
-        errors.push(error("metadata.name".into(), format!("Invalid value: {why}")));
+        errors.push(error(
+            "metadata.name".into(),
+            format!("Invalid value: {why}"),
+        ));
     }
     if let Some(namespace) = meta.get("namespace").and_then(Value::as_str)
         && let Err(why) = dns_label(namespace)
@@ -372,7 +375,7 @@ mod tests {
             let previous = format!("*a{}", level - 1);
             text.push_str(&format!(
                 "a{level}: &a{level} [{}]\n",
-                vec![previous.as_str(); 10].join(", ")
+                [previous.as_str(); 10].join(", ")
             ));
         }
         assert!(scan(&text).is_err());
@@ -387,11 +390,7 @@ mod tests {
         assert_eq!(scan(&two), Ok(()), "each document is under the limit");
         let one = format!("a: {big}\nb: {big}\nc: x\n");
         let refusal = scan(&one).unwrap_err();
-        assert!(
-            refusal.message.contains("3 MiB"),
-            "{}",
-            refusal.message
-        );
+        assert!(refusal.message.contains("3 MiB"), "{}", refusal.message);
     }
 
     #[test]
@@ -406,7 +405,11 @@ mod tests {
         let errors = check_object_meta(&object);
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["metadata.labels[app]", "metadata.annotations"]);
-        assert!(errors[1].message.contains("256 KiB"), "{}", errors[1].message);
+        assert!(
+            errors[1].message.contains("256 KiB"),
+            "{}",
+            errors[1].message
+        );
         let fine = serde_json::json!({
             "metadata": {"name": "a.b-c", "namespace": "mdm", "labels": {"example.com/app": "x_1"}}
         });

@@ -145,8 +145,8 @@ fn read_bounded(file: &Path, max: usize) -> Result<String, LoadError> {
             ),
         )
     };
-    let handle =
-        std::fs::File::open(file).map_err(|e| file_error(file, format!("cannot read the file: {e}")))?;
+    let handle = std::fs::File::open(file)
+        .map_err(|e| file_error(file, format!("cannot read the file: {e}")))?;
     if let Ok(meta) = handle.metadata()
         && meta.is_file()
         && meta.len() > max as u64

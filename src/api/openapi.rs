@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use regex::Regex;
 use serde_json::Value;
 
-use super::endpoint::HOST_PATTERN;
-
 /// One problem at one field, worded like the API server's field errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -84,7 +82,7 @@ fn short(value: &Value) -> String {
 /// A string as error messages quote it: a URL's userinfo (`http://user:pass@proxy`) is
 /// masked, because the message lands in terminals, CI logs and Events.
 /// A value for a message: userinfo masked, invisible and control characters escaped.
-fn shown(text: &str) -> String {
+pub fn shown(text: &str) -> String {
     let text = if text.contains("://") && text.contains('@') {
         redact_userinfo(text)
     } else {
@@ -95,10 +93,13 @@ fn shown(text: &str) -> String {
         .chars()
         .take(SHOWN)
         .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c.to_string()
-            } else {
+            // Control and invisible characters (zero-width, direction marks, BOM) escaped.
+            let invisible = c.is_control()
+                || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}');
+            if invisible {
                 c.escape_unicode().to_string()
+            } else {
+                c.to_string()
             }
         })
         .collect();
@@ -106,24 +107,6 @@ fn shown(text: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// What a host name that does not match [`HOST_PATTERN`] got wrong, in words.
-fn host_name_problem(text: &str) -> String {
-    let offending = text.char_indices().find(|(_, c)| !c.is_ascii());
-    match offending {
-        Some((at, c)) => format!(
-            "host names are lowercase ASCII; write internationalized names in punycode (xn--…): {} at byte {at} is not ASCII",
-            c.escape_unicode()
-        ),
-        None => match text.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '*'))) {
-            Some(c) => format!(
-                "host names are lowercase letters, digits, '-' and '.' (with an optional leading '*.'): {} is not allowed",
-                c.escape_debug()
-            ),
-            None => "host names are dot-separated labels of at most 63 lowercase letters, digits and '-', each starting and ending with a letter or digit, with an optional leading '*.'".to_owned(),
-        },
-    }
 }
 
 /// `url` with any userinfo masked (`http://user:***@host:port`), for messages: proxy
@@ -242,15 +225,6 @@ fn check_string(
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match compiled_pattern(pattern) {
-            Some(re) if !re.is_match(text) && pattern == HOST_PATTERN => push(
-                errors,
-                path,
-                format!(
-                    "Invalid value: \"{}\": {}",
-                    shown(text),
-                    host_name_problem(text)
-                ),
-            ),
             Some(re) if !re.is_match(text) => push(
                 errors,
                 path,

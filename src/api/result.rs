@@ -136,7 +136,9 @@ impl Reason {
             Reason::NxDomain => {
                 "check the host name in the profile, or the DNS view this network gets (split-horizon DNS)"
             }
-            Reason::NoAnswer => "check the host name in the profile, or add its A or AAAA records to the zone",
+            Reason::NoAnswer => {
+                "check the host name in the profile, or add its A or AAAA records to the zone"
+            }
             Reason::ServFail => {
                 "check that the resolver can reach the zone's nameservers, and the zone's DNSSEC"
             }
@@ -155,7 +157,9 @@ impl Reason {
             Reason::ConnectTimeout => {
                 "allow egress to {target} in the firewalls and network policies on the path (a silent drop looks like this)"
             }
-            Reason::HostUnreachable => "check the routes to {host} from this network, or allow egress to it",
+            Reason::HostUnreachable => {
+                "check the routes to {host} from this network, or allow egress to it"
+            }
             Reason::NetworkUnreachable => {
                 "check this network's routes to {host} (and IPv6 support, for an IPv6 address)"
             }
@@ -225,7 +229,9 @@ impl Reason {
             Reason::BindFailed => {
                 "check the bindDN and password in the Secret of ldap.bindSecretRef, and that the account may bind"
             }
-            Reason::SearchFailed => "check ldap.baseDN in the profile, and that the bind account may read it",
+            Reason::SearchFailed => {
+                "check ldap.baseDN in the profile, and that the bind account may read it"
+            }
             Reason::CredentialsUnavailable => {
                 "create that Secret, with that key, in the check's namespace"
             }
@@ -405,9 +411,15 @@ mod tests {
                 !step.contains('{'),
                 "{reason}: unfilled placeholder in {step:?}"
             );
-            assert!(!step.contains("--"), "{reason}: remedies name profile fields, not flags");
+            assert!(
+                !step.contains("--"),
+                "{reason}: remedies name profile fields, not flags"
+            );
             // Whether or not the diagnosis names the target, the message does, with the step.
-            for diagnosis in ["the server closed the connection", "vendor.example.com:8443 sent garbage"] {
+            for diagnosis in [
+                "the server closed the connection",
+                "vendor.example.com:8443 sent garbage",
+            ] {
                 let message = reason.explain(diagnosis, host, target);
                 assert!(message.contains(target), "{reason}: {message}");
                 assert!(message.contains(&step), "{reason}: {message}");

@@ -15,7 +15,11 @@ pub(super) fn row(
     reason: Reason,
     message: String,
 ) -> ProbeResult {
-    let host = target.host.as_deref().or(target.cidr.as_deref()).unwrap_or("?");
+    let host = target
+        .host
+        .as_deref()
+        .or(target.cidr.as_deref())
+        .unwrap_or("?");
     let message = reason.explain(&message, host, &target.display());
     ProbeResult {
         endpoint: target.endpoint.clone(),

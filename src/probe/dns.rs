@@ -113,9 +113,7 @@ impl Resolvers {
         if addresses.is_empty() {
             return Err(DnsFailure {
                 reason: Reason::NoAnswer,
-                message: format!(
-                    "{host} has no A or AAAA record (asked {via})"
-                ),
+                message: format!("{host} has no A or AAAA record (asked {via})"),
             });
         }
         Ok(addresses)
@@ -150,16 +148,12 @@ fn classify(host: &str, via: &str, timeout: Duration, error: &NetError) -> DnsFa
         {
             DnsFailure {
                 reason: Reason::NxDomain,
-                message: format!(
-                    "{host} does not exist in DNS (NXDOMAIN from {via})"
-                ),
+                message: format!("{host} does not exist in DNS (NXDOMAIN from {via})"),
             }
         }
         NetError::Dns(DnsError::NoRecordsFound(_)) => DnsFailure {
             reason: Reason::NoAnswer,
-            message: format!(
-                "{host} has no A or AAAA record (asked {via})"
-            ),
+            message: format!("{host} has no A or AAAA record (asked {via})"),
         },
         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => DnsFailure {
             reason: Reason::ServFail,

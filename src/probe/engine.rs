@@ -289,8 +289,14 @@ pub(super) fn proxy_from_spec(
         )
     })?;
     if let Some(secret) = &spec.credentials_secret_ref {
-        let unavailable =
-            |message| Failure::new(Stage::Proxy, Reason::CredentialsUnavailable, message);
+        let through = proxy.display();
+        let unavailable = |message| {
+            Failure::new(
+                Stage::Proxy,
+                Reason::CredentialsUnavailable,
+                format!("{message} (the credentials for proxy {through})"),
+            )
+        };
         let user = ctx
             .secret(&secret.name, "username", shown)
             .map_err(unavailable)?;

@@ -197,7 +197,10 @@ impl LdapConn {
         }
         let (_, len, _) = header(&head).ok_or_else(|| invalid("bad BER length"))?;
         if len > MAX_MESSAGE {
-            return Err(invalid("LDAP message too large"));
+            return Err(invalid(&format!(
+                "the server announced an LDAP message of {len} bytes, too large (the limit is {} KiB)",
+                MAX_MESSAGE / 1024
+            )));
         }
         let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body).await?;
@@ -218,7 +221,7 @@ impl LdapConn {
             Failure::new(
                 stage,
                 Reason::ProtocolError,
-                format!("LDAP {what} with {target} failed: {e}; the port may not speak LDAP"),
+                format!("LDAP {what} with {target} failed: {e}"),
             )
         };
         let run = async {
@@ -276,10 +279,7 @@ impl LdapConn {
             _ => Err(Failure::new(
                 Stage::StartTls,
                 Reason::StartTlsRejected,
-                format!(
-                    "{target} refused LDAP StartTLS ({})",
-                    response.outcome()
-                ),
+                format!("{target} refused LDAP StartTLS ({})", response.outcome()),
             )),
         }
     }
@@ -314,9 +314,7 @@ impl LdapConn {
             Some(49) => Err(Failure::new(
                 stage,
                 Reason::BindFailed,
-                format!(
-                    "{target} rejected the bind as {dn}: invalid credentials (49)"
-                ),
+                format!("{target} rejected the bind as {dn}: invalid credentials (49)"),
             )),
             _ => Err(Failure::new(
                 stage,

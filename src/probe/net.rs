@@ -85,10 +85,7 @@ impl Deadline {
 }
 
 /// Connects over TCP, telling refused, filtered (timeout) and unreachable apart.
-pub async fn connect(
-    addr: SocketAddr,
-    deadline: &Deadline,
-) -> Result<TcpStream, Failure> {
+pub async fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, Failure> {
     let attempt = async {
         TcpStream::connect(addr).await.map_err(|e| {
             let (reason, what) = match e.kind() {
@@ -292,7 +289,10 @@ pub async fn connect_via_proxy(
         Some(200..=299) => Ok(stream),
         Some(407) => Err(proxy_fail(
             Reason::ProxyAuthRequired,
-            format!("proxy {shown} requires authentication ({})", escaped(status_line.as_bytes())),
+            format!(
+                "proxy {shown} requires authentication ({})",
+                escaped(status_line.as_bytes())
+            ),
         )),
         Some(_) => Err(proxy_fail(
             Reason::ProxyRejected,

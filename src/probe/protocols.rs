@@ -66,7 +66,7 @@ pub async fn http_get(
         .run(
             Stage::Protocol,
             Reason::ResponseTimeout,
-            || format!("{target} accepted the connection but sent no HTTP answer to GET {path}"),
+            || format!("{target} accepted the connection but did not complete an HTTP answer to GET {path}"),
             exchange,
         )
         .await?;
@@ -441,7 +441,10 @@ async fn smtp_ehlo(
         return Err(Failure::new(
             Stage::Protocol,
             Reason::ProtocolError,
-            format!("{target} refused EHLO: {code} {}", truncate(&lines.join(" "))),
+            format!(
+                "{target} refused EHLO: {code} {}",
+                truncate(&lines.join(" "))
+            ),
         ));
     }
     let mut keywords = Vec::new();

@@ -401,13 +401,20 @@ fn judge(
     }
     if let Err(error) = verdict {
         let (reason, advice) = match error {
-            rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => (
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => (
                 Reason::CertificateExpired,
                 format!("the certificate expired on {}", facts.not_after),
             ),
-            rustls::Error::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => (
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+            ) => (
                 Reason::CertificateNotYetValid,
-                format!("the certificate is not valid yet (this machine's clock says {})", Timestamp::now()),
+                format!(
+                    "the certificate is not valid yet (this machine's clock says {})",
+                    Timestamp::now()
+                ),
             ),
             rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -415,7 +422,11 @@ fn judge(
                 Reason::HostnameMismatch,
                 format!(
                     "the certificate is for {} not {server_name}",
-                    if facts.sans.is_empty() { facts.subject.clone() } else { facts.sans.join(", ") }
+                    if facts.sans.is_empty() {
+                        facts.subject.clone()
+                    } else {
+                        facts.sans.join(", ")
+                    }
                 ),
             ),
             other => (
