@@ -696,20 +696,40 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
         assert!(std::fs::metadata(path).unwrap().len() > 50_000_000);
     }
     let cases = [
-        (&bomb, "through its aliases", vec![]),
-        (&big, "more than the limit of 3 MiB", vec![]),
-        (&annotations, "more than the limit of 3 MiB", vec![]),
+        (&bomb, "through its aliases", vec!["check"]),
+        (&big, "more than the limit of 3 MiB", vec!["check"]),
+        (&annotations, "more than the limit of 3 MiB", vec!["check"]),
         // With the file limit raised, the document limit still refuses it.
         (
             &annotations,
             "larger than 3 MiB, the API server's request limit",
-            vec!["--max-file-mib", "64"],
+            vec!["check", "--max-file-mib", "64"],
+        ),
+        (
+            &bomb,
+            "through its aliases",
+            vec!["render", "--flavor", "NetworkPolicy"],
+        ),
+        (&bomb, "through its aliases", vec!["probe", "--spec"]),
+        (
+            &big,
+            "more than the limit of 3 MiB",
+            vec!["probe", "--spec"],
         ),
     ];
-    for (path, expected, flags) in cases {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_netreach"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--max-file-mib"),
+        "{} is not a build of this tree (no --max-file-mib): was the target directory shared?",
+        env!("CARGO_BIN_EXE_netreach")
+    );
+    for (path, expected, args) in cases {
         let name = path.file_name().unwrap().to_string_lossy();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_netreach"));
-        command.arg("check").args(&flags).arg(path);
+        command.args(&args).arg(path);
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             command.pre_exec(|| {
@@ -727,7 +747,7 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
         let output = command.output().unwrap();
         let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{args:?} {name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
         assert!(

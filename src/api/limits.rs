@@ -29,12 +29,15 @@ pub const MAX_LABEL_VALUE: usize = 63;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_file_bytes: usize,
+    /// How the caller can raise `max_file_bytes` (a flag), for the refusal message.
+    pub raised_by: Option<&'static str>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            raised_by: None,
         }
     }
 }

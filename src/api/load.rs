@@ -105,7 +105,7 @@ pub fn load_paths_with(paths: &[PathBuf], limits: &Limits) -> Result<Vec<Loaded>
             }
         };
         for file in files {
-            match read_bounded(&file, limits.max_file_bytes) {
+            match read_bounded(&file, limits) {
                 Ok(text) => match load_str(&file, &text) {
                     Ok(mut docs) => loaded.append(&mut docs),
                     Err(LoadErrors(mut errs)) => errors.append(&mut errs),
@@ -133,13 +133,18 @@ pub fn load_paths_with(paths: &[PathBuf], limits: &Limits) -> Result<Vec<Loaded>
 
 /// Reads a file, but never more than `max` bytes of it: a larger file is refused before its
 /// content costs anything (a pipe or `/dev/stdin` included, whose size is unknown up front).
-fn read_bounded(file: &Path, max: usize) -> Result<String, LoadError> {
+pub fn read_bounded(file: &Path, bounds: &Limits) -> Result<String, LoadError> {
     use std::io::Read as _;
+    let max = bounds.max_file_bytes;
     let too_large = |size: String| {
+        let raise = bounds
+            .raised_by
+            .map(|how| format!(", or raise the limit with {how} for local use"))
+            .unwrap_or_default();
         file_error(
             file,
             format!(
-                "the file is {size}, more than the limit of {}; split it, or raise the limit with --max-file-mib for local use (the API server refuses objects over {})",
+                "the file is {size}, more than the limit of {}; split it{raise} (the API server refuses objects over {})",
                 human_bytes(max),
                 human_bytes(limits::MAX_DOCUMENT_BYTES)
             ),

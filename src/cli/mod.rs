@@ -84,6 +84,7 @@ impl InputArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_file_bytes: usize::from(self.max_file_mib) * 1024 * 1024,
+            raised_by: Some("--max-file-mib"),
         }
     }
 }
