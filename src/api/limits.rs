@@ -18,6 +18,9 @@ pub const MAX_NODES: usize = 250_000;
 /// Expansion allowed beyond the nodes written: aliases may at most double a document, plus
 /// this many nodes, so `&defaults` style reuse works and an alias bomb cannot.
 pub const ALIAS_ALLOWANCE: usize = 10_000;
+/// Most documents in one file: far more objects than anyone applies at once, few enough that
+/// a stream of empty documents is refused at once.
+pub const MAX_DOCUMENTS: usize = 10_000;
 /// Deepest nesting of collections in a document.
 pub const MAX_DEPTH: usize = 64;
 /// The API server's limit on all annotations of an object together (keys and values).
@@ -88,6 +91,11 @@ pub fn scan(text: &str) -> Result<(), ScanRefusal> {
             document += 1;
         }
         let refuse = |message: String| ScanRefusal { document, message };
+        if document > MAX_DOCUMENTS {
+            return Err(refuse(format!(
+                "the file holds more than {MAX_DOCUMENTS} YAML documents; split it"
+            )));
+        }
         match event {
             Event::DocumentStart(..) => {
                 scan = DocumentScan {
@@ -100,11 +108,11 @@ pub fn scan(text: &str) -> Result<(), ScanRefusal> {
                 scan.end_document(end).map_err(refuse)?;
             }
             Event::Scalar(_, _, anchor, _) => {
-                scan.node(anchor).map_err(refuse)?;
+                scan.node().map_err(refuse)?;
                 scan.close_anchor_scalar(anchor);
             }
             Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
-                scan.node(anchor).map_err(refuse)?;
+                scan.node().map_err(refuse)?;
                 scan.open.push((anchor, scan.expanded - 1));
                 if scan.open.len() > MAX_DEPTH {
                     return Err(refuse(format!(
@@ -157,7 +165,7 @@ struct DocumentScan {
 }
 
 impl DocumentScan {
-    fn node(&mut self, _anchor: usize) -> Result<(), String> {
+    fn node(&mut self) -> Result<(), String> {
         self.written += 1;
         self.expanded = self.expanded.saturating_add(1);
         self.check_absolute()
