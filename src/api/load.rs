@@ -385,3 +385,48 @@ impl Document {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusals(spec: &str) -> String {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: p}}\nspec:\n{spec}"
+        );
+        match load_str(Path::new("p.yaml"), &yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_durations_are_refused_by_the_schema_rule() {
+        let errors = refusals(
+            "  defaults: {timeout: 0s}\n  endpoints:\n  - {name: a, host: a.example.com, timeout: 0.0ms, ports: [{port: 443, protocol: HTTPS}]}\n",
+        );
+        for field in ["spec.defaults.timeout", "spec.endpoints[0].timeout"] {
+            assert!(
+                errors.contains(&format!(
+                    "{field}: Invalid value: must be greater than zero"
+                )),
+                "{field}: {errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_ascii_host_names_are_explained_with_the_character_escaped() {
+        let errors = refusals(
+            "  endpoints:\n  - {name: a, host: \"vendor\u{200b}.example.com\", ports: [{port: 443, protocol: HTTPS}]}\n",
+        );
+        assert!(
+            errors.contains(
+                "host names are lowercase ASCII; write internationalized names in punycode (xn--…)"
+            ),
+            "{errors}"
+        );
+        assert!(errors.contains("\\u{200b}"), "{errors}");
+        assert!(!errors.contains('\u{200b}'), "shown escaped: {errors}");
+    }
+}
