@@ -640,6 +640,51 @@ async fn a_truncated_flag_then_a_silent_tcp_nameserver() {
     assert_hostile(&row, took, Outcome::Fail, Stage::Dns, Reason::DnsTimeout);
 }
 
+#[tokio::test]
+async fn a_name_with_sixty_addresses_opens_at_most_thirty_two_connections() {
+    // 127.0.0.1 to 127.0.0.60 for A; no AAAA.
+    let ns = dns_server(|q| {
+        let question_end = 12 + q[12..].iter().position(|b| *b == 0)? + 1;
+        let qtype = u16::from_be_bytes([q[question_end], q[question_end + 1]]);
+        if qtype != 1 {
+            return Some(response(q, 0, 0));
+        }
+        let mut reply = response(q, 0, 60);
+        for i in 1..=60u8 {
+            reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, i]);
+        }
+        Some(reply)
+    })
+    .await;
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut rows, took) = probe(
+        &format!("    - name: many\n      host: many.hostile.test\n      ports: [{{port: {port}, protocol: TCP}}]\n"),
+        &format!("  dns: {{nameservers: [\"{ns}\"]}}\n"),
+    )
+    .await;
+    let row = rows.remove(0);
+    assert_hostile(
+        &row,
+        took,
+        Outcome::Fail,
+        Stage::Connect,
+        Reason::ConnectionRefused,
+    );
+    assert_eq!(row.addresses.len(), 32, "{:?}", row.addresses);
+    assert!(
+        row.message
+            .contains("DNS returned 60 addresses; the first 32 were probed"),
+        "{}",
+        row.message
+    );
+}
+
 // ---- hostile files ----
 
 /// The worst input files, refused by the `netreach` binary under a 256 MiB address-space

@@ -18,6 +18,8 @@ use crate::api::result::{Latency, Outcome, ProbeResult, Reason, Stage};
 /// Grace on top of a target's timeout before the outer guard cuts a probe off; stages time
 /// themselves out first, so this only catches a stage that forgot to.
 const GUARD_MARGIN: Duration = Duration::from_millis(500);
+/// Most addresses of one name probed per port.
+pub const MAX_ADDRESSES: usize = 32;
 
 /// Probes every target with at most `concurrency` in flight; results keep the input order.
 pub async fn probe_all(
@@ -216,6 +218,11 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         (None, Some(cidr)) => probe_address(cidr).into_iter().collect(),
         (None, None) => Vec::new(),
     };
+    // A name with hundreds of records (or a hostile nameserver) must not open hundreds of
+    // connections per port.
+    let answered = addresses.len();
+    let mut addresses = addresses;
+    addresses.truncate(MAX_ADDRESSES);
 
     let sessions: Vec<(IpAddr, Session)> = if ctx.first_address_only {
         let mut tried = Vec::new();
@@ -243,7 +250,13 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         });
         futures::future::join_all(all).await
     };
-    aggregate(target, sessions, ctx.first_address_only)
+    let mut result = aggregate(target, sessions, ctx.first_address_only);
+    if answered > MAX_ADDRESSES {
+        result.message.push_str(&format!(
+            " (DNS returned {answered} addresses; the first {MAX_ADDRESSES} were probed)"
+        ));
+    }
+    result
 }
 
 pub(super) async fn address_session(
