@@ -14,7 +14,7 @@ pub const MAX_DOCUMENT_BYTES: usize = 3 * 1024 * 1024;
 pub const DEFAULT_MAX_FILE_BYTES: usize = MAX_DOCUMENT_BYTES;
 /// Most YAML nodes one document may expand to, aliases included. The largest object the schema
 /// admits (1,000 endpoints) needs far fewer; the bound keeps a refused document cheap.
-pub const MAX_NODES: usize = 250_000;
+pub const MAX_NODES: usize = 100_000;
 /// Expansion allowed beyond the nodes written: aliases may at most double a document, plus
 /// this many nodes, so `&defaults` style reuse works and an alias bomb cannot.
 pub const ALIAS_ALLOWANCE: usize = 10_000;

@@ -26,10 +26,21 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// Most problems reported for one object: past them the checks stop, so a hostile object
+/// with a problem in each of a hundred thousand items costs no more than a broken one.
+pub const MAX_ERRORS: usize = 100;
+
 /// Checks `value` against `schema`; `path` names `value` in messages.
 pub fn check(schema: &Value, value: &Value, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
     check_node(schema, value, path, &mut errors);
+    if errors.len() >= MAX_ERRORS {
+        errors.truncate(MAX_ERRORS);
+        errors.push(FieldError {
+            path: String::new(),
+            message: format!("stopped after {MAX_ERRORS} problems; fix these and check again"),
+        });
+    }
     errors
 }
 
@@ -131,6 +142,9 @@ fn check_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldE
     let Some(schema) = schema.as_object() else {
         return;
     };
+    if errors.len() >= MAX_ERRORS {
+        return;
+    }
     if value.is_null() {
         if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
             push(
