@@ -737,11 +737,21 @@ fn the_worst_input_files_are_refused_fast_in_little_memory() {
                 "spec:\n  endpoints:\n  - {name: a, host: a.example.com, ports: [{port: 443, protocol: HTTPS}]}\n".to_owned(),
             )),
     );
+    // A small file whose every item is wrong: refused on its node count before it is built.
+    let items = write(
+        "items.yaml",
+        &mut std::iter::once(format!(
+            "{header}metadata: {{name: items}}\nspec:\n  endpoints: ["
+        ))
+        .chain((0..80_000).map(|_| "{z: 1},".to_owned()))
+        .chain(std::iter::once("{z: 1}]\n".to_owned())),
+    );
     for path in [&big, &annotations] {
         assert!(std::fs::metadata(path).unwrap().len() > 50_000_000);
     }
     let cases = [
         (&bomb, "through its aliases", vec!["check"]),
+        (&items, "more than 100000 YAML nodes", vec!["check"]),
         (&big, "more than the limit of 3 MiB", vec!["check"]),
         (&annotations, "more than the limit of 3 MiB", vec!["check"]),
         // With the file limit raised, the document limit still refuses it.
