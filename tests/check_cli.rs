@@ -365,7 +365,10 @@ fn check_reads_a_ca_bundle_ref_from_the_secrets_dir_and_says_when_it_cannot() {
     );
     assert!(
         row.message
-            .contains("create ConfigMap corp-ca with key ca.crt"),
+            .contains("needs key ca.crt of ConfigMap corp-ca")
+            && row
+                .message
+                .contains("create the ConfigMap or Secret that tls.caBundleRef names"),
         "{}",
         row.message
     );

@@ -9,8 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 /// language (Go's `time.ParseDuration`, non-negative, with a unit).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
-/// A non-negative duration written the way Kubernetes writes them, kept verbatim so that
-/// objects round-trip unchanged.
+/// The CEL rule that refuses a zero duration: nothing in the spec can wait for no time at all.
+pub const DURATION_POSITIVE_RULE: &str = "duration(self) > duration('0s')";
+
+/// A positive duration written the way Kubernetes writes them, kept verbatim so that objects
+/// round-trip unchanged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SpecDuration {
     text: String,
@@ -28,19 +31,25 @@ impl SpecDuration {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid duration {text:?}: expected a number with a unit such as 30s, 5m or 1h30m")]
-pub struct ParseDurationError {
-    text: String,
+pub enum ParseDurationError {
+    #[error("invalid duration {text:?}: expected a number with a unit such as 30s, 5m or 1h30m")]
+    Syntax { text: String },
+    #[error("invalid duration {text:?}: must be greater than zero, such as 5s")]
+    Zero { text: String },
 }
 
 impl FromStr for SpecDuration {
     type Err = ParseDurationError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDurationError {
+        let value = parse_go_duration(text).ok_or_else(|| ParseDurationError::Syntax {
             text: text.to_owned(),
-        };
-        let value = parse_go_duration(text).ok_or_else(err)?;
+        })?;
+        if value.is_zero() {
+            return Err(ParseDurationError::Zero {
+                text: text.to_owned(),
+            });
+        }
         Ok(Self {
             text: text.to_owned(),
             value,
@@ -140,6 +149,11 @@ impl JsonSchema for SpecDuration {
             "type": "string",
             "pattern": DURATION_PATTERN,
             "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": DURATION_POSITIVE_RULE,
+                "message": "must be greater than zero, such as 5s",
+                "reason": "FieldValueInvalid",
+            }],
         })
     }
 }
@@ -155,9 +169,45 @@ impl From<Duration> for SpecDuration {
     }
 }
 
+/// A duration as people write it: `3s`, `1.5s`, `250ms`, `5m`, `1h` (to the millisecond).
+pub fn human(duration: Duration) -> String {
+    let millis = (duration.as_nanos() + 500_000) / 1_000_000;
+    if millis == 0 {
+        return format!("{}µs", duration.as_micros());
+    }
+    match millis {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m >= 60_000 && m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m if m < 1_000 => format!("{m}ms"),
+        m => {
+            let seconds = format!("{}.{:03}", m / 1_000, m % 1_000);
+            format!("{}s", seconds.trim_end_matches('0'))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_people_write_them() {
+        let cases = [
+            (Duration::from_secs(3), "3s"),
+            (Duration::from_millis(1_500), "1.5s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_nanos(2_999_980_311), "3s"),
+            (Duration::from_millis(2_050), "2.05s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7_200), "2h"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_micros(20), "20µs"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(human(duration), text, "{duration:?}");
+        }
+    }
 
     #[test]
     fn go_durations_parse_to_their_value() {
@@ -191,6 +241,9 @@ mod tests {
             "1.s",
             "5d",
             "0",
+            "0s",
+            "0.0ms",
+            "0h0m0s",
             "9999999999999999h",
             "99999999999999999999999999999999999999999s",
             "2562048h",

@@ -11,6 +11,24 @@ use super::duration::SpecDuration;
 /// RFC 1123 host name, lower case, with an optional leading `*.` wildcard label.
 pub const HOST_PATTERN: &str =
     r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// What a host name that does not match [`HOST_PATTERN`] got wrong, in words.
+pub fn host_name_problem(text: &str) -> String {
+    let offending = text.char_indices().find(|(_, c)| !c.is_ascii());
+    match offending {
+        Some((at, c)) => format!(
+            "host names are lowercase ASCII; write internationalized names in punycode (xn--…): {} at byte {at} is not ASCII",
+            c.escape_unicode()
+        ),
+        None => match text.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '*'))) {
+            Some(c) => format!(
+                "host names are lowercase letters, digits, '-' and '.' (with an optional leading '*.'): {} is not allowed",
+                c.escape_debug()
+            ),
+            None => "host names are dot-separated labels of at most 63 lowercase letters, digits and '-', each starting and ending with a letter or digit, with an optional leading '*.'".to_owned(),
+        },
+    }
+}
+
 /// DNS label used for endpoint names (they become result keys and policy rule names).
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 /// Base64 of a SHA-256 digest (44 characters with padding).

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::limits::{self, Limits, human_bytes};
 use crate::api::{self, ConnectivityProfile, EgressCheck, Kind};
 
 /// A typed object read from a file.
@@ -88,6 +89,11 @@ impl std::error::Error for LoadErrors {}
 /// Loads every document of every path; a directory contributes its `*.yaml` and `*.yml`
 /// files in name order. Returns every error found, not just the first.
 pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, LoadErrors> {
+    load_paths_with(paths, &Limits::default())
+}
+
+/// [`load_paths`] with explicit limits.
+pub fn load_paths_with(paths: &[PathBuf], limits: &Limits) -> Result<Vec<Loaded>, LoadErrors> {
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -99,12 +105,12 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, LoadErrors> {
             }
         };
         for file in files {
-            match std::fs::read_to_string(&file) {
+            match read_bounded(&file, limits) {
                 Ok(text) => match load_str(&file, &text) {
                     Ok(mut docs) => loaded.append(&mut docs),
                     Err(LoadErrors(mut errs)) => errors.append(&mut errs),
                 },
-                Err(e) => errors.push(file_error(&file, format!("cannot read the file: {e}"))),
+                Err(error) => errors.push(error),
             }
         }
     }
@@ -123,6 +129,54 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Vec<Loaded>, LoadErrors> {
     } else {
         Err(LoadErrors(errors))
     }
+}
+
+/// Reads a file, but never more than `max` bytes of it: a larger file is refused before its
+/// content costs anything (a pipe or `/dev/stdin` included, whose size is unknown up front).
+pub fn read_bounded(file: &Path, bounds: &Limits) -> Result<String, LoadError> {
+    use std::io::Read as _;
+    let max = bounds.max_file_bytes;
+    let too_large = |size: String| {
+        let raise = bounds
+            .raised_by
+            .map(|how| format!(", or raise the limit with {how} for local use"))
+            .unwrap_or_default();
+        file_error(
+            file,
+            format!(
+                "the file is {size}, more than the limit of {}; split it{raise} (the API server refuses objects over {})",
+                human_bytes(max),
+                human_bytes(limits::MAX_DOCUMENT_BYTES)
+            ),
+        )
+    };
+    let handle = std::fs::File::open(file)
+        .map_err(|e| file_error(file, format!("cannot read the file: {e}")))?;
+    if let Ok(meta) = handle.metadata()
+        && meta.is_file()
+        && meta.len() > max as u64
+    {
+        return Err(too_large(human_bytes(
+            usize::try_from(meta.len()).unwrap_or(usize::MAX),
+        )));
+    }
+    let mut bytes = Vec::new();
+    handle
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_error(file, format!("cannot read the file: {e}")))?;
+    if bytes.len() > max {
+        return Err(too_large(format!("over {}", human_bytes(max))));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        file_error(
+            file,
+            format!(
+                "the file is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
 }
 
 fn file_error(file: &Path, message: String) -> LoadError {
@@ -170,8 +224,18 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Loads every document of one YAML text; `file` names it in errors.
+/// Loads every document of one YAML text; `file` names it in errors. The text is scanned
+/// first, so a document too large or expanding too far is refused before it is built.
 pub fn load_str(file: &Path, text: &str) -> Result<Vec<Loaded>, LoadErrors> {
+    if let Err(refusal) = limits::scan(text) {
+        return Err(LoadErrors(vec![LoadError {
+            file: file.to_owned(),
+            document: Some(refusal.document),
+            object: None,
+            field: None,
+            message: refusal.message,
+        }]));
+    }
     let mut loaded = Vec::new();
     let mut errors = Vec::new();
     for (offset, document) in serde_norway::Deserializer::from_str(text).enumerate() {
@@ -282,6 +346,11 @@ fn decode(value: &Value) -> Result<Document, DecodeFailure> {
         ));
     }
     problems.extend(
+        limits::check_object_meta(value)
+            .into_iter()
+            .map(|e| (Some(e.path), e.message)),
+    );
+    problems.extend(
         api::validate_object(kind, value)
             .into_iter()
             .map(|e| (Some(e.path), e.message)),
@@ -314,5 +383,50 @@ impl Document {
             Document::Profile(p) => p.metadata.name.as_deref().unwrap_or_default(),
             Document::Check(c) => c.metadata.name.as_deref().unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusals(spec: &str) -> String {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: p}}\nspec:\n{spec}"
+        );
+        match load_str(Path::new("p.yaml"), &yaml) {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_durations_are_refused_by_the_schema_rule() {
+        let errors = refusals(
+            "  defaults: {timeout: 0s}\n  endpoints:\n  - {name: a, host: a.example.com, timeout: 0.0ms, ports: [{port: 443, protocol: HTTPS}]}\n",
+        );
+        for field in ["spec.defaults.timeout", "spec.endpoints[0].timeout"] {
+            assert!(
+                errors.contains(&format!(
+                    "{field}: Invalid value: must be greater than zero"
+                )),
+                "{field}: {errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_ascii_host_names_are_explained_with_the_character_escaped() {
+        let errors = refusals(
+            "  endpoints:\n  - {name: a, host: \"vendor\u{200b}.example.com\", ports: [{port: 443, protocol: HTTPS}]}\n",
+        );
+        assert!(
+            errors.contains(
+                "host names are lowercase ASCII; write internationalized names in punycode (xn--…)"
+            ),
+            "{errors}"
+        );
+        assert!(errors.contains("\\u{200b}"), "{errors}");
+        assert!(!errors.contains('\u{200b}'), "shown escaped: {errors}");
     }
 }

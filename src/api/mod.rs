@@ -5,6 +5,7 @@ pub mod check;
 pub mod conditions;
 pub mod duration;
 pub mod endpoint;
+pub mod limits;
 pub mod load;
 pub mod openapi;
 pub mod profile;
@@ -97,11 +98,39 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     Kind::ALL.into_iter().map(Kind::crd).collect()
 }
 
+/// The value at a field path as errors write it (`spec.endpoints[2].host`).
+fn value_at<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut value = object;
+    for part in path.split('.') {
+        let (field, indices) = part.split_once('[').unwrap_or((part, ""));
+        if !field.is_empty() {
+            value = value.get(field)?;
+        }
+        for index in indices.split('[').filter(|i| !i.is_empty()) {
+            value = value.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(value)
+}
+
 /// Checks a whole object of `kind` (apiVersion, kind, metadata, spec) the way the API server
 /// would admit it: OpenAPI structure first, then the CEL rules when the structure is sound.
 pub fn validate_object(kind: Kind, object: &Value) -> Vec<FieldError> {
     let (schema, compiled) = kind.schemas();
     let mut errors = openapi::check(schema, object, "");
+    // Host names fail a regex; say in words what is wrong with them.
+    let host_mismatch = format!("should match '{}'", endpoint::HOST_PATTERN);
+    for error in &mut errors {
+        if error.message.ends_with(&host_mismatch)
+            && let Some(text) = value_at(object, &error.path).and_then(Value::as_str)
+        {
+            error.message = format!(
+                "Invalid value: \"{}\": {}",
+                openapi::shown(text),
+                endpoint::host_name_problem(text)
+            );
+        }
+    }
     if errors.is_empty()
         && let Err(cel_errors) = Validator::new().validate_compiled(compiled, object, None)
     {

@@ -26,10 +26,21 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// Most problems reported for one object: past them the checks stop, so a hostile object
+/// with a problem in each of a hundred thousand items costs no more than a broken one.
+pub const MAX_ERRORS: usize = 100;
+
 /// Checks `value` against `schema`; `path` names `value` in messages.
 pub fn check(schema: &Value, value: &Value, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
     check_node(schema, value, path, &mut errors);
+    if errors.len() >= MAX_ERRORS {
+        errors.truncate(MAX_ERRORS);
+        errors.push(FieldError {
+            path: String::new(),
+            message: format!("stopped after {MAX_ERRORS} problems; fix these and check again"),
+        });
+    }
     errors
 }
 
@@ -81,12 +92,32 @@ fn short(value: &Value) -> String {
 
 /// A string as error messages quote it: a URL's userinfo (`http://user:pass@proxy`) is
 /// masked, because the message lands in terminals, CI logs and Events.
-fn shown(text: &str) -> String {
-    if text.contains("://") && text.contains('@') {
+/// A value for a message: userinfo masked, invisible and control characters escaped.
+pub fn shown(text: &str) -> String {
+    let text = if text.contains("://") && text.contains('@') {
         redact_userinfo(text)
     } else {
         text.to_owned()
+    };
+    const SHOWN: usize = 128;
+    let mut out: String = text
+        .chars()
+        .take(SHOWN)
+        .map(|c| {
+            // Control and invisible characters (zero-width, direction marks, BOM) escaped.
+            let invisible = c.is_control()
+                || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}');
+            if invisible {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    if text.chars().nth(SHOWN).is_some() {
+        out.push('…');
     }
+    out
 }
 
 /// `url` with any userinfo masked (`http://user:***@host:port`), for messages: proxy
@@ -111,6 +142,9 @@ fn check_node(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldE
     let Some(schema) = schema.as_object() else {
         return;
     };
+    if errors.len() >= MAX_ERRORS {
+        return;
+    }
     if value.is_null() {
         if schema.get("nullable").and_then(Value::as_bool) != Some(true) {
             push(

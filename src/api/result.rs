@@ -109,6 +109,181 @@ crate::wire_enum! {
     }
 }
 
+impl Reason {
+    /// What to do next about a row with this reason, written for whoever owns the profile;
+    /// `{target}` stands for the row's host:port and `{host}` for its host. None only for
+    /// [`Reason::Reachable`]: a new reason cannot be added without its remedy. The stage tells
+    /// a name without records (`NoAnswer` at DNS) from a UDP peer that stays silent (IKE).
+    pub const fn remedy(self, stage: Stage) -> Option<&'static str> {
+        Some(match self {
+            Reason::Reachable => return None,
+            Reason::NoAnswer if !matches!(stage, Stage::Dns) => {
+                "allow UDP 500 and 4500 (and ESP) to {host} in the firewalls on the path, and check that the peer is configured for this source address"
+            }
+            Reason::NxDomain => {
+                "check the host name in the profile, or the DNS view this network gets (split-horizon DNS)"
+            }
+            Reason::NoAnswer => {
+                "check the host name in the profile, or add its A or AAAA records to the zone"
+            }
+            Reason::ServFail => {
+                "check that the resolver can reach the zone's nameservers, and the zone's DNSSEC"
+            }
+            Reason::DnsTimeout => {
+                "allow DNS (UDP and TCP 53) to the nameserver, or set dns.nameservers in the profile to one that answers"
+            }
+            Reason::DnsError => {
+                "the nameserver answers but its answer cannot be used: check its software and anything rewriting DNS in the path, or set dns.nameservers in the profile to another one"
+            }
+            Reason::WildcardHost => {
+                "to probe it, add an endpoint with a concrete host name under the wildcard"
+            }
+            Reason::ConnectionRefused => {
+                "allow egress to {target}, or check that the service listens on that port"
+            }
+            Reason::ConnectTimeout => {
+                "allow egress to {target} in the firewalls and network policies on the path (a silent drop looks like this)"
+            }
+            Reason::HostUnreachable => {
+                "check the routes to {host} from this network, or allow egress to it"
+            }
+            Reason::NetworkUnreachable => {
+                "check this network's routes to {host} (and IPv6 support, for an IPv6 address)"
+            }
+            Reason::ConnectError => "check the network path to {target}",
+            Reason::ProxyRejected => "allow {target} on the proxy",
+            Reason::ProxyAuthRequired => {
+                "set proxy.credentialsSecretRef in the profile to a Secret holding a username and password the proxy accepts"
+            }
+            Reason::ProxyTimeout => {
+                "check that the proxy in the profile's proxy.url is up and answers CONNECT, or fix proxy.url"
+            }
+            Reason::ProxyError => {
+                "check that the profile's proxy.url points at an HTTP CONNECT proxy and that the proxy is healthy"
+            }
+            Reason::BannerMismatch => {
+                "check that the profile names the port the service listens on and the protocol it speaks"
+            }
+            Reason::BannerTimeout => {
+                "check that {target} speaks the protocol set in the profile, and that nothing in the path holds the connection open"
+            }
+            Reason::StartTlsNotOffered => {
+                "enable STARTTLS on the server and make sure nothing in the path strips it (or set tls.mode: Disabled for a port meant to stay plain)"
+            }
+            Reason::StartTlsRejected => {
+                "enable TLS on the server, or probe its implicit-TLS port (protocol SMTPS, IMAPS, POP3S or LDAPS)"
+            }
+            Reason::TlsHandshakeFailed => {
+                "check that {target} speaks TLS and that no middlebox breaks it (set tls.serverName if the server expects another name)"
+            }
+            Reason::TlsTimeout => {
+                "check that {target} speaks TLS and that nothing in the path holds TLS traffic"
+            }
+            Reason::UntrustedIssuer => {
+                "if a TLS-inspecting proxy re-signs traffic, exclude {host} from SSL decryption, else add the issuing CA to the port's tls.caBundleRef"
+            }
+            Reason::HostnameMismatch => {
+                "make sure {host} reaches the real server, not a proxy or load balancer, or set tls.serverName to the name the certificate is for"
+            }
+            Reason::CertificateExpired => "the server must renew its certificate",
+            Reason::CertificateNotYetValid => {
+                "check the server's certificate, and this machine's clock"
+            }
+            Reason::CertificateExpiringSoon => {
+                "renew the certificate on the server before it expires (or lower tls.minDaysValid)"
+            }
+            Reason::IssuerMismatch => {
+                "exclude {host} from SSL decryption on the proxy or firewall, or update tls.expectedIssuer if the server changed CA"
+            }
+            Reason::PinMismatch => {
+                "if a proxy decrypts TLS, exclude {host} from SSL decryption, else update tls.spkiPins"
+            }
+            Reason::HttpStatusMismatch => {
+                "check http.path and http.expectedStatus in the profile, or what answers on {target}"
+            }
+            Reason::ProtocolError => {
+                "check that {target} speaks the protocol set in the profile and that nothing in the path rewrites it"
+            }
+            Reason::ResponseTimeout => {
+                "check that the server is healthy and nothing in the path holds the exchange; raise the endpoint's timeout if it is just slow"
+            }
+            Reason::AuthMechanismMissing => {
+                "enable the mechanisms on the mail server, or adjust smtp.expectedAuth in the profile"
+            }
+            Reason::CapabilityMissing => {
+                "enable them on the server, or adjust mail.expectedCapabilities in the profile"
+            }
+            Reason::BindFailed => {
+                "check the bindDN and password in the Secret of ldap.bindSecretRef, and that the account may bind"
+            }
+            Reason::SearchFailed => {
+                "check ldap.baseDN in the profile, and that the bind account may read it"
+            }
+            Reason::CredentialsUnavailable => {
+                "create that Secret, with that key, in the check's namespace"
+            }
+            Reason::CaBundleUnavailable => {
+                "create the ConfigMap or Secret that tls.caBundleRef names, with PEM certificates under its key, in the check's namespace"
+            }
+            Reason::DeadlineExceeded => {
+                "check the path to {target}, or raise the endpoint's timeout if the server is just slow"
+            }
+            Reason::MechanismNotOffered => {
+                "enable the mechanism on the server, or set the port's auth.mechanism to one it offers"
+            }
+            Reason::AuthFailed => {
+                "check the username and password in the Secret the port's credentialsSecretRef names, and that the account is enabled and its password not expired"
+            }
+            Reason::AuthRequiresTls => {
+                "set the port's tls.mode to StartTLS (or use the implicit-TLS protocol) so the login runs over TLS"
+            }
+            Reason::SenderRejected => {
+                "set smtp.envelope.from to an address the relay accepts from this account"
+            }
+            Reason::RecipientRejected => {
+                "ask the relay's owner to accept mail for that recipient from this account, or fix smtp.envelope.to"
+            }
+            Reason::MailboxNotFound => {
+                "check mail.mailbox in the profile, and that the account may open that mailbox"
+            }
+            Reason::NoSuchBaseDn => {
+                "check ldap.baseDN in the profile against the directory's naming contexts"
+            }
+            Reason::TooFewEntries => {
+                "check ldap.search (filter, scope, minEntries) and that the bind account may read the entries"
+            }
+            Reason::DataChannelBlocked => {
+                "allow egress to the server's passive port range (declare it in ftp.passivePorts), and check that a NAT'd server advertises its public address"
+            }
+            Reason::TlsRequired => {
+                "set the port's tls.mode to StartTLS (or use FTPS) so the login runs over TLS"
+            }
+        })
+    }
+
+    /// The remedy with the row's host and host:port filled in.
+    pub fn next_step(self, stage: Stage, host: &str, target: &str) -> Option<String> {
+        self.remedy(stage)
+            .map(|r| r.replace("{target}", target).replace("{host}", host))
+    }
+
+    /// A row's message: what happened, naming `target` (host:port) even when the diagnosis
+    /// does not, then the next step, unless the diagnosis already gives it.
+    pub fn explain(self, stage: Stage, diagnosis: &str, host: &str, target: &str) -> String {
+        let mut message = if diagnosis.contains(target) {
+            diagnosis.to_owned()
+        } else {
+            format!("{target}: {diagnosis}")
+        };
+        if let Some(step) = self.next_step(stage, host, target)
+            && !message.contains(&step)
+        {
+            message = format!("{}; {step}", message.trim_end_matches(['.', ';', ' ']));
+        }
+        message
+    }
+}
+
 /// One endpoint×port.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -236,4 +411,44 @@ pub struct TlsFacts {
     /// The issuer the spec expects, when it names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_issuer: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    #[test]
+    fn every_failure_reason_has_a_remedy_and_its_message_names_the_target_and_the_step() {
+        let (host, target) = ("vendor.example.com", "vendor.example.com:8443");
+        for reason in Reason::iter() {
+            let Some(step) = reason.next_step(Stage::Dns, host, target) else {
+                assert_eq!(reason, Reason::Reachable, "{reason} has no remedy");
+                continue;
+            };
+            assert!(!step.trim().is_empty(), "{reason}: empty remedy");
+            assert!(
+                !step.contains('{'),
+                "{reason}: unfilled placeholder in {step:?}"
+            );
+            assert!(
+                !step.contains("--"),
+                "{reason}: remedies name profile fields, not flags"
+            );
+            // Whether or not the diagnosis names the target, the message does, with the step.
+            for diagnosis in [
+                "the server closed the connection",
+                "vendor.example.com:8443 sent garbage",
+            ] {
+                let message = reason.explain(Stage::Dns, diagnosis, host, target);
+                assert!(message.contains(target), "{reason}: {message}");
+                assert!(message.contains(&step), "{reason}: {message}");
+                assert_eq!(
+                    message.matches(&step).count(),
+                    1,
+                    "{reason}: the step once: {message}"
+                );
+            }
+        }
+    }
 }

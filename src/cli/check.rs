@@ -51,7 +51,7 @@ fn context(args: &CheckArgs) -> Result<ProbeContext, String> {
 }
 
 pub(super) fn run_check(args: CheckArgs) -> ExitCode {
-    let loaded = match load_or_exit(&args.files) {
+    let loaded = match load_or_exit(&args.files, &args.input) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -180,6 +180,8 @@ pub struct CheckArgs {
     /// YAML files or directories holding ConnectivityProfiles and EgressChecks.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub input: super::InputArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::limits::Limits;
 use crate::api::load;
 
 mod check;
@@ -71,9 +72,27 @@ impl Args {
     }
 }
 
+/// Input size flags shared by the commands that read files.
+#[derive(Debug, clap::Args)]
+pub struct InputArgs {
+    /// Largest input file accepted, in MiB. The default is the API server's request limit,
+    /// so what is accepted here can be applied; raise it for large multi-document files.
+    #[arg(long, value_name = "MIB", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_file_mib: u16,
+}
+
+impl InputArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_file_bytes: usize::from(self.max_file_mib) * 1024 * 1024,
+            raised_by: Some("--max-file-mib"),
+        }
+    }
+}
+
 /// Loads the inputs, printing every error and returning exit code 2 on any.
-pub fn load_or_exit(files: &[PathBuf]) -> Result<Vec<load::Loaded>, ExitCode> {
-    load::load_paths(files).map_err(|errors| {
+pub fn load_or_exit(files: &[PathBuf], input: &InputArgs) -> Result<Vec<load::Loaded>, ExitCode> {
+    load::load_paths_with(files, &input.limits()).map_err(|errors| {
         for error in &errors.0 {
             eprintln!("error: {error}");
         }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::{EXIT_FAILED, invalid, runtime};
+use crate::api::{limits, load};
 use crate::error::error_chain;
 use crate::probe::engine::{ProbeContext, probe_all};
 use crate::probe::spec::{self, ProbeSpec};
@@ -25,25 +26,38 @@ pub struct ProbeArgs {
 /// Runs a probe spec and prints the framed results; writes the digest to
 /// `--termination-log` (the pod's termination message path).
 pub(super) fn run_probe(args: &ProbeArgs) -> ExitCode {
+    // The operator writes specs into ConfigMaps, far below the API server's request limit.
+    let max = limits::MAX_DOCUMENT_BYTES;
     let text = if args.spec.as_os_str() == "-" {
         let mut text = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+        if let Err(e) = std::io::stdin()
+            .take(max as u64 + 1)
+            .read_to_string(&mut text)
+        {
             return invalid(format!(
                 "cannot read the probe spec from standard input: {e}"
             ));
         }
+        if text.len() > max {
+            return invalid(format!(
+                "the probe spec on standard input is larger than {}",
+                limits::human_bytes(max)
+            ));
+        }
         text
     } else {
-        match std::fs::read_to_string(&args.spec) {
+        match load::read_bounded(&args.spec, &limits::Limits::default()) {
             Ok(text) => text,
-            Err(e) => {
-                return invalid(format!(
-                    "cannot read probe spec {}: {e}",
-                    args.spec.display()
-                ));
-            }
+            Err(e) => return invalid(format!("probe spec {e}")),
         }
     };
+    if let Err(refusal) = limits::scan(&text) {
+        return invalid(format!(
+            "probe spec {}: {}",
+            args.spec.display(),
+            refusal.message
+        ));
+    }
     let spec: ProbeSpec = match serde_norway::from_str(&text) {
         Ok(spec) => spec,
         Err(e) => return invalid(format!("probe spec {}: {e}", args.spec.display())),

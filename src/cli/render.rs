@@ -63,7 +63,7 @@ fn addresses(
 }
 
 pub(super) fn run_render(args: &RenderArgs) -> ExitCode {
-    let loaded = match load_or_exit(&args.files) {
+    let loaded = match load_or_exit(&args.files, &args.input) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -157,6 +157,8 @@ pub struct RenderArgs {
     /// YAML files or directories holding ConnectivityProfiles.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub input: super::InputArgs,
     /// Flavors to render, comma-separated, case-insensitive: NetworkPolicy, Cilium,
     /// CiliumEgressGateway, Calico, Istio, AdminNetworkPolicy, ClusterNetworkPolicy,
     /// EgressFirewall, AllowlistCSV, AllowlistMarkdown.

@@ -7,6 +7,7 @@ use super::net::Failure;
 use super::plan::Target;
 use crate::api::result::{AddressResult, Latency, Outcome, ProbeResult, Reason, Stage, TlsFacts};
 
+/// A row; its message gets the target and the reason's next step (see [`Reason::explain`]).
 pub(super) fn row(
     target: &Target,
     outcome: Outcome,
@@ -14,6 +15,12 @@ pub(super) fn row(
     reason: Reason,
     message: String,
 ) -> ProbeResult {
+    let host = target
+        .host
+        .as_deref()
+        .or(target.cidr.as_deref())
+        .unwrap_or("?");
+    let message = reason.explain(stage, &message, host, &target.display());
     ProbeResult {
         endpoint: target.endpoint.clone(),
         host: target.host.clone(),

@@ -98,13 +98,13 @@ impl ProbeContext {
     ) -> Result<String, String> {
         let Some(dir) = &self.secrets_dir else {
             return Err(format!(
-                "probing {target} needs key {key} of {kind} {name}, but no {kind} is mounted for this probe; create {kind} {name} with key {key} in the check's namespace (probe pods mount it as {name}/{key})"
+                "probing {target} needs key {key} of {kind} {name}, but no {kind} is mounted for this probe (probe pods mount it as {name}/{key})"
             ));
         };
         let path = dir.join(name).join(key);
         std::fs::read_to_string(&path).map_err(|e| {
             format!(
-                "probing {target} needs key {key} of {kind} {name}, which cannot be read at {}: {e}; check that {kind} {name} exists with key {key} and is mounted there",
+                "probing {target} needs key {key} of {kind} {name}, which cannot be read at {}: {e}",
                 path.display()
             )
         })

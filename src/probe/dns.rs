@@ -113,12 +113,21 @@ impl Resolvers {
         if addresses.is_empty() {
             return Err(DnsFailure {
                 reason: Reason::NoAnswer,
-                message: format!(
-                    "{host} has no A or AAAA record (asked {via}); check the host name or the DNS zone"
-                ),
+                message: format!("{host} has no A or AAAA record (asked {via})"),
             });
         }
         Ok(addresses)
+    }
+}
+
+/// Server-supplied text, printable and short.
+fn escape(text: &str) -> String {
+    let shown: String = text.chars().take(200).collect();
+    let shown = shown.escape_debug().to_string();
+    if text.chars().count() > 200 {
+        format!("{shown}…")
+    } else {
+        shown
     }
 }
 
@@ -126,7 +135,8 @@ fn timeout_failure(host: &str, via: &str, timeout: Duration) -> DnsFailure {
     DnsFailure {
         reason: Reason::DnsTimeout,
         message: format!(
-            "no DNS answer for {host} within {timeout:?} from {via}; check that DNS (UDP and TCP 53) is allowed and the nameserver is up"
+            "no DNS answer for {host} within {} from {via}",
+            crate::api::duration::human(timeout)
         ),
     }
 }
@@ -138,28 +148,25 @@ fn classify(host: &str, via: &str, timeout: Duration, error: &NetError) -> DnsFa
         {
             DnsFailure {
                 reason: Reason::NxDomain,
-                message: format!(
-                    "{host} does not exist in DNS (NXDOMAIN from {via}); check the host name, or the DNS view this network gets"
-                ),
+                message: format!("{host} does not exist in DNS (NXDOMAIN from {via})"),
             }
         }
         NetError::Dns(DnsError::NoRecordsFound(_)) => DnsFailure {
             reason: Reason::NoAnswer,
-            message: format!(
-                "{host} has no A or AAAA record (asked {via}); check the host name or the DNS zone"
-            ),
+            message: format!("{host} has no A or AAAA record (asked {via})"),
         },
         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => DnsFailure {
             reason: Reason::ServFail,
             message: format!(
-                "DNS server failure (SERVFAIL) resolving {host} via {via}: the resolver cannot get an answer from the zone's nameservers; check the resolver's upstream access, or the zone's nameservers and DNSSEC"
+                "DNS server failure (SERVFAIL) resolving {host} via {via}: the resolver cannot get an answer from the zone's nameservers"
             ),
         },
         NetError::Timeout => timeout_failure(host, via, timeout),
         other => DnsFailure {
             reason: Reason::DnsError,
             message: format!(
-                "resolving {host} via {via} failed: {other}; check that DNS (UDP and TCP 53) is allowed and the nameserver is up"
+                "resolving {host} via {via} failed: {}",
+                escape(&other.to_string())
             ),
         },
     }

@@ -19,6 +19,8 @@ use crate::api::{Protocol, TlsMode};
 /// Grace on top of a target's timeout before the outer guard cuts a probe off; stages time
 /// themselves out first, so this only catches a stage that forgot to.
 const GUARD_MARGIN: Duration = Duration::from_millis(500);
+/// Most addresses of one name probed per port.
+pub const MAX_ADDRESSES: usize = 32;
 
 /// Probes every target with at most `concurrency` in flight; results keep the input order.
 pub async fn probe_all(
@@ -65,9 +67,9 @@ fn deadline_exceeded(target: &Target) -> ProbeResult {
         Stage::Connect,
         Reason::DeadlineExceeded,
         format!(
-            "probing {} did not finish within its timeout of {:?}: the server or something in the path holds the exchange open; check the path to it, or raise the endpoint's timeout if the server is just slow",
+            "probing {} did not finish within its timeout of {}: the server or something in the path holds the exchange open",
             target.display(),
-            target.timeout()
+            crate::api::duration::human(target.timeout())
         ),
     )
 }
@@ -83,7 +85,7 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             Stage::Dns,
             Reason::WildcardHost,
             format!(
-                "{shown} is a wildcard used for policy only and cannot be probed; to probe port {} add an endpoint with a concrete host name under {}, such as {example}",
+                "{shown} is a wildcard used for policy only and cannot be probed on port {} (a concrete host name under {} can be, such as {example})",
                 target.port,
                 &host[2..]
             ),
@@ -178,11 +180,12 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             }
             Err(failure) => Session::failed(failure, latency, None),
         };
-        let mut result = from_session(target, session);
-        if result.outcome == Outcome::Pass {
-            result.message = format!("{} (through proxy {})", result.message, proxy.display());
+        // Whatever the outcome, the row says the proxy was in the path.
+        let mut session = session;
+        if !session.message.contains(&proxy.display()) {
+            session.message = format!("{} (through proxy {})", session.message, proxy.display());
         }
-        return result;
+        return from_session(target, session);
     }
 
     let mut latency = Latency::default();
@@ -223,6 +226,11 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         (None, Some(cidr)) => probe_address(cidr).into_iter().collect(),
         (None, None) => Vec::new(),
     };
+    // A name with hundreds of records (or a hostile nameserver) must not open hundreds of
+    // connections per port.
+    let answered = addresses.len();
+    let mut addresses = addresses;
+    addresses.truncate(MAX_ADDRESSES);
 
     let sessions: Vec<(IpAddr, Session)> = if ctx.first_address_only {
         let mut tried = Vec::new();
@@ -257,6 +265,11 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             result.message
         );
     }
+    if answered > MAX_ADDRESSES {
+        result.message.push_str(&format!(
+            " (DNS returned {answered} addresses; the first {MAX_ADDRESSES} were probed)"
+        ));
+    }
     result
 }
 
@@ -271,9 +284,8 @@ pub(super) async fn address_session(
     if target.protocol == Protocol::Ike {
         return ike::session(address, target, deadline, latency).await;
     }
-    let shown = target.display();
     let started = Instant::now();
-    match net::connect(SocketAddr::new(address, target.port), &shown, deadline).await {
+    match net::connect(SocketAddr::new(address, target.port), deadline).await {
         Ok(stream) => {
             latency.connect_ms = Some(started.elapsed().as_millis() as u64);
             let route = Route::Direct(address);
@@ -317,8 +329,14 @@ pub(super) fn proxy_from_spec(
         )
     })?;
     if let Some(secret) = &spec.credentials_secret_ref {
-        let unavailable =
-            |message| Failure::new(Stage::Proxy, Reason::CredentialsUnavailable, message);
+        let through = proxy.display();
+        let unavailable = |message| {
+            Failure::new(
+                Stage::Proxy,
+                Reason::CredentialsUnavailable,
+                format!("{message} (the credentials for proxy {through})"),
+            )
+        };
         let user = ctx
             .secret(&secret.name, "username", shown)
             .map_err(unavailable)?;

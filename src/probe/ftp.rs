@@ -456,11 +456,9 @@ async fn connect_data(
 ) -> Result<BoxStream, Failure> {
     let deadline = scope.deadline;
     let connected = match scope.route {
-        Route::Direct(address) => {
-            net::connect(SocketAddr::new(*address, data.port), shown, deadline)
-                .await
-                .map(|s| Box::new(s) as BoxStream)
-        }
+        Route::Direct(address) => net::connect(SocketAddr::new(*address, data.port), deadline)
+            .await
+            .map(|s| Box::new(s) as BoxStream),
         Route::Proxy(proxy) => net::connect_via_proxy(proxy, scope.peer_host, data.port, deadline)
             .await
             .map(|s| Box::new(s) as BoxStream),

@@ -241,7 +241,10 @@ impl LdapConn {
         }
         let (_, len, _) = header(&head).ok_or_else(|| invalid("bad BER length"))?;
         if len > MAX_MESSAGE {
-            return Err(invalid("LDAP message too large"));
+            return Err(invalid(&format!(
+                "the server announced an LDAP message of {len} bytes, too large (the limit is {} KiB)",
+                MAX_MESSAGE / 1024
+            )));
         }
         let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body).await?;
@@ -262,7 +265,7 @@ impl LdapConn {
             Failure::new(
                 stage,
                 Reason::ProtocolError,
-                format!("LDAP {what} with {target} failed: {e}; the port may not speak LDAP"),
+                format!("LDAP {what} with {target} failed: {e}"),
             )
         };
         let run = async {
@@ -324,10 +327,7 @@ impl LdapConn {
             _ => Err(Failure::new(
                 Stage::StartTls,
                 Reason::StartTlsRejected,
-                format!(
-                    "{target} refused LDAP StartTLS ({}); enable TLS on the directory or use LDAPS",
-                    response.outcome()
-                ),
+                format!("{target} refused LDAP StartTLS ({})", response.outcome()),
             )),
         }
     }

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::api::duration::human;
 use crate::api::openapi::redact_userinfo;
 use crate::api::result::{Reason, Stage};
 
@@ -77,18 +78,14 @@ impl Deadline {
             Err(_) => Err(Failure::new(
                 stage,
                 reason,
-                format!("{} (timeout {:?} reached)", what(), self.total),
+                format!("{} (timeout {} reached)", what(), human(self.total)),
             )),
         }
     }
 }
 
 /// Connects over TCP, telling refused, filtered (timeout) and unreachable apart.
-pub async fn connect(
-    addr: SocketAddr,
-    target: &str,
-    deadline: &Deadline,
-) -> Result<TcpStream, Failure> {
+pub async fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, Failure> {
     let attempt = async {
         TcpStream::connect(addr).await.map_err(|e| {
             let (reason, what) = match e.kind() {
@@ -102,14 +99,14 @@ pub async fn connect(
                 }
                 _ => (Reason::ConnectError, format!("connecting to {addr} failed: {e}")),
             };
-            Failure::new(Stage::Connect, reason, format!("{what}; allow egress to {target} or check the service"))
+            Failure::new(Stage::Connect, reason, what)
         })
     };
     deadline
         .run(
             Stage::Connect,
             Reason::ConnectTimeout,
-            || format!("no answer from {addr}: the connection is likely dropped by a firewall; allow egress to {target}"),
+            || format!("no answer from {addr}: the connection is likely dropped by a firewall"),
             attempt,
         )
         .await
@@ -201,7 +198,7 @@ pub async fn connect_via_proxy(
             format!("proxy {shown} has no address"),
         ));
     };
-    let mut stream = connect(addr, &shown, deadline).await.map_err(|f| Failure {
+    let mut stream = connect(addr, deadline).await.map_err(|f| Failure {
         stage: Stage::Proxy,
         reason: if f.reason == Reason::ConnectTimeout {
             Reason::ProxyTimeout
@@ -235,6 +232,22 @@ pub async fn connect_via_proxy(
         let mut head = Vec::with_capacity(256);
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
+            if !head.is_empty() && !head.starts_with(b"HTTP/") && !b"HTTP/".starts_with(&head) {
+                // Not an HTTP answer: say so now rather than wait for a head that never ends.
+                let mut more = [0u8; 64];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(20), stream.read(&mut more)).await
+                {
+                    head.extend_from_slice(&more[..n]);
+                }
+                return Err(proxy_fail(
+                    Reason::ProxyError,
+                    format!(
+                        "the proxy at {shown} answered with non-HTTP data: {} (to CONNECT {authority})",
+                        escaped(&head)
+                    ),
+                ));
+            }
             if head.len() >= MAX_LINE {
                 return Err(proxy_fail(
                     Reason::ProxyError,
@@ -276,21 +289,38 @@ pub async fn connect_via_proxy(
         Some(200..=299) => Ok(stream),
         Some(407) => Err(proxy_fail(
             Reason::ProxyAuthRequired,
-            format!("proxy {shown} requires authentication ({status_line}); set proxy credentials"),
+            format!(
+                "proxy {shown} requires authentication ({})",
+                escaped(status_line.as_bytes())
+            ),
         )),
         Some(_) => Err(proxy_fail(
             Reason::ProxyRejected,
             format!(
-                "proxy {shown} refused CONNECT {authority}: {status_line}; allow {authority} on the proxy"
+                "proxy {shown} refused CONNECT {authority}: {}",
+                escaped(status_line.as_bytes())
             ),
         )),
         None => Err(proxy_fail(
             Reason::ProxyError,
             format!(
-                "proxy {shown} answered CONNECT with something that is not HTTP: {status_line:?}"
+                "the proxy at {shown} answered with non-HTTP data: {} (to CONNECT {authority})",
+                escaped(status_line.as_bytes())
             ),
         )),
     }
+}
+
+/// Bytes a peer sent, for a message: escaped so control and invisible characters show, and
+/// truncated.
+pub fn escaped(bytes: &[u8]) -> String {
+    const SHOWN: usize = 64;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]);
+    let mut shown = format!("\"{}\"", text.escape_debug());
+    if bytes.len() > SHOWN {
+        shown.push('…');
+    }
+    shown
 }
 
 /// A stream with a bounded line reader on top, for SMTP, IMAP and POP3.

@@ -357,7 +357,7 @@ pub(super) fn stripped(command: &str, shown: &str, why: &str) -> Failure {
         Stage::StartTls,
         Reason::StartTlsNotOffered,
         format!(
-            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked; make sure the server offers {command} and that nothing in the path removes it (or set tls.mode: Disabled if this port is meant to stay plain)"
+            "{shown} did not upgrade with {command}, but TLS was expected because {why}: a downgrade, or a middlebox stripping {command}, would leave the certificate unchecked"
         ),
     )
 }

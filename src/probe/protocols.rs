@@ -16,7 +16,7 @@ fn io_failure(stage: Stage, target: &str, what: &str, error: impl std::fmt::Disp
     Failure::new(
         stage,
         Reason::ProtocolError,
-        format!("{what} with {target} failed: {error}; the port may speak another protocol"),
+        format!("{what} with {target} failed: {error}"),
     )
 }
 
@@ -66,7 +66,7 @@ pub async fn http_get(
         .run(
             Stage::Protocol,
             Reason::ResponseTimeout,
-            || format!("{target} accepted the connection but sent no HTTP answer to GET {path}"),
+            || format!("{target} accepted the connection but did not complete an HTTP answer to GET {path}"),
             exchange,
         )
         .await?;
@@ -156,7 +156,7 @@ pub(super) async fn smtp_reply(
                 stage,
                 Reason::BannerMismatch,
                 format!(
-                    "{target} does not speak SMTP: expected a reply code, got {:?}",
+                    "{target} does not speak SMTP: expected a reply code, got {}",
                     truncate(&text)
                 ),
             ));
@@ -175,8 +175,9 @@ pub(super) async fn smtp_reply(
     }
 }
 
+/// Server text for a message: escaped and truncated.
 pub(super) fn truncate(text: &str) -> String {
-    text.chars().take(80).collect()
+    super::net::escaped(text.as_bytes())
 }
 
 /// What a text-protocol dialogue found, and the stream to continue on after an upgrade.
@@ -240,7 +241,7 @@ impl MailProtocol<'_> {
                     Reason::BannerMismatch,
                     format!(
                         "{target} greeted with {code} {} instead of 220: the server refuses service",
-                        banner.join(" ")
+                        truncate(&banner.join(" "))
                     ),
                 ));
             }
@@ -280,7 +281,7 @@ impl MailProtocol<'_> {
                 Stage::Protocol,
                 Reason::BannerMismatch,
                 format!(
-                    "{target} did not greet like a {name} server: {:?}",
+                    "{target} did not greet like a {name} server: {}",
                     truncate(&greeting)
                 ),
             ))
@@ -402,7 +403,7 @@ pub async fn open_mail(
             Stage::StartTls,
             Reason::StartTlsNotOffered,
             format!(
-                "{target} does not offer {0}: mail would travel unencrypted; enable TLS on the server, or a middlebox may strip {0}",
+                "{target} does not offer {0}: mail would travel unencrypted (or a middlebox strips {0})",
                 protocol.starttls()
             ),
         ));
@@ -444,7 +445,10 @@ async fn smtp_ehlo(
         return Err(Failure::new(
             Stage::Protocol,
             Reason::ProtocolError,
-            format!("{target} refused EHLO: {code} {}", lines.join(" ")),
+            format!(
+                "{target} refused EHLO: {code} {}",
+                truncate(&lines.join(" "))
+            ),
         ));
     }
     let mut keywords = Vec::new();

@@ -288,13 +288,13 @@ pub async fn handshake_with(
         .run(
             Stage::Tls,
             Reason::TlsTimeout,
-            || format!("the TLS handshake with {target} did not finish: something in the path may hold TLS traffic"),
+            || format!("the TLS handshake with {target} did not finish"),
             async {
                 connector.connect(name.clone(), stream).await.map_err(|e| {
                     Failure::new(
                         Stage::Tls,
                         Reason::TlsHandshakeFailed,
-                        format!("TLS handshake with {target} failed: {e}; the port may not speak TLS, or a middlebox breaks it"),
+                        format!("TLS handshake with {target} failed: {e}"),
                     )
                 })
             },
@@ -322,13 +322,26 @@ pub async fn handshake_with(
             chain,
         )
     };
-    let verdict = match chain.split_first() {
+    let verify = |at: UnixTime| match chain.split_first() {
         Some((leaf, intermediates)) => roots
             .verifier
-            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .verify_server_cert(leaf, intermediates, &name, &[], at)
             .map(|_| ()),
         None => Err(rustls::Error::NoCertificatesPresented),
     };
+    let mut verdict = verify(UnixTime::now());
+    // A time error hides whatever else is wrong with the chain: verify again within the
+    // certificate's validity, so an expired certificate from an untrusted issuer says both.
+    let mut time_error = None;
+    if let Err(error) = &verdict
+        && is_time_error(error)
+        && let Some(valid_at) = chain.first().and_then(|leaf| moment_of_validity(leaf))
+        && let Err(other) = verify(valid_at)
+        && !is_time_error(&other)
+    {
+        time_error = verdict.err();
+        verdict = Err(other);
+    }
     let now = Timestamp::now().as_second();
     let mut facts = describe_chain(&chain, now).ok_or_else(|| {
         Failure::new(
@@ -340,11 +353,29 @@ pub async fn handshake_with(
     facts.version = version;
     facts.cipher_suite = suite;
     facts.trusted = verdict.is_ok();
-    facts.verify_error = verdict.as_ref().err().map(ToString::to_string);
+    facts.verify_error = match (&verdict, &time_error) {
+        (Err(error), Some(time)) => Some(format!("{error}; {time}")),
+        (Err(error), None) => Some(error.to_string()),
+        (Ok(()), _) => None,
+    };
     facts.expected_issuer = plan.expected_issuer.as_ref().map(ToString::to_string);
     let warning = match judge(&facts, &verdict, &chain, plan, server_name, target) {
         Ok(warning) => warning,
-        Err(failure) => {
+        Err(mut failure) => {
+            if let Some(time) = &time_error
+                && failure.stage == Stage::Tls
+            {
+                let when = match time {
+                    rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+                    ) => "is not valid yet".to_owned(),
+                    _ => format!("expired on {}", facts.not_after),
+                };
+                failure.message = format!(
+                    "{}; besides, the certificate {when}: renew it on the server once the issuer is sorted out",
+                    failure.message
+                );
+            }
             return Err(Rejected {
                 failure,
                 facts: Some(facts),
@@ -382,7 +413,7 @@ fn judge(
             stage: Stage::Issuer,
             reason: Reason::IssuerMismatch,
             message: format!(
-                "TLS to {target} is intercepted: the certificate is issued by {} instead of {expected} ({trusted_note}); exclude {server_name} from SSL decryption on the proxy or firewall",
+                "TLS to {target} is intercepted: the certificate is issued by {} instead of {expected} ({trusted_note})",
                 facts.issuer
             ),
             intercepted: true,
@@ -392,7 +423,7 @@ fn judge(
             stage: Stage::Issuer,
             reason: Reason::PinMismatch,
             message: format!(
-                "no certificate presented by {target} matches the pinned keys (leaf issued by {}, {trusted_note}); if a proxy decrypts TLS, exclude {server_name} from SSL decryption, else update the pins",
+                "no certificate presented by {target} matches the pinned keys (leaf issued by {}, {trusted_note})",
                 facts.issuer
             ),
             intercepted: true,
@@ -409,27 +440,38 @@ fn judge(
     }
     if let Err(error) = verdict {
         let (reason, advice) = match error {
-            rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => (
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => (
                 Reason::CertificateExpired,
-                format!("the certificate expired on {}; the server must renew it", facts.not_after),
+                format!("the certificate expired on {}", facts.not_after),
             ),
-            rustls::Error::InvalidCertificate(CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. }) => (
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+            ) => (
                 Reason::CertificateNotYetValid,
-                "the certificate is not valid yet; check the server's certificate or this machine's clock".to_owned(),
+                format!(
+                    "the certificate is not valid yet (this machine's clock says {})",
+                    Timestamp::now()
+                ),
             ),
             rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             ) => (
                 Reason::HostnameMismatch,
                 format!(
-                    "the certificate is for {} not {server_name}; a proxy or load balancer may answer instead of the real server",
-                    if facts.sans.is_empty() { facts.subject.clone() } else { facts.sans.join(", ") }
+                    "the certificate is for {} not {server_name}",
+                    if facts.sans.is_empty() {
+                        facts.subject.clone()
+                    } else {
+                        facts.sans.join(", ")
+                    }
                 ),
             ),
             other => (
                 Reason::UntrustedIssuer,
                 format!(
-                    "the certificate issued by {} is not trusted ({other}); if a TLS-inspecting proxy re-signs traffic, exclude {server_name} from SSL decryption, else add the issuing CA to the port's tls.caBundleRef",
+                    "the certificate issued by {} is not trusted ({other})",
                     facts.issuer
                 ),
             ),
@@ -445,12 +487,38 @@ fn judge(
             Stage::Tls,
             Reason::CertificateExpiringSoon,
             format!(
-                "the certificate of {target} expires on {} ({} days left, fewer than {}); renew it",
+                "the certificate of {target} expires on {} ({} days left, fewer than {})",
                 facts.not_after, facts.days_remaining, plan.min_days_valid
             ),
         ));
     }
     Ok(warning)
+}
+
+fn is_time_error(error: &rustls::Error) -> bool {
+    matches!(
+        error,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. }
+        )
+    )
+}
+
+/// A moment inside the leaf's validity period, to verify everything but the time.
+fn moment_of_validity(leaf: &CertificateDer<'_>) -> Option<UnixTime> {
+    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+    let validity = cert.validity();
+    let (from, to) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let middle = from.checked_add(to.checked_sub(from)? / 2)?;
+    Some(UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(middle).ok()?,
+    )))
 }
 
 /// `ConfigMap corp-ca (key ca.crt)` or `Secret …`, for messages.
