@@ -122,6 +122,13 @@ pub enum Reason {
     #[serde(rename = "CABundleUnavailable")]
     CaBundleUnavailable,
     DeadlineExceeded,
+    /// A port expected to be Blocked was blocked, as it should be; `blockedBy` says how.
+    Blocked,
+    /// A port expected to be Blocked accepted the connection: no policy stops it.
+    UnexpectedlyReachable,
+    /// The echo service saw another source address than the expected ones.
+    #[serde(rename = "SourceIPMismatch")]
+    SourceIpMismatch,
 }
 
 crate::wire_names!(Reason);
@@ -161,6 +168,13 @@ pub struct ProbeResult {
     /// What the application stage saw: HTTP status line, AUTH mechanisms, capabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How a port expected to be Blocked was blocked (ConnectionRefused, ConnectTimeout,
+    /// ProxyRejected, NXDomain, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<Reason>,
+    /// The source address the echo service saw (ports with `http.sourceIP`).
+    #[serde(default, rename = "sourceIP", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
     /// When this row's outcome last changed (set by the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,

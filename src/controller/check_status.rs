@@ -396,6 +396,8 @@ mod tests {
             },
             tls: None,
             detail: None,
+            blocked_by: None,
+            source_ip: None,
             last_transition_time: None,
         }
     }

@@ -315,6 +315,8 @@ mod tests {
                 ..TlsFacts::default()
             }),
             detail: None,
+            blocked_by: None,
+            source_ip: None,
             last_transition_time: None,
         }
     }
