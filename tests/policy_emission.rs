@@ -1394,3 +1394,87 @@ async fn a_failed_apply_leaves_the_policy_applied_earlier_in_place() {
     );
     operator.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_profiles_and_a_foreign_writer_lose_no_egress_firewall_rule() {
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("egress-firewall-cas").await;
+    install_upstream_crd(&cluster, "egressfirewall.yaml").await;
+    let foreign = vec![
+        deny("203.0.113.0/24"),
+        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
+        deny("0.0.0.0/0"),
+    ];
+    let mut theirs = firewall_with(foreign.clone());
+    theirs["metadata"]["namespace"] = json!(cluster.namespace);
+    cluster
+        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
+        .await;
+    let sim = cluster
+        .sim
+        .as_ref()
+        .expect("holding a request needs kube-sim");
+    // The first write of NetReach's merge waits, after its read, until the test releases it.
+    let held = sim.faults().hold_next("patch", "egressfirewalls");
+    for (profile, cidr, port) in [
+        ("alpha", "198.51.100.0/24", 8443),
+        ("beta", "192.0.2.0/25", 443),
+    ] {
+        cluster
+            .apply_yaml(&format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: {profile}}}\nspec:\n  endpoints:\n    - {{name: vendor, cidr: {cidr}, ports: [{{port: {port}, protocol: TCP}}]}}\n  policy: {{flavors: [EgressFirewall]}}\n"
+            ))
+            .await;
+    }
+    let (_ctx, operator) = cluster.operator(cluster.settings("egress-firewall-cas"));
+    tokio::time::timeout(WAIT, held.arrived())
+        .await
+        .expect("a profile writes the EgressFirewall");
+    // Someone else adds a Deny between NetReach's read and its write.
+    let firewalls = egress_firewalls(&cluster);
+    let mut current = serde_json::to_value(firewalls.get("default").await.unwrap()).unwrap();
+    let late_deny = deny("192.0.2.128/25");
+    let mut rules = egress(&current);
+    rules.insert(0, late_deny.clone());
+    current["spec"]["egress"] = json!(rules);
+    firewalls
+        .replace(
+            "default",
+            &PostParams::default(),
+            &serde_json::from_value(current).unwrap(),
+        )
+        .await
+        .unwrap();
+    held.release();
+
+    let alpha = allow_tcp(json!({"cidrSelector": "198.51.100.0/24"}), 8443);
+    let beta = allow_tcp(json!({"cidrSelector": "192.0.2.0/25"}), 443);
+    let merged = eventually(WAIT, "both profiles' rules and every foreign one", || {
+        let (firewalls, alpha, beta) = (firewalls.clone(), alpha.clone(), beta.clone());
+        async move {
+            let rules = listed_rules(&firewalls).await?;
+            (rules.contains(&alpha) && rules.contains(&beta)).then_some(rules)
+        }
+    })
+    .await;
+    // Theirs first in their order (the late Deny included), then NetReach's, then the
+    // deny-alls: first match wins, so no Allow of ours overrides a Deny of theirs.
+    assert_eq!(
+        merged[..3],
+        [late_deny, foreign[0].clone(), foreign[1].clone()],
+        "{merged:#?}"
+    );
+    let ours = &merged[3..5];
+    assert!(ours.contains(&alpha) && ours.contains(&beta), "{merged:#?}");
+    assert_eq!(merged[5..], [deny("0.0.0.0/0"), deny("::/0")], "{merged:#?}");
+    let profiles = cluster.api::<ConnectivityProfile>();
+    for name in ["alpha", "beta"] {
+        let (reason, message) = eventually(WAIT, "PolicyApplied", || {
+            let profiles = profiles.clone();
+            async move { policy_condition(&profiles.get(name).await.ok()?) }
+        })
+        .await;
+        assert_eq!(reason, "Applied", "{name}: {message}");
+    }
+    operator.abort();
+}

@@ -127,6 +127,8 @@ pub struct Context {
     line: Mutex<Arc<Line>>,
     /// ConnectivityProfile reconciles at once (there are few profiles; they wait as tasks).
     profile_permits: Semaphore,
+    /// One writer at a time per namespace for its shared EgressFirewall.
+    pub(crate) egress_firewall_locks: policy::NamespaceLocks,
 }
 
 impl Context {
@@ -145,6 +147,7 @@ impl Context {
             status_writes: AtomicU64::new(0),
             line: Mutex::new(Arc::new(new_line(&settings))),
             profile_permits: Semaphore::new(usize::from(settings.max_concurrent_reconciles.max(1))),
+            egress_firewall_locks: policy::NamespaceLocks::default(),
             settings,
         }
     }
