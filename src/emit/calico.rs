@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, calico};
-use super::{Input, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Output, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 
 use super::shared::*;
@@ -36,7 +36,22 @@ pub fn calico(input: &Input<'_>) -> Output {
         .as_ref()
         .and_then(|p| p.calico_enterprise)
         .unwrap_or(false);
+    // Deny rules first: Calico evaluates a policy's rules in order.
     let mut rules = Vec::new();
+    for deny in denies(input) {
+        match deny_nets(flavor, &deny) {
+            Ok(nets) => rules.push(calico::Rule {
+                action: calico::Action::Deny,
+                protocol: calico::Protocol::Tcp,
+                destination: calico::EntityRule {
+                    nets: nets.iter().map(|n| n.trunc().to_string()).collect(),
+                    ports: deny.ports.clone(),
+                    ..calico::EntityRule::default()
+                },
+            }),
+            Err(n) => output.notes.push(n),
+        }
+    }
     let mut all_nets = Vec::new();
     for allow in allows(input) {
         match (&allow.host, enterprise, address_nets(flavor, &allow)) {

@@ -21,6 +21,9 @@ fn istio_protocol(protocol: Protocol) -> &'static str {
     }
 }
 
+/// Ambient mode: the label that sends a ServiceEntry's traffic through a waypoint.
+const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
 const ISTIO_GATEWAY_SERVICE: &str = "istio-egressgateway.istio-system.svc.cluster.local";
 
 pub fn istio(input: &Input<'_>) -> Output {
@@ -36,9 +39,11 @@ pub fn istio(input: &Input<'_>) -> Output {
     let mut endpoints: Vec<_> = input.spec.endpoints.iter().collect();
     endpoints.sort_by(|a, b| a.name.cmp(&b.name));
     for endpoint in endpoints {
+        // A Blocked port stays out of the registry: with REGISTRY_ONLY nothing reaches it.
         let mut ports: Vec<istio::Port> = endpoint
             .ports
             .iter()
+            .filter(|p| !p.blocked())
             .map(|p| {
                 let protocol = istio_protocol(p.protocol);
                 istio::Port {
@@ -50,6 +55,9 @@ pub fn istio(input: &Input<'_>) -> Output {
             .collect();
         ports.sort_by_key(|p| p.number);
         ports.dedup_by_key(|p| p.number);
+        if ports.is_empty() {
+            continue;
+        }
         let name = format!("{}-{}", object_name(input, false), endpoint.name);
         let spec = match (&endpoint.host, &endpoint.cidr) {
             (Some(host), _) if host.starts_with("*.") => {
@@ -87,10 +95,17 @@ pub fn istio(input: &Input<'_>) -> Output {
             },
             (None, None) => continue,
         };
+        let mut meta = metadata(input, name, false);
+        if let Some(waypoint) = &options.waypoint {
+            // Ambient mode: egress to this entry goes through the namespace's waypoint.
+            meta.labels
+                .get_or_insert_default()
+                .insert(USE_WAYPOINT_LABEL.to_owned(), waypoint.clone());
+        }
         output.objects.push(to_value(&Object {
             api_version: "networking.istio.io/v1".into(),
             kind: "ServiceEntry".into(),
-            metadata: metadata(input, name, false),
+            metadata: meta,
             spec,
         }));
     }

@@ -105,13 +105,59 @@ impl Allow {
     }
 }
 
-/// What the profile allows, endpoint by endpoint, in name order.
+/// What the profile allows, endpoint by endpoint, in name order: the ports that are not
+/// expected to be Blocked. A port one endpoint declares Blocked is allowed by no other
+/// endpoint of the same host or CIDR (Blocked wins).
 pub fn allows(input: &Input<'_>) -> Vec<Allow> {
+    let blocked: Vec<(Option<&str>, Option<&str>, i32)> = input
+        .spec
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            e.ports
+                .iter()
+                .filter(|p| p.blocked())
+                .map(|p| (e.host.as_deref(), e.cidr.as_deref(), p.port))
+        })
+        .collect();
+    endpoint_ports(input, |endpoint, port| {
+        !port.blocked()
+            && !blocked.contains(&(
+                endpoint.host.as_deref(),
+                endpoint.cidr.as_deref(),
+                port.port,
+            ))
+    })
+}
+
+/// What the profile expects to be Blocked, endpoint by endpoint, in name order: emitters
+/// never allow it, and flavors that can deny put an explicit Deny for it before their allows.
+pub fn denies(input: &Input<'_>) -> Vec<Allow> {
+    endpoint_ports(input, |_, port| port.blocked())
+}
+
+/// Endpoints with the ports `keep` selects (endpoints left without ports are left out), with
+/// their networks: the declared CIDR, or the host's resolved addresses.
+fn endpoint_ports(
+    input: &Input<'_>,
+    keep: impl Fn(&crate::api::endpoint::Endpoint, &crate::api::endpoint::PortSpec) -> bool,
+) -> Vec<Allow> {
     let mut allows: Vec<Allow> = input
         .spec
         .endpoints
         .iter()
-        .map(|endpoint| {
+        .filter_map(|endpoint| {
+            let mut ports: Vec<u16> = endpoint
+                .ports
+                .iter()
+                .filter(|p| keep(endpoint, p))
+                .map(|p| p.port as u16)
+                .collect();
+            if ports.is_empty() {
+                return None;
+            }
+            ports.sort_unstable();
+            ports.dedup();
             let nets = match (&endpoint.cidr, &endpoint.host) {
                 (Some(cidr), _) => cidr
                     .parse::<IpNet>()
@@ -132,15 +178,12 @@ pub fn allows(input: &Input<'_>) -> Vec<Allow> {
                 }
                 (None, None) => Vec::new(),
             };
-            let mut ports: Vec<u16> = endpoint.ports.iter().map(|p| p.port as u16).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            Allow {
+            Some(Allow {
                 endpoint: endpoint.name.clone(),
                 host: endpoint.host.clone(),
                 nets,
                 ports,
-            }
+            })
         })
         .collect();
     allows.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Input, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Output, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 
 use super::shared::*;
@@ -22,22 +22,42 @@ pub fn network_policy(input: &Input<'_>) -> Output {
         end_port: None,
     };
     let mut egress = Vec::new();
+    // NetworkPolicy cannot deny: a Blocked endpoint is simply not allowed, and carved out of
+    // any allowed range that holds it.
+    let denies = denies(input);
     for allow in allows(input) {
         match address_nets(Flavor::NetworkPolicy, &allow) {
-            Ok(nets) => egress.push(NetworkPolicyEgressRule {
-                to: Some(
-                    nets.iter()
-                        .map(|net| NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: net.trunc().to_string(),
-                                except: None,
-                            }),
-                            ..NetworkPolicyPeer::default()
-                        })
-                        .collect(),
-                ),
-                ports: Some(allow.ports.iter().map(|p| tcp(*p)).collect()),
-            }),
+            Ok(nets) => {
+                let mut peers = Vec::new();
+                for net in nets {
+                    let except = blocked_inside(&net, &allow.ports, &denies);
+                    if except.contains(&net.trunc()) {
+                        output.notes.push(note(
+                            Flavor::NetworkPolicy,
+                            &allow,
+                            format!(
+                                "{} is also expected Blocked on a port it allows; left out",
+                                net.trunc()
+                            ),
+                        ));
+                        continue;
+                    }
+                    peers.push(NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: net.trunc().to_string(),
+                            except: (!except.is_empty())
+                                .then(|| except.iter().map(ToString::to_string).collect()),
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    });
+                }
+                if !peers.is_empty() {
+                    egress.push(NetworkPolicyEgressRule {
+                        to: Some(peers),
+                        ports: Some(allow.ports.iter().map(|p| tcp(*p)).collect()),
+                    });
+                }
+            }
             Err(n) => output.notes.push(n),
         }
     }
