@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, istio};
-use super::{Input, Note, Output, metadata, object_name};
+use super::{Input, Note, Output, allows, denies, metadata, object_name};
 use crate::api::{Flavor, Protocol};
 
 use super::shared::*;
@@ -35,15 +35,40 @@ pub fn istio(input: &Input<'_>) -> Output {
         .as_ref()
         .and_then(|p| p.istio.clone())
         .unwrap_or_default();
+    let allowed: BTreeMap<String, super::Allow> = allows(input)
+        .into_iter()
+        .map(|a| (a.endpoint.clone(), a))
+        .collect();
+    let denied = denies(input);
     let mut tls_hosts: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     let mut endpoints: Vec<_> = input.spec.endpoints.iter().collect();
     endpoints.sort_by(|a, b| a.name.cmp(&b.name));
     for endpoint in endpoints {
-        // A Blocked port stays out of the registry: with REGISTRY_ONLY nothing reaches it.
+        // A Blocked port stays out of the registry (with REGISTRY_ONLY nothing reaches it),
+        // and so does a port of a range that holds a Blocked address: Istio cannot deny.
+        let Some(allow) = allowed.get(&endpoint.name) else {
+            continue;
+        };
         let mut ports: Vec<istio::Port> = endpoint
             .ports
             .iter()
-            .filter(|p| !p.blocked())
+            .filter(|p| allow.ports.contains(&(p.port as u16)))
+            .filter(|p| {
+                let port = [p.port as u16];
+                let holds_blocked = endpoint.cidr.is_some()
+                    && allow
+                        .nets
+                        .iter()
+                        .any(|net| !blocked_inside(net, &port, &denied).is_empty());
+                if holds_blocked {
+                    output.notes.push(note(
+                        flavor,
+                        allow,
+                        format!("port {} of its range also reaches an endpoint expected Blocked, which Istio cannot deny; left out", p.port),
+                    ));
+                }
+                !holds_blocked
+            })
             .map(|p| {
                 let protocol = istio_protocol(p.protocol);
                 istio::Port {
