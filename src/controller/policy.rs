@@ -341,8 +341,8 @@ async fn write_shared(
                 }
             }
             (Some(object), None) => {
-                let object: DynamicObject = serde_json::from_value(object)
-                    .expect("emitted objects are Kubernetes objects");
+                let object: DynamicObject =
+                    serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
                 let params = PostParams {
                     field_manager: Some(MANAGER.into()),
                     ..PostParams::default()
