@@ -10,7 +10,7 @@ DIR=${1:-${TMPDIR:-/tmp}/test-peers}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PEERS=${PEERS:-"nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox"}
+PEERS=${PEERS:-"nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox echo"}
 TIMEOUT=${PEERS_TIMEOUT:-30}
 PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 
@@ -21,6 +21,7 @@ PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 : "${PEER_LDAP_PORT:=10389}"  "${PEER_LDAPS_PORT:=10636}"
 : "${PEER_DNS_PORT:=15353}"   "${PEER_SQUID_PORT:=13128}"
 : "${PEER_MITM_PORT:=13129}"  "${PEER_BLACKBOX_PORT:=19115}"
+: "${PEER_ECHO_PORT:=18090}"  "${PEER_ECHO_TLS_PORT:=18490}"
 
 die() { echo "peers: $*" >&2; exit 1; }
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -86,7 +87,7 @@ EOF
   rm -f "$C"/*.csr
 fi
 
-mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox}
+mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,echo}
 printf '127.0.0.1 localhost maas360.com www.maas360.com example.com mail.example.com ldap.example.com %s\n' "$(for m in 1 2 3 4 6; do printf 'mpnsv2.m%s.maas360.com ' $m; done)services.m3.maas360.com" > "$DIR/hosts"
 
 # ---- configs ----
@@ -325,6 +326,47 @@ modules:
     dns: {query_name: maas360.com, query_type: A, transport_protocol: udp, valid_rcodes: [NOERROR]}
 EOF
 
+# Echo service for source-address checks: GET / answers the caller's address as text
+# ("127.0.0.1\n"), GET /json as {"ip": "..."}; a plain and a TLS port on 127.0.0.1.
+cat > "$DIR/echo/echo.py" <<'EOF'
+import http.server, json, ssl, sys, threading
+port, tls_port, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain(cert, key)
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version, timeout = "HTTP/1.1", 10
+    def do_GET(self):
+        ip = self.client_address[0].removeprefix("::ffff:")
+        answers = {"/": (ip + "\n", "text/plain"), "/json": (json.dumps({"ip": ip}) + "\n", "application/json")}
+        if self.path not in answers:
+            return self.send_error(404)
+        body, kind = answers[self.path]
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", kind + "; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    tls = False
+    def finish_request(self, request, client_address):
+        if self.tls:  # the handshake runs in the connection's own thread
+            request.settimeout(10)
+            request = tls.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
+    def handle_error(self, request, client_address):
+        pass
+
+for p, wrapped in ((port, False), (tls_port, True)):
+    server = type("EchoServer", (Server,), {"tls": wrapped})(("127.0.0.1", p), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+threading.Event().wait()
+EOF
+
 # ---- pre-flight ----
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if [ $ROOT = 1 ] && { want squid || want dovecot; }; then  # they switch to proxy / nobody
@@ -339,6 +381,7 @@ want slapd && for p in $PEER_LDAP_PORT $PEER_LDAPS_PORT; do port_busy $p && busy
 want squid && { port_busy $PEER_SQUID_PORT && busy+=" $PEER_SQUID_PORT"; }
 want mitmproxy && { port_busy $PEER_MITM_PORT && busy+=" $PEER_MITM_PORT"; }
 want blackbox && { port_busy $PEER_BLACKBOX_PORT && busy+=" $PEER_BLACKBOX_PORT"; }
+want echo && for p in $PEER_ECHO_PORT $PEER_ECHO_TLS_PORT; do port_busy $p && busy+=" $p"; done
 [ -z "$busy" ] || die "ports already in use:$busy"
 
 # ---- launch (all at once, own session each, output to DIR/<name>/out.log) ----
@@ -368,6 +411,7 @@ want mitmproxy && launch mitmproxy mitmdump --listen-host 127.0.0.1 --listen-por
   --set confdir="$DIR/mitmproxy" --set ssl_verify_upstream_trusted_ca="$C/public-root.pem" -s "$DIR/mitmproxy/hosts_addon.py"
 want blackbox && launch blackbox prometheus-blackbox-exporter --config.file="$DIR/blackbox/blackbox.yml" \
   --web.listen-address="127.0.0.1:$PEER_BLACKBOX_PORT"
+want echo && launch echo "$PY" "$DIR/echo/echo.py" "$PEER_ECHO_PORT" "$PEER_ECHO_TLS_PORT" "$C/server-chain.pem" "$C/server.key"
 
 # ---- readiness ----
 dns_ok() { "$PY" - "$1" <<'EOF'
@@ -387,6 +431,7 @@ ready() { case $1 in
   squid) port_busy $PEER_SQUID_PORT ;;
   mitmproxy) port_busy $PEER_MITM_PORT ;;
   blackbox) port_busy $PEER_BLACKBOX_PORT ;;
+  echo) port_busy $PEER_ECHO_PORT && port_busy $PEER_ECHO_TLS_PORT ;;
 esac; }
 fail() { echo "peers: $1 not ready: $2; last log lines:" >&2
   tail -n 20 "$DIR/$1"/*.log >&2 2>/dev/null || true
@@ -418,6 +463,8 @@ PEER_LDAP_PORT=$PEER_LDAP_PORT
 PEER_LDAPS_PORT=$PEER_LDAPS_PORT
 PEER_DNS_PORT=$PEER_DNS_PORT
 PEER_SQUID_PORT=$PEER_SQUID_PORT
+PEER_ECHO_PORT=$PEER_ECHO_PORT
+PEER_ECHO_TLS_PORT=$PEER_ECHO_TLS_PORT
 PEER_MITM_PORT=$PEER_MITM_PORT
 PEER_BLACKBOX_PORT=$PEER_BLACKBOX_PORT
 PEER_MAIL_USER=user@example.com
