@@ -480,4 +480,78 @@ mod tests {
         assert_eq!(reference.config_map.as_deref(), Some("corp-ca"));
         assert_eq!(planned[0].tls.ca_bundle_pem, None);
     }
+
+    fn planned(policy: &str, ports: &str) -> Vec<Target> {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor, namespace: mdm}}\nspec:\n  endpoints:\n    - name: e\n      host: example.com\n      ports: {ports}\n  policy: {policy}\n"
+        );
+        let loaded = load_str(Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        plan_documents(&loaded).unwrap().remove(0).targets
+    }
+
+    #[test]
+    fn a_blocked_port_names_the_policies_that_should_block_it() {
+        let planned = planned(
+            "{flavors: [EgressFirewall, NetworkPolicy, CiliumEgressGateway, AdminNetworkPolicy], egressGateway: {nodeSelector: {gw: x}}}",
+            "[{port: 443, protocol: HTTPS, expect: Blocked}, {port: 80, protocol: HTTP}]",
+        );
+        assert_eq!(planned[0].expect, Expect::Blocked);
+        assert_eq!(
+            planned[0].policies,
+            [
+                "NetworkPolicy netreach-vendor",
+                "AdminNetworkPolicy netreach-mdm-vendor",
+                "EgressFirewall default"
+            ]
+        );
+        assert_eq!(planned[1].expect, Expect::Reachable);
+        assert!(planned[1].policies.is_empty());
+    }
+
+    #[test]
+    fn an_empty_source_ip_check_expects_the_egress_gateways_address() {
+        let port = "[{port: 443, protocol: HTTPS, http: {sourceIP: {}}}]";
+        let gateway = planned(
+            "{flavors: [CiliumEgressGateway], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            port,
+        );
+        let plan = gateway[0].source_ip.as_ref().unwrap();
+        assert_eq!(plan.expected, ["192.0.2.10/32"]);
+        assert_eq!(plan.json_field, "ip");
+        assert!(plan.egress_gateway);
+        // The gateway settings alone, without the flavor, set no expectation.
+        let unused = planned(
+            "{flavors: [Cilium], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            port,
+        );
+        assert!(unused[0].source_ip.as_ref().unwrap().expected.is_empty());
+        let explicit = planned(
+            "{flavors: [CiliumEgressGateway], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            "[{port: 443, protocol: HTTPS, http: {sourceIP: {expected: [198.51.100.0/24], jsonField: origin}}}]",
+        );
+        let plan = explicit[0].source_ip.as_ref().unwrap();
+        assert_eq!(plan.expected, ["198.51.100.0/24"]);
+        assert_eq!(plan.json_field, "origin");
+    }
+
+    #[test]
+    fn blocked_by_and_expectations_on_a_blocked_port_are_refused_by_the_schema() {
+        let refused = |port: &str| {
+            let yaml = format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{port}]}}\n"
+            );
+            load_str(Path::new("t.yaml"), &yaml).is_err()
+        };
+        assert!(!refused(
+            "{port: 1, protocol: TCP, expect: Blocked, blockedBy: [DNS]}"
+        ));
+        assert!(refused("{port: 1, protocol: TCP, blockedBy: [DNS]}"));
+        assert!(refused(
+            "{port: 1, protocol: HTTPS, expect: Blocked, http: {path: /}}"
+        ));
+        assert!(refused("{port: 1, protocol: TCP, http: {sourceIP: {}}}"));
+        assert!(refused(
+            "{port: 1, protocol: HTTP, http: {sourceIP: {expected: [not-an-ip]}}}"
+        ));
+    }
 }

@@ -647,3 +647,33 @@ pub fn missing_items(expected: &[String], offered: &[String]) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_address_is_read_from_text_or_a_json_field() {
+        let ip = |text: &str, field: &str| echoed_address(text.as_bytes(), field);
+        assert_eq!(
+            ip("198.51.100.7\n", "ip"),
+            Ok("198.51.100.7".parse().unwrap())
+        );
+        assert_eq!(ip("{\"ip\": \"::1\"}", "ip"), Ok("::1".parse().unwrap()));
+        assert_eq!(
+            ip("{\"client\": {\"addr\": \"192.0.2.10\"}}", "client.addr"),
+            Ok("192.0.2.10".parse().unwrap())
+        );
+        assert!(
+            ip("{\"origin\": \"x\"}", "ip")
+                .unwrap_err()
+                .contains("no string field ip")
+        );
+        assert!(
+            ip("<html>hello</html>", "ip")
+                .unwrap_err()
+                .contains("is not an IP address")
+        );
+        assert!(echoed_address(&[0xff, 0xfe], "ip").is_err());
+    }
+}
