@@ -1801,7 +1801,7 @@ fn the_oracle_sees_all_ports_later_to_ports_ranges_and_allowed_blocked_endpoints
         ),
     ] {
         assert!(
-            widening(&[widened.clone()], &declared, &none).is_some(),
+            widening(std::slice::from_ref(&widened), &declared, &none).is_some(),
             "{widened}"
         );
     }

@@ -186,6 +186,15 @@ impl ProbeResult {
         (&self.endpoint, self.port)
     }
 
+    /// Whether the row failed on the network (DNS, connect or proxy), as the Reachable
+    /// condition counts it. A port expected Blocked that connected fails at Connect too, but
+    /// because it was reachable: it does not count.
+    pub fn unreachable(&self) -> bool {
+        self.outcome == Outcome::Fail
+            && matches!(self.stage, Stage::Dns | Stage::Connect | Stage::Proxy)
+            && self.reason != Reason::UnexpectedlyReachable
+    }
+
     /// `host:port` or `cidr:port`, as people write it.
     pub fn target(&self) -> String {
         let host = self.host.as_deref().or(self.cidr.as_deref()).unwrap_or("?");
