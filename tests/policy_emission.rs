@@ -45,7 +45,7 @@ fn rich_profile() -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
             {"name": "vendor-primary", "cidr": "18.233.3.236/32", "ports": [{"port": 443, "protocol": "TCP"}]},
             {"name": "vendor-range", "cidr": "2001:db8::/64", "ports": [{"port": 8443, "protocol": "TLS"}]},
             {"name": "not-example", "host": "example.org", "ports": [{"port": 443, "protocol": "HTTPS", "expect": "Blocked"}]},
-            {"name": "not-internal", "cidr": "18.233.3.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}, {"port": 22, "protocol": "TCP", "expect": "Blocked"}]},
+            {"name": "not-internal", "cidr": "192.0.2.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}, {"port": 22, "protocol": "TCP", "expect": "Blocked"}]},
         ],
         "policy": {
             "podSelector": {"matchLabels": {"app": "cloud-extender"}},
@@ -369,8 +369,8 @@ fn blocked_endpoints_are_denied_first_where_a_flavor_can_deny_and_allowed_nowher
         if can_deny {
             for wanted in [
                 ("93.184.215.14/32", 443),
-                ("18.233.3.0/24", 443),
-                ("18.233.3.0/24", 22),
+                ("192.0.2.0/24", 443),
+                ("192.0.2.0/24", 22),
             ] {
                 assert!(
                     denied.contains(&(wanted.0.to_owned(), wanted.1)),
