@@ -1,8 +1,8 @@
 //! API server semantics the emulator must not simplify away: format validation and CEL rules
 //! (with `oldSelf`) in the API server's error shape, strict decoding, conditional updates of
-//! custom resources, resourceVersion preconditions on apply and delete, which field selectors a kind supports, which verbs the all-namespaces
-//! path serves, resource versions the store does not have, generateName, and watch bookmarks
-//! and timeouts.
+//! custom resources, resourceVersion preconditions on apply and delete, which field selectors
+//! a kind supports, which verbs the all-namespaces path serves, resource versions the store
+//! does not have, generateName, and watch bookmarks and timeouts.
 
 mod common;
 
