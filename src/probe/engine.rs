@@ -337,7 +337,7 @@ fn unexpectedly_reachable(target: &Target, proxy: Option<&str>, latency: Latency
         None => format!("{shown} accepted a connection, but it is expected to be Blocked"),
     };
     let policies = if target.policies.is_empty() {
-        "; the profile emits no policy that blocks it: add a flavor to spec.policy.flavors (NetworkPolicy, Cilium, Calico, AdminNetworkPolicy, ClusterNetworkPolicy or EgressFirewall), or block it at the firewall".to_owned()
+        "; no policy NetReach emits blocks it: declare the endpoint in a ConnectivityProfile whose spec.policy.flavors has one that does (NetworkPolicy, Cilium, Calico, AdminNetworkPolicy, ClusterNetworkPolicy or EgressFirewall), or block it at the firewall".to_owned()
     } else {
         format!(
             "; {} should block it: check that it is applied, that it selects this pod and that the network plugin enforces it",
