@@ -2142,3 +2142,67 @@ async fn concurrent_profiles_and_a_foreign_writer_lose_no_egress_firewall_rule()
     }
     operator.abort();
 }
+
+#[test]
+fn an_endpoint_inside_a_blocked_range_is_blocked_by_every_flavor() {
+    let spec = spec(json!({"endpoints": [
+        {"name": "vendor", "cidr": "10.0.0.7/32", "ports": [{"port": 443, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}]},
+        {"name": "subnet", "cidr": "10.0.0.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}]},
+    ], "policy": {"flavors": []}}));
+    let addresses = BTreeMap::new();
+    let input = Input {
+        name: "p",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let allows_vendor_443 = |flavor: Flavor| {
+        let output = emit(flavor, &input);
+        let all: Vec<Grant> = output.objects.iter().flat_map(grants).collect();
+        let covers =
+            |g: &Grant| g.destination == "10.0.0.7/32" && (g.ports.0..=g.ports.1).contains(&443);
+        let allowed = all
+            .iter()
+            .filter(|g| !g.deny && covers(g))
+            .map(|g| g.order)
+            .min();
+        let denied = all
+            .iter()
+            .filter(|g| {
+                g.deny
+                    && (g.ports.0..=g.ports.1).contains(&443)
+                    && inside("10.0.0.7/32", &g.destination)
+            })
+            .map(|g| g.order)
+            .min();
+        (
+            allowed.is_some() && denied.is_none_or(|d| Some(d) > allowed),
+            output.notes,
+        )
+    };
+    for flavor in Flavor::iter().filter(|f| *f != Flavor::CiliumEgressGateway) {
+        let (allowed, notes) = allows_vendor_443(flavor);
+        assert!(
+            !allowed,
+            "{} lets 10.0.0.7:443 through: {notes:?}",
+            flavor.as_str()
+        );
+    }
+    // NetworkPolicy cannot deny: it leaves the address out (with its other ports: ports go
+    // per rule, not per peer) and says so.
+    let output = emit(Flavor::NetworkPolicy, &input);
+    assert!(
+        output
+            .notes
+            .iter()
+            .any(|n| n.endpoint == "vendor"
+                && n.message.contains("inside an endpoint expected Blocked")),
+        "{:?}",
+        output.notes
+    );
+    let granted: Vec<Grant> = output.objects.iter().flat_map(grants).collect();
+    assert!(
+        !granted.iter().any(|g| g.destination == "10.0.0.7/32"),
+        "{granted:?}"
+    );
+}

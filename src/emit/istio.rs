@@ -55,16 +55,15 @@ pub fn istio(input: &Input<'_>) -> Output {
             .filter(|p| allow.ports.contains(&(p.port as u16)))
             .filter(|p| {
                 let port = [p.port as u16];
-                let holds_blocked = endpoint.cidr.is_some()
-                    && allow
-                        .nets
-                        .iter()
-                        .any(|net| !blocked_inside(net, &port, &denied).is_empty());
+                let holds_blocked = allow.nets.iter().any(|net| {
+                    !blocked_inside(net, &port, &denied).is_empty()
+                        || inside_blocked(net, &port, &denied)
+                });
                 if holds_blocked {
                     output.notes.push(note(
                         flavor,
                         allow,
-                        format!("port {} of its range also reaches an endpoint expected Blocked, which Istio cannot deny; left out", p.port),
+                        format!("port {} reaches addresses that overlap an endpoint expected Blocked, which Istio cannot deny; left out", p.port),
                     ));
                 }
                 !holds_blocked

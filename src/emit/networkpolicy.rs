@@ -30,18 +30,18 @@ pub fn network_policy(input: &Input<'_>) -> Output {
             Ok(nets) => {
                 let mut peers = Vec::new();
                 for net in nets {
-                    let except = blocked_inside(&net, &allow.ports, &denies);
-                    if except.contains(&net.trunc()) {
+                    if inside_blocked(&net, &allow.ports, &denies) {
                         output.notes.push(note(
                             Flavor::NetworkPolicy,
                             &allow,
                             format!(
-                                "{} is also expected Blocked on a port it allows; left out",
+                                "{} lies inside an endpoint expected Blocked on a port it allows; left out, as the flavors that deny block it",
                                 net.trunc()
                             ),
                         ));
                         continue;
                     }
+                    let except = blocked_inside(&net, &allow.ports, &denies);
                     peers.push(NetworkPolicyPeer {
                         ip_block: Some(IPBlock {
                             cidr: net.trunc().to_string(),

@@ -113,3 +113,14 @@ pub(super) fn blocked_inside(net: &IpNet, ports: &[u16], denies: &[Allow]) -> Ve
     inside.dedup();
     inside
 }
+
+/// Whether `net` lies inside a network expected Blocked on one of `ports`: the flavors that
+/// deny put the Deny first, so such an allow is blocked there, and the others leave it out to
+/// mean the same.
+pub(super) fn inside_blocked(net: &IpNet, ports: &[u16], denies: &[Allow]) -> bool {
+    denies
+        .iter()
+        .filter(|d| d.ports.iter().any(|p| ports.contains(p)))
+        .flat_map(|d| d.nets.iter())
+        .any(|d| d.contains(net))
+}
