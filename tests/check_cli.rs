@@ -773,3 +773,190 @@ fn save_certs_writes_each_presented_chain_leaf_first_even_for_interception() {
         "the forged leaf copies the subject: {shown}"
     );
 }
+
+/// A loopback server on an ephemeral port answering every connection with `answer(peer)`
+/// after the request head; it lives as long as the test process.
+fn serve(answer: fn(std::net::SocketAddr, &str) -> String) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                while reader.read_line(&mut head).is_ok_and(|n| n > 0)
+                    && !head.ends_with("\r\n\r\n")
+                {}
+                let _ = (&stream).write_all(answer(peer, &head).as_bytes());
+            });
+        }
+    });
+    port
+}
+
+/// An echo service: the caller's address as text on `/`, as JSON on `/json`.
+fn echo(peer: std::net::SocketAddr, head: &str) -> String {
+    let body = if head.starts_with("GET /json ") {
+        format!("{{\"ip\": \"{}\"}}\n", peer.ip())
+    } else {
+        format!("{}\n", peer.ip())
+    };
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn blocked_ports_pass_when_refused_and_fail_when_reachable_and_source_ips_are_compared() {
+    let echo_port = serve(echo);
+    let refusing_proxy = serve(|_, _| "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".into());
+    // A port nothing listens on: bound once for a free number, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proof.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"apiVersion: netreach.dev/v1alpha1
+kind: ConnectivityProfile
+metadata: {{name: proof, namespace: mdm}}
+spec:
+  defaults: {{timeout: 3s}}
+  endpoints:
+    - {{name: closed, cidr: 127.0.0.1, ports: [{{port: {closed}, protocol: HTTPS, expect: Blocked}}]}}
+    - {{name: open, cidr: 127.0.0.1, ports: [{{port: {echo_port}, protocol: TCP, expect: Blocked}}]}}
+    - {{name: nowhere, host: nothing.invalid, ports: [{{port: 443, protocol: TCP, expect: Blocked, blockedBy: [DNS]}}]}}
+    - {{name: egress-ok, cidr: 127.0.0.1, ports: [{{port: {echo_port}, protocol: HTTP, http: {{sourceIP: {{expected: [127.0.0.1/32]}}}}}}]}}
+    - {{name: egress-json, cidr: 127.0.0.1, ports: [{{port: {echo_port}, protocol: HTTP, http: {{path: /json, sourceIP: {{expected: [10.0.0.0/8, 127.0.0.0/8]}}}}}}]}}
+    - {{name: egress-wrong, cidr: 127.0.0.1, ports: [{{port: {echo_port}, protocol: HTTP, http: {{sourceIP: {{}}}}}}]}}
+  policy:
+    flavors: [NetworkPolicy, EgressFirewall, CiliumEgressGateway]
+    egressGateway: {{nodeSelector: {{egress: "true"}}, egressIP: 192.0.2.10}}
+---
+apiVersion: netreach.dev/v1alpha1
+kind: ConnectivityProfile
+metadata: {{name: proxied, namespace: mdm}}
+spec:
+  defaults: {{timeout: 3s}}
+  proxy: {{url: "http://127.0.0.1:{refusing_proxy}"}}
+  endpoints:
+    - {{name: denied, host: example.org, ports: [{{port: 443, protocol: HTTPS, expect: Blocked}}]}}
+"#
+        ),
+    )
+    .unwrap();
+    // The peers' DNS answers NXDOMAIN for every name it does not know.
+    let nameserver = Peers::get().dns();
+    let out = netreach()
+        .args(["check", "-o", "json", "--nameserver", &nameserver])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: Report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    let rows: Vec<&netreach::api::result::ProbeResult> =
+        report.groups.iter().flat_map(|g| &g.results).collect();
+    let row = |name: &str| *rows.iter().find(|r| r.endpoint == name).unwrap();
+    let verdict = |name: &str| {
+        let r = row(name);
+        (r.outcome, r.stage, r.reason, r.blocked_by)
+    };
+    assert_eq!(
+        verdict("closed"),
+        (
+            Outcome::Pass,
+            Stage::Connect,
+            Reason::Blocked,
+            Some(Reason::ConnectionRefused)
+        )
+    );
+    assert!(
+        row("closed")
+            .message
+            .contains("is blocked, as expected (ConnectionRefused)"),
+        "{}",
+        row("closed").message
+    );
+    assert_eq!(
+        verdict("open"),
+        (
+            Outcome::Fail,
+            Stage::Connect,
+            Reason::UnexpectedlyReachable,
+            None
+        )
+    );
+    let leak = &row("open").message;
+    assert!(
+        leak.contains(&format!("127.0.0.1:{echo_port} accepted a connection"))
+            && leak
+                .contains("NetworkPolicy netreach-proof, EgressFirewall default should block it"),
+        "the message names the profile's policies: {leak}"
+    );
+    assert_eq!(
+        verdict("nowhere"),
+        (
+            Outcome::Pass,
+            Stage::Dns,
+            Reason::Blocked,
+            Some(Reason::NxDomain)
+        )
+    );
+    assert_eq!(
+        verdict("denied"),
+        (
+            Outcome::Pass,
+            Stage::Proxy,
+            Reason::Blocked,
+            Some(Reason::ProxyRejected)
+        )
+    );
+    for name in ["egress-ok", "egress-json"] {
+        let r = row(name);
+        assert_eq!(
+            (r.outcome, r.reason),
+            (Outcome::Pass, Reason::Reachable),
+            "{name}: {}",
+            r.message
+        );
+        assert_eq!(r.source_ip.as_deref(), Some("127.0.0.1"), "{name}");
+    }
+    // `sourceIP: {}` expects the egress gateway's address, and the message names both.
+    let wrong = row("egress-wrong");
+    assert_eq!(
+        (wrong.outcome, wrong.stage, wrong.reason),
+        (Outcome::Fail, Stage::Protocol, Reason::SourceIpMismatch)
+    );
+    assert!(
+        wrong.message.contains("leaves as 127.0.0.1, expected 192.0.2.10/32 (the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod"),
+        "{}",
+        wrong.message
+    );
+    assert_eq!(wrong.source_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the leak and the mismatch fail the check"
+    );
+    // The table shows how a port was blocked and the address the echo saw.
+    let table = netreach()
+        .args(["check", "--nameserver", &nameserver])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.contains("Blocked (ConnectionRefused)"), "{table}");
+    assert!(table.contains("Reachable (from 127.0.0.1)"), "{table}");
+    assert!(
+        table.contains("SourceIPMismatch (from 127.0.0.1)"),
+        "{table}"
+    );
+}

@@ -1826,3 +1826,104 @@ async fn ftp_credentials_reach_the_probe_pod_and_an_ike_row_comes_back() {
     assert_eq!(condition(&check, "Ready").unwrap().0, "True");
     handle.abort();
 }
+
+/// An echo service on loopback: answers the caller's address as text.
+async fn echo_endpoint() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let body = format!("{}\n", peer.ip());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, handle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocked_ports_and_source_addresses_reach_status_conditions_and_metrics_from_probe_pods() {
+    let cluster = Cluster::start("proof").await;
+    peers_ca(&cluster).await;
+    let (open, _server) = http_endpoint().await;
+    let (echo, _echo) = echo_endpoint().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut profile = profile_yaml(
+        "vendor",
+        &format!(
+            "    - {{name: closed, cidr: 127.0.0.1, ports: [{{port: {closed}, protocol: TCP, expect: Blocked}}]}}\n    - {{name: leak, cidr: 127.0.0.1, ports: [{{port: {open}, protocol: TCP, expect: Blocked}}]}}\n    - {{name: egress, cidr: 127.0.0.1, ports: [{{port: {echo}, protocol: HTTP, http: {{sourceIP: {{expected: [127.0.0.1/32]}}}}}}]}}\n"
+        ),
+    );
+    profile.push_str(
+        "  policy: {podSelector: {matchLabels: {app: cloud-extender}}, flavors: [NetworkPolicy]}\n",
+    );
+    cluster.apply_yaml(&profile).await;
+    cluster
+        .apply_yaml(&check_yaml("vendor", "vendor", ""))
+        .await;
+    let operator = cluster.observed_operator(cluster.settings("one")).await;
+    let check = eventually(WAIT, "the first run's rows", || {
+        let api = cluster.api::<EgressCheck>();
+        async move {
+            let check = api.get("vendor").await.ok()?;
+            (check.status.as_ref()?.results.len() == 3).then_some(check)
+        }
+    })
+    .await;
+    let status = check.status.as_ref().unwrap();
+    let row = |name: &str| status.results.iter().find(|r| r.endpoint == name).unwrap();
+    assert_eq!(
+        (
+            row("closed").outcome,
+            row("closed").reason,
+            row("closed").blocked_by
+        ),
+        (
+            Outcome::Pass,
+            Reason::Blocked,
+            Some(Reason::ConnectionRefused)
+        )
+    );
+    assert_eq!(
+        (row("leak").outcome, row("leak").reason),
+        (Outcome::Fail, Reason::UnexpectedlyReachable)
+    );
+    assert!(
+        row("leak")
+            .message
+            .contains("NetworkPolicy netreach-vendor should block it"),
+        "{}",
+        row("leak").message
+    );
+    assert_eq!(
+        row("egress").outcome,
+        Outcome::Pass,
+        "{}",
+        row("egress").message
+    );
+    assert_eq!(row("egress").source_ip.as_deref(), Some("127.0.0.1"));
+    let (ready, _, message) = condition(&check, "Ready").unwrap();
+    assert_eq!(ready, "False", "the leak fails the check: {message}");
+    let text = operator.scrape().await;
+    let up = |endpoint: &str| {
+        sample(
+            &text,
+            "netreach_endpoint_up",
+            &["check=\"vendor\"", &format!("endpoint=\"{endpoint}\"")],
+        )
+    };
+    assert_eq!(up("closed"), Some(1.0), "{text}");
+    assert_eq!(up("leak"), Some(0.0), "{text}");
+    assert_eq!(up("egress"), Some(1.0), "{text}");
+}

@@ -14,11 +14,13 @@ use std::process::Command;
 use ipnet::IpNet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use netreach::api::{ConnectivityProfileSpec, Flavor, Protocol};
+use netreach::api::{ConnectivityProfileSpec, Flavor};
 use netreach::emit::{
     EGRESS_FIREWALL_RULES_ANNOTATION, Input, allowlist, emit, merge_egress_firewall, to_yaml,
     unmerge_egress_firewall,
 };
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 use strum::IntoEnumIterator;
 use support::cluster::{Cluster, eventually};
@@ -40,15 +42,21 @@ fn rich_profile() -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
             {"name": "directory", "host": "ad.customer.example.com", "ports": [{"port": 389, "protocol": "LDAP"}, {"port": 636, "protocol": "LDAPS"}]},
             {"name": "vendor-primary", "cidr": "18.233.3.236/32", "ports": [{"port": 443, "protocol": "TCP"}]},
             {"name": "vendor-range", "cidr": "2001:db8::/64", "ports": [{"port": 8443, "protocol": "TLS"}]},
+            {"name": "not-example", "host": "example.org", "ports": [{"port": 443, "protocol": "HTTPS", "expect": "Blocked"}]},
+            {"name": "not-internal", "cidr": "192.0.2.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}, {"port": 22, "protocol": "TCP", "expect": "Blocked"}]},
         ],
         "policy": {
             "podSelector": {"matchLabels": {"app": "cloud-extender"}},
             "flavors": ["NetworkPolicy"],
             "egressGateway": {"nodeSelector": {"egress": "true"}, "egressIP": "192.0.2.10"},
-            "istio": {"egressGateway": true, "registryOnly": true},
+            "istio": {"egressGateway": true, "registryOnly": true, "waypoint": "egress"},
         },
     }));
     let addresses = BTreeMap::from([
+        (
+            "not-example".to_owned(),
+            vec!["93.184.215.14".parse().unwrap()],
+        ),
         (
             "mpnsv2-m3".to_owned(),
             vec![
@@ -141,8 +149,10 @@ impl UpstreamSchemas {
         }
     }
 
-    /// Applies `object` with strict validation; `source` says where it came from.
+    /// Applies `object` with strict validation, after the independent schema validator
+    /// accepted it; `source` says where it came from.
     async fn apply(&mut self, object: &Value, source: &str) {
+        assert_schema_valid(object, source);
         if let Some(namespace) = object["metadata"]["namespace"].as_str()
             && self.namespaces.insert(namespace.to_owned())
         {
@@ -587,12 +597,17 @@ fn allowlists_list_every_declared_host_cidr_and_port() {
         let destination = endpoint.host.clone().or(endpoint.cidr.clone()).unwrap();
         for port in &endpoint.ports {
             let csv_row = format!(
-                "mdm/maas360-m3,{},{destination},{},TCP,{}",
+                "mdm/maas360-m3,{},{destination},{},{}",
                 endpoint.name, port.port, port.protocol
             );
+            // What must stay closed is no part of what the perimeter should open.
+            if port.blocked() {
+                assert!(!csv.contains(&csv_row), "{csv_row} listed:\n{csv}");
+                continue;
+            }
             assert!(csv.contains(&csv_row), "{csv_row} missing:\n{csv}");
             let md_row = format!(
-                "| mdm/maas360-m3 | {} | {destination} | {} | TCP | {} |",
+                "| mdm/maas360-m3 | {} | {destination} | {} | {} |",
                 endpoint.name, port.port, port.protocol
             );
             assert!(markdown.contains(&md_row), "{md_row} missing:\n{markdown}");
@@ -827,81 +842,51 @@ fn egress_firewall_says_it_covers_the_whole_namespace_when_the_profile_selects_p
     );
 }
 
-/// Tiny deterministic PRNG for the property test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
+fn random_profile(seed: &ProfileSeed) -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
     let mut endpoints = Vec::new();
     let mut addresses = BTreeMap::new();
     let labels = ["a", "vendor", "m3", "api", "x1"];
-    for i in 0..(1 + rng.below(8)) {
+    let protocols = ["TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS"];
+    for (i, e) in seed.endpoints.iter().enumerate() {
         let name = format!("e{i}");
-        let ports: BTreeSet<u16> = (0..(1 + rng.below(3)))
-            .map(|_| 1 + rng.below(65535) as u16)
-            .collect();
-        let protocols = [
-            "TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS", "FTP", "FTPS", "IKE",
-        ];
-        let ports: Vec<Value> = ports
-            .into_iter()
-            .map(|p| {
-                let protocol = protocols[rng.below(protocols.len() as u64) as usize];
-                // IKE on 500 brings NAT traversal on 4500: make it common.
-                let p = if protocol == "IKE" && rng.below(2) == 0 {
-                    500
-                } else {
-                    p
-                };
-                let mut port = json!({"port": p, "protocol": protocol});
-                if protocol.starts_with("FTP") && rng.below(3) != 0 {
-                    let from = 1024 + rng.below(60000) as u16;
-                    let width = if rng.below(4) == 0 { 400 } else { 30 };
-                    let to = from.saturating_add(rng.below(width) as u16);
-                    port["ftp"] = json!({"passivePorts": {"from": from, "to": to}});
+        let mut seen = BTreeSet::new();
+        let ports: Vec<Value> = e
+            .ports
+            .iter()
+            .filter(|(port, _, _)| seen.insert(*port))
+            .map(|(port, protocol, blocked)| {
+                let mut spec = json!({"port": port, "protocol": protocols[*protocol]});
+                if *blocked {
+                    spec["expect"] = json!("Blocked");
                 }
-                port
+                spec
             })
             .collect();
-        let endpoint = match rng.below(4) {
+        let endpoint = match e.kind {
             0 => {
-                let v4 = std::net::Ipv4Addr::from(rng.next() as u32);
-                let net = IpNet::new(IpAddr::V4(v4), 16 + rng.below(17) as u8)
+                let net = IpNet::new(IpAddr::V4(pooled(e.v4).into()), 16 + e.prefix % 17)
                     .unwrap()
                     .trunc();
                 json!({"name": name, "cidr": net.to_string(), "ports": ports})
             }
             1 => {
-                let v6 =
-                    std::net::Ipv6Addr::from(((rng.next() as u128) << 64) | rng.next() as u128);
-                let net = IpNet::new(IpAddr::V6(v6), 48 + rng.below(81) as u8)
+                let net = IpNet::new(IpAddr::V6(e.v6.into()), 48 + e.prefix % 81)
                     .unwrap()
                     .trunc();
                 json!({"name": name, "cidr": net.to_string(), "ports": ports})
             }
             kind => {
-                let wildcard = kind == 2 && rng.below(3) == 0;
+                let wildcard = kind == 2 && e.wildcard;
                 let host = format!(
                     "{}{}.{}.example.com",
                     if wildcard { "*." } else { "" },
-                    labels[rng.below(5) as usize],
-                    labels[rng.below(5) as usize]
+                    labels[e.labels.0],
+                    labels[e.labels.1]
                 );
-                if !wildcard && rng.below(2) == 0 {
-                    let ips: Vec<IpAddr> = (0..(1 + rng.below(3)))
-                        .map(|_| IpAddr::V4(std::net::Ipv4Addr::from(rng.next() as u32)))
+                if let Some(resolved) = e.resolved.as_ref().filter(|_| !wildcard) {
+                    let ips: Vec<IpAddr> = resolved
+                        .iter()
+                        .map(|ip| IpAddr::V4(pooled(*ip).into()))
                         .collect();
                     addresses.insert(name.clone(), ips);
                 }
@@ -913,12 +898,15 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
     let mut policy = json!({
         "flavors": [],
         "egressGateway": {"nodeSelector": {"gw": "1"}, "interface": "eth1"},
-        "istio": {"egressGateway": rng.below(2) == 0, "registryOnly": rng.below(2) == 0},
-        "calicoEnterprise": rng.below(2) == 0,
+        "istio": {"egressGateway": seed.istio_gateway, "registryOnly": seed.registry_only},
+        "calicoEnterprise": seed.calico_enterprise,
     });
+    if seed.waypoint {
+        policy["istio"]["waypoint"] = json!("egress");
+    }
     // No selector and an empty one select every pod of the namespace; expressions are what
     // label-only flavors cannot carry.
-    match rng.below(4) {
+    match seed.selector {
         0 => {}
         1 => policy["podSelector"] = json!({}),
         2 => policy["podSelector"] = json!({"matchLabels": {"app": "w", "tier": "edge"}}),
@@ -933,48 +921,36 @@ fn random_profile(rng: &mut Rng) -> (ConnectivityProfileSpec, BTreeMap<String, V
     (spec, addresses)
 }
 
-/// (destination, transport, port) the profile declares: hosts, CIDRs and resolved addresses,
-/// with each port's transport; an FTP port's passive range; for IKE, UDP 4500 beside UDP 500
-/// and ESP (port 0).
+/// (destination, port) pairs the profile declares reachable: hosts, CIDRs and resolved
+/// addresses, less what a Blocked port of the same host or CIDR declares.
 fn declared(
     spec: &ConnectivityProfileSpec,
     addresses: &BTreeMap<String, Vec<IpAddr>>,
-) -> BTreeSet<(String, String, u16)> {
+) -> BTreeSet<(String, u16)> {
+    let blocked_declared: BTreeSet<(String, u16)> = spec
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            let target = e.host.clone().or(e.cidr.clone()).unwrap_or_default();
+            e.ports
+                .iter()
+                .filter(|p| p.blocked())
+                .map(move |p| (target.clone(), p.port as u16))
+        })
+        .collect();
     let mut set = BTreeSet::new();
     for endpoint in &spec.endpoints {
-        let mut destinations: Vec<String> = endpoint
+        let target = endpoint
             .host
-            .iter()
-            .chain(endpoint.cidr.iter())
-            .cloned()
-            .collect();
-        destinations.extend(
-            addresses
-                .get(&endpoint.name)
-                .into_iter()
-                .flatten()
-                .map(|ip| IpNet::from(*ip).to_string()),
-        );
-        for port in &endpoint.ports {
-            let number = port.port as u16;
-            let mut allowed: Vec<(&str, u16)> = Vec::new();
-            match port.protocol {
-                Protocol::Ike => {
-                    allowed.push(("UDP", number));
-                    if number == 500 {
-                        allowed.push(("UDP", 4500));
-                    }
-                    allowed.push(("ESP", 0));
-                }
-                _ => allowed.push(("TCP", number)),
+            .clone()
+            .or(endpoint.cidr.clone())
+            .unwrap_or_default();
+        for port in endpoint.ports.iter().filter(|p| !p.blocked()) {
+            if blocked_declared.contains(&(target.clone(), port.port as u16)) {
+                continue;
             }
-            if let Some(range) = port.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
-                allowed.extend((range.from as u16..=range.to as u16).map(|p| ("TCP", p)));
-            }
-            for destination in &destinations {
-                for (transport, port) in &allowed {
-                    set.insert((destination.clone(), transport.to_string(), *port));
-                }
+            for destination in destinations(endpoint, addresses) {
+                set.insert((destination, port.port as u16));
             }
         }
     }
@@ -1364,15 +1340,19 @@ fn check_selection(
 
 #[test]
 fn no_flavor_ever_allows_more_than_the_profile_declares() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut kinds = BTreeSet::new();
-    let mut calico_domains = false;
-    // What FTP and IKE bring beside their own port reached some object.
-    let (mut nat_t, mut esp, mut ranged) = (false, false, false);
-    for round in 0..300 {
-        let (spec, addresses) = random_profile(&mut rng);
+    use std::sync::Mutex;
+    let kinds = Mutex::new(BTreeSet::new());
+    let calico_domains = Mutex::new(false);
+    let denies = Mutex::new(BTreeSet::new());
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 500,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    });
+    let result = runner.run(&profile_seed(), |seed| {
+        let (spec, addresses) = random_profile(&seed);
         let declared = declared(&spec, &addresses);
-        let declared_nets: BTreeSet<String> = declared.iter().map(|(d, _, _)| d.clone()).collect();
+        let blocked = blocked(&spec, &addresses);
         let input = Input {
             name: "random",
             namespace: "ns",
@@ -1382,59 +1362,45 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
         for flavor in Flavor::iter() {
             let output = emit(flavor, &input);
             for object in &output.objects {
-                kinds.insert(object["kind"].as_str().unwrap().to_owned());
-                calico_domains |= object["apiVersion"] == "projectcalico.org/v3"
+                kinds
+                    .lock()
+                    .unwrap()
+                    .insert(object["kind"].as_str().unwrap().to_owned());
+                *calico_domains.lock().unwrap() |= object["apiVersion"] == "projectcalico.org/v3"
                     && object["spec"]["egress"]
                         .as_array()
                         .into_iter()
                         .flatten()
                         .any(|r| r["destination"]["domains"].is_array());
-                if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
-                    panic!(
-                        "round {round}: {} selects more pods than the profile: {widened}\nprofile: {}\nobject: {object}",
-                        flavor.as_str(),
-                        serde_json::to_string(&spec).unwrap()
-                    );
-                }
-                let ranges: Vec<(u16, u16)> = spec
-                    .endpoints
+                if grants(object)
                     .iter()
-                    .flat_map(|e| &e.ports)
-                    .filter_map(|p| p.ftp.as_ref()?.passive_ports.as_ref())
-                    .filter(|r| r.to > r.from)
-                    .map(|r| (r.from as u16 + 1, r.to as u16))
-                    .collect();
-                for (destination, transport, port) in allowed(object) {
-                    nat_t |= transport == "UDP" && port == 4500;
-                    esp |= transport == "ESP";
-                    ranged |=
-                        transport == "TCP" && ranges.iter().any(|(a, b)| (*a..=*b).contains(&port));
-                    if destination == "dns" {
-                        assert_eq!(
-                            port,
-                            53,
-                            "round {round}: {} allows DNS on {port}",
-                            flavor.as_str()
-                        );
-                        continue;
-                    }
-                    // Destinations without ports (gateway routes, network sets) must be declared networks.
-                    let ok = if transport == "ANY" {
-                        declared_nets.contains(&destination)
-                    } else {
-                        declared.contains(&(destination.clone(), transport.clone(), port))
-                    };
-                    assert!(
-                        ok,
-                        "round {round}: {} allows {transport} {destination}:{port}, undeclared\nprofile: {}\nobject: {object}",
-                        flavor.as_str(),
-                        serde_json::to_string(&spec).unwrap()
-                    );
+                    .any(|g| g.deny && g.ports != ALL_PORTS)
+                {
+                    denies.lock().unwrap().insert(flavor);
+                }
+                if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
+                    return Err(TestCaseError::fail(format!(
+                        "{} selects more pods than the profile: {widened}\nobject: {object}",
+                        flavor.as_str()
+                    )));
                 }
             }
+            if let Some(widened) = widening(&output.objects, &declared, &blocked) {
+                return Err(TestCaseError::fail(format!(
+                    "{} {widened}\nprofile: {}\nobjects: {}",
+                    flavor.as_str(),
+                    serde_json::to_string(&spec).unwrap(),
+                    serde_json::to_string(&output.objects).unwrap()
+                )));
+            }
         }
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
     }
     // The random options reached every kind: egress gateway routing, Sidecars, network sets.
+    let kinds = kinds.into_inner().unwrap();
     for kind in [
         "Gateway",
         "VirtualService",
@@ -1447,13 +1413,24 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
         assert!(kinds.contains(kind), "{kind} never emitted: {kinds:?}");
     }
     assert!(
-        calico_domains,
+        calico_domains.into_inner().unwrap(),
         "calicoEnterprise never produced a domain rule"
     );
-    assert!(
-        nat_t && esp && ranged,
-        "IKE's 4500 ({nat_t}), ESP ({esp}) or an FTP passive range ({ranged}) never emitted"
-    );
+    // Every flavor that can deny did, for some Blocked endpoint.
+    let denies = denies.into_inner().unwrap();
+    for flavor in [
+        Flavor::Cilium,
+        Flavor::Calico,
+        Flavor::AdminNetworkPolicy,
+        Flavor::ClusterNetworkPolicy,
+        Flavor::EgressFirewall,
+    ] {
+        assert!(
+            denies.contains(&flavor),
+            "{} never denied: {denies:?}",
+            flavor.as_str()
+        );
+    }
 }
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -1680,4 +1657,973 @@ async fn a_failed_apply_leaves_the_policy_applied_earlier_in_place() {
         status.policies
     );
     operator.abort();
+}
+
+/// The upstream CRDs' OpenAPI schemas, checked with an independent JSON Schema validator
+/// (draft 4, which OpenAPI 3.0 schemas follow): oneOf, anyOf, not, minProperties and
+/// maxProperties included, which structural validation on apply does not all enforce.
+struct OpenApiSchemas(BTreeMap<(String, String), jsonschema::Validator>);
+
+impl OpenApiSchemas {
+    fn load() -> OpenApiSchemas {
+        let mut validators = BTreeMap::new();
+        let dir = repo().join("tests/fixtures/upstream-crds");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let crd: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let group = crd["spec"]["group"].as_str().unwrap();
+            let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
+            for version in crd["spec"]["versions"].as_array().unwrap() {
+                let mut schema = version["schema"]["openAPIV3Schema"].clone();
+                ecma_patterns(&mut schema);
+                let schema = &schema;
+                // Kubernetes matches patterns with Go's RE2, which the regex engine follows.
+                let validator = jsonschema::draft4::options()
+                    .with_pattern_options(jsonschema::PatternOptions::regex())
+                    .build(schema)
+                    .unwrap_or_else(|e| panic!("{} does not compile: {e}", path.display()));
+                let api_version = format!("{group}/{}", version["name"].as_str().unwrap());
+                validators.insert((api_version, kind.to_owned()), validator);
+            }
+        }
+        OpenApiSchemas(validators)
+    }
+
+    /// The schema's complaints about `object`; built-in kinds have no CRD (their k8s-openapi
+    /// types shape them) and pass.
+    fn errors(&self, object: &Value) -> Option<Vec<String>> {
+        let key = (
+            object["apiVersion"].as_str().unwrap().to_owned(),
+            object["kind"].as_str().unwrap().to_owned(),
+        );
+        let validator = self.0.get(&key)?;
+        Some(
+            validator
+                .iter_errors(object)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect(),
+        )
+    }
+}
+
+/// Kubernetes patterns are RE2, whose one-letter class `\PC` JSON Schema's ECMA syntax
+/// writes `\P{C}`: the same class, spelt for the validator.
+fn ecma_patterns(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(pattern) if key == "pattern" => {
+                        let mut spelt = String::new();
+                        let mut chars = pattern.chars().peekable();
+                        while let Some(c) = chars.next() {
+                            spelt.push(c);
+                            if c != '\\' {
+                                continue;
+                            }
+                            let Some(escaped) = chars.next() else { break };
+                            spelt.push(escaped);
+                            if matches!(escaped, 'p' | 'P')
+                                && let Some(class) = chars.next_if(|n| n.is_ascii_alphabetic())
+                            {
+                                spelt.push_str(&format!("{{{class}}}"));
+                            }
+                        }
+                        *pattern = spelt;
+                    }
+                    other => ecma_patterns(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(ecma_patterns),
+        _ => {}
+    }
+}
+
+fn openapi_schemas() -> &'static OpenApiSchemas {
+    static SCHEMAS: std::sync::OnceLock<OpenApiSchemas> = std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(OpenApiSchemas::load)
+}
+
+/// Fails when the independent validator refuses `object`.
+fn assert_schema_valid(object: &Value, source: &str) {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let errors = openapi_schemas().errors(object);
+    if object["apiVersion"] != "networking.k8s.io/v1" {
+        assert!(
+            errors.is_some(),
+            "no upstream schema for {} {kind} ({source})",
+            object["apiVersion"]
+        );
+    }
+    let errors = errors.unwrap_or_default();
+    assert!(
+        errors.is_empty(),
+        "{kind} ({source}) breaks its upstream schema:\n{}\n{}",
+        errors.join("\n"),
+        serde_norway::to_string(object).unwrap()
+    );
+}
+
+#[test]
+fn blocked_endpoints_are_denied_first_where_a_flavor_can_deny_and_allowed_nowhere() {
+    let (spec, addresses) = rich_profile();
+    let input = Input {
+        name: "maas360-m3",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let declared = declared(&spec, &addresses);
+    let blocked = blocked(&spec, &addresses);
+    assert!(blocked.contains(&("93.184.215.14/32".to_owned(), 443)));
+    for flavor in Flavor::iter() {
+        let output = emit(flavor, &input);
+        assert_eq!(
+            widening(&output.objects, &declared, &blocked),
+            None,
+            "{}",
+            flavor.as_str()
+        );
+        let all: Vec<Grant> = output.objects.iter().flat_map(grants).collect();
+        let denied: BTreeSet<(String, u16)> = all
+            .iter()
+            .filter(|g| g.deny && g.ports.0 == g.ports.1)
+            .map(|g| (g.destination.clone(), g.ports.0))
+            .collect();
+        let can_deny = matches!(
+            flavor,
+            Flavor::Cilium
+                | Flavor::Calico
+                | Flavor::AdminNetworkPolicy
+                | Flavor::ClusterNetworkPolicy
+                | Flavor::EgressFirewall
+        );
+        if can_deny {
+            for wanted in [
+                ("93.184.215.14/32", 443),
+                ("192.0.2.0/24", 443),
+                ("192.0.2.0/24", 22),
+            ] {
+                assert!(
+                    denied.contains(&(wanted.0.to_owned(), wanted.1)),
+                    "{} does not deny {wanted:?}: {denied:?}",
+                    flavor.as_str()
+                );
+            }
+            // Ordered before every allow (Cilium's egressDeny wins wherever it is).
+            let first_allow = all
+                .iter()
+                .filter(|g| !g.deny && g.ports != (0, 0))
+                .map(|g| g.order)
+                .min();
+            let last_deny = all
+                .iter()
+                .filter(|g| g.deny && g.ports != ALL_PORTS)
+                .map(|g| g.order)
+                .max();
+            assert!(
+                last_deny < first_allow,
+                "{}: denies after allows",
+                flavor.as_str()
+            );
+        } else {
+            assert!(denied.is_empty(), "{}", flavor.as_str());
+        }
+    }
+    // Ambient mode: ServiceEntries name the waypoint; a Blocked host is not in the registry.
+    let istio = emit(Flavor::Istio, &input);
+    let entries: Vec<&Value> = istio
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "ServiceEntry")
+        .collect();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        assert_eq!(
+            entry["metadata"]["labels"]["istio.io/use-waypoint"],
+            "egress"
+        );
+        assert_ne!(entry["spec"]["hosts"][0], "example.org");
+    }
+}
+
+#[tokio::test]
+async fn a_large_profile_splits_over_cluster_network_policies_the_api_server_accepts() {
+    let endpoints: Vec<Value> = (0..40)
+        .map(|i| {
+            let expect = if i < 3 { "Blocked" } else { "Reachable" };
+            let ports: Vec<Value> = (0..30)
+                .map(|p| json!({"port": 1000 + p, "protocol": "TCP", "expect": expect}))
+                .collect();
+            json!({"name": format!("e{i:02}"), "cidr": format!("10.1.{i}.0/24"), "ports": ports})
+        })
+        .collect();
+    let spec = spec(
+        json!({"endpoints": endpoints, "policy": {"flavors": ["ClusterNetworkPolicy"], "priority": 100}}),
+    );
+    let addresses = BTreeMap::new();
+    let input = Input {
+        name: "big",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let output = emit(Flavor::ClusterNetworkPolicy, &input);
+    assert!(output.notes.is_empty(), "{:?}", output.notes);
+    // 40 endpoints of 30 ports: 80 rules of at most 25 protocols, and DNS: 4 policies.
+    let names: Vec<&str> = output
+        .objects
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "netreach-mdm-big",
+            "netreach-mdm-big-2",
+            "netreach-mdm-big-3",
+            "netreach-mdm-big-4"
+        ]
+    );
+    let priorities: Vec<i64> = output
+        .objects
+        .iter()
+        .map(|o| o["spec"]["priority"].as_i64().unwrap())
+        .collect();
+    assert_eq!(priorities, [100, 101, 102, 103]);
+    assert_eq!(output.objects[0]["spec"]["egress"][0]["action"], "Deny");
+    assert_eq!(output.objects[0]["spec"]["egress"][0]["name"], "deny-e00");
+    assert_eq!(
+        widening(
+            &output.objects,
+            &declared(&spec, &addresses),
+            &blocked(&spec, &addresses)
+        ),
+        None
+    );
+    let mut schemas = UpstreamSchemas::start().await;
+    for object in &output.objects {
+        schemas.apply(object, "a profile of 40 endpoints").await;
+    }
+    // The same rules in one object are what the schema refuses.
+    let mut merged = output.objects[0].clone();
+    merged["spec"]["egress"] = json!(
+        output
+            .objects
+            .iter()
+            .flat_map(|o| o["spec"]["egress"].as_array().unwrap().clone())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !openapi_schemas().errors(&merged).unwrap().is_empty(),
+        "81 rules in one ClusterNetworkPolicy pass the schema"
+    );
+}
+
+#[test]
+fn the_independent_validator_refuses_what_the_upstream_schemas_refuse() {
+    let cnp = |protocols: Value| {
+        json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "x"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}},
+                "egress": [{"name": "r", "action": "Accept", "to": [{"networks": ["10.0.0.0/8"]}], "protocols": protocols}]}})
+    };
+    let good = cnp(json!([{"tcp": {"destinationPort": {"number": 443}}}]));
+    assert_eq!(openapi_schemas().errors(&good), Some(vec![]));
+    // maxProperties 1: a protocol names one of tcp, udp, sctp or destinationNamedPort.
+    let both = cnp(
+        json!([{"tcp": {"destinationPort": {"number": 443}}, "udp": {"destinationPort": {"number": 53}}}]),
+    );
+    assert!(!openapi_schemas().errors(&both).unwrap().is_empty());
+    let mut wrong_action = good.clone();
+    wrong_action["spec"]["egress"][0]["action"] = json!("Allow");
+    assert!(!openapi_schemas().errors(&wrong_action).unwrap().is_empty());
+}
+
+/// One endpoint of a random profile, as proptest draws it (and shrinks it).
+#[derive(Clone, Debug)]
+struct EndpointSeed {
+    kind: u8,
+    v4: u32,
+    v6: u128,
+    prefix: u8,
+    wildcard: bool,
+    labels: (usize, usize),
+    resolved: Option<Vec<u32>>,
+    /// Port, protocol index, Blocked.
+    ports: Vec<(u16, usize, bool)>,
+}
+
+/// A random profile: endpoints and policy options.
+#[derive(Clone, Debug)]
+struct ProfileSeed {
+    endpoints: Vec<EndpointSeed>,
+    selector: u8,
+    istio_gateway: bool,
+    registry_only: bool,
+    calico_enterprise: bool,
+    waypoint: bool,
+}
+
+fn endpoint_seed() -> impl Strategy<Value = EndpointSeed> {
+    (
+        0u8..4,
+        any::<u32>(),
+        any::<u128>(),
+        any::<u8>(),
+        any::<bool>(),
+        (0usize..5, 0usize..5),
+        proptest::option::of(proptest::collection::vec(any::<u32>(), 1..4)),
+        proptest::collection::vec(
+            (
+                prop_oneof![Just(443u16), Just(22), 1u16..=65535],
+                0usize..6,
+                proptest::bool::weighted(0.25),
+            ),
+            1..4,
+        ),
+    )
+        .prop_map(
+            |(kind, v4, v6, prefix, wildcard, labels, resolved, ports)| EndpointSeed {
+                kind,
+                v4,
+                v6,
+                prefix,
+                wildcard,
+                labels,
+                resolved,
+                ports,
+            },
+        )
+}
+
+fn profile_seed() -> impl Strategy<Value = ProfileSeed> {
+    (
+        proptest::collection::vec(endpoint_seed(), 1..9),
+        0u8..4,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(endpoints, selector, istio_gateway, registry_only, calico_enterprise, waypoint)| {
+                ProfileSeed {
+                    endpoints,
+                    selector,
+                    istio_gateway,
+                    registry_only,
+                    calico_enterprise,
+                    waypoint,
+                }
+            },
+        )
+}
+
+/// An IPv4 address from a small pool (10.0.0.0/20 but most of it empty), so ranges, resolved
+/// addresses and Blocked endpoints overlap often.
+fn pooled(random: u32) -> u32 {
+    0x0A00_0000 | (random & 0x0000_0F03)
+}
+
+/// The destinations of one endpoint as policies may name them: host, CIDR, resolved addresses.
+fn destinations(
+    endpoint: &netreach::api::endpoint::Endpoint,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> Vec<String> {
+    let mut destinations: Vec<String> = endpoint
+        .host
+        .iter()
+        .chain(endpoint.cidr.iter())
+        .cloned()
+        .collect();
+    destinations.extend(
+        addresses
+            .get(&endpoint.name)
+            .into_iter()
+            .flatten()
+            .map(|ip| IpNet::from(*ip).to_string()),
+    );
+    destinations
+}
+
+/// (destination, port) pairs the profile expects Blocked.
+fn blocked(
+    spec: &ConnectivityProfileSpec,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> BTreeSet<(String, u16)> {
+    let mut set = BTreeSet::new();
+    for endpoint in &spec.endpoints {
+        for port in endpoint.ports.iter().filter(|p| p.blocked()) {
+            for destination in destinations(endpoint, addresses) {
+                set.insert((destination, port.port as u16));
+            }
+        }
+    }
+    set
+}
+
+/// The port range of a port item: `port`, up to `endPort` when set.
+fn port_range(port: &Value, end: &Value) -> (u16, u16) {
+    let first = port_of(port);
+    (first, end.as_u64().map_or(first, |e| e as u16))
+}
+
+/// Every port (a rule without ports, or with an empty list).
+const ALL_PORTS: (u16, u16) = (1, 65535);
+
+/// A destination that matches everything (a rule without peers).
+const ANYWHERE: &str = "*";
+
+/// One thing an object grants or denies: a destination (host, CIDR or "dns"), the networks
+/// carved out of it, a port range (0..0: no ports, a routing or set entry), and the order in
+/// which it is evaluated within its flavor (lower first).
+#[derive(Clone, Debug)]
+struct Grant {
+    destination: String,
+    except: Vec<String>,
+    ports: (u16, u16),
+    deny: bool,
+    order: (i64, usize),
+}
+
+fn grant(destination: impl Into<String>, ports: (u16, u16), order: (i64, usize)) -> Grant {
+    Grant {
+        destination: destination.into(),
+        except: Vec::new(),
+        ports,
+        deny: false,
+        order,
+    }
+}
+
+/// The ranges of a list of port items; missing or empty: every port.
+fn ranges(ports: &Value, item: impl Fn(&Value) -> (u16, u16)) -> Vec<(u16, u16)> {
+    match ports.as_array() {
+        Some(list) if !list.is_empty() => list.iter().map(item).collect(),
+        _ => vec![ALL_PORTS],
+    }
+}
+
+/// What an emitted object grants and denies; cluster DNS as the destination "dns".
+fn grants(object: &Value) -> Vec<Grant> {
+    let mut out = Vec::new();
+    let kind = object["kind"].as_str().unwrap();
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let spec = &object["spec"];
+    let rules = |key: &str| spec[key].as_array().cloned().unwrap_or_default();
+    let priority = spec["priority"].as_i64().unwrap_or(0);
+    match (api_version, kind) {
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            for (i, rule) in rules("egress").iter().enumerate() {
+                let ports = ranges(&rule["ports"], |p| port_range(&p["port"], &p["endPort"]));
+                let peers = rule["to"].as_array().cloned().unwrap_or_default();
+                if peers.is_empty() {
+                    out.extend(ports.iter().map(|r| grant(ANYWHERE, *r, (0, i))));
+                }
+                for peer in peers {
+                    let (destination, except) = match peer["ipBlock"]["cidr"].as_str() {
+                        Some(cidr) => (
+                            cidr.to_owned(),
+                            peer["ipBlock"]["except"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|e| e.as_str().unwrap().to_owned())
+                                .collect(),
+                        ),
+                        None => ("dns".to_owned(), Vec::new()),
+                    };
+                    for range in &ports {
+                        out.push(Grant {
+                            except: except.clone(),
+                            ..grant(destination.clone(), *range, (0, i))
+                        });
+                    }
+                }
+            }
+        }
+        (_, "CiliumNetworkPolicy") => {
+            for (deny, key) in [(false, "egress"), (true, "egressDeny")] {
+                for (i, rule) in rules(key).iter().enumerate() {
+                    // Every toPorts entry counts, and a rule without one allows every port.
+                    let ports: Vec<(u16, u16)> = match rule["toPorts"].as_array() {
+                        Some(entries) if !entries.is_empty() => entries
+                            .iter()
+                            .flat_map(|entry| {
+                                ranges(&entry["ports"], |p| port_range(&p["port"], &p["endPort"]))
+                            })
+                            .collect(),
+                        _ => vec![ALL_PORTS],
+                    };
+                    let mut destinations: Vec<(String, Vec<String>)> = rule["toFQDNs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| {
+                            let name = f["matchName"].as_str().or(f["matchPattern"].as_str());
+                            (name.unwrap().to_owned(), Vec::new())
+                        })
+                        .collect();
+                    destinations.extend(
+                        rule["toCIDR"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| (c.as_str().unwrap().to_owned(), Vec::new())),
+                    );
+                    destinations.extend(rule["toCIDRSet"].as_array().into_iter().flatten().map(
+                        |c| {
+                            let except = c["except"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|e| e.as_str().unwrap().to_owned())
+                                .collect();
+                            (c["cidr"].as_str().unwrap().to_owned(), except)
+                        },
+                    ));
+                    if rule["toEndpoints"].is_array() {
+                        destinations.push(("dns".into(), Vec::new()));
+                    }
+                    if destinations.is_empty() {
+                        destinations.push((ANYWHERE.into(), Vec::new()));
+                    }
+                    // Deny rules win over every allow, whatever their place.
+                    let order = if deny { (-1, i) } else { (0, i) };
+                    for (destination, except) in destinations {
+                        for range in &ports {
+                            out.push(Grant {
+                                except: except.clone(),
+                                deny,
+                                ..grant(destination.clone(), *range, order)
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        (_, "CiliumEgressGatewayPolicy") => {
+            for cidr in spec["destinationCIDRs"].as_array().unwrap() {
+                out.push(grant(cidr.as_str().unwrap(), (0, 0), (0, 0)));
+            }
+        }
+        ("projectcalico.org/v3", "NetworkPolicy") => {
+            for (i, rule) in rules("egress").iter().enumerate() {
+                let d = &rule["destination"];
+                let ports = ranges(&d["ports"], |p| (port_of(p), port_of(p)));
+                let mut destinations: Vec<String> = d["nets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(d["domains"].as_array().into_iter().flatten())
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                if d["selector"].is_string() {
+                    destinations.push("dns".into());
+                }
+                if destinations.is_empty() {
+                    destinations.push(ANYWHERE.into());
+                }
+                for destination in destinations {
+                    for range in &ports {
+                        out.push(Grant {
+                            deny: rule["action"] == "Deny",
+                            ..grant(destination.clone(), *range, (0, i))
+                        });
+                    }
+                }
+            }
+        }
+        (_, "GlobalNetworkSet") => {
+            for net in spec["nets"].as_array().unwrap() {
+                out.push(grant(net.as_str().unwrap(), (0, 0), (0, 0)));
+            }
+        }
+        (_, "ServiceEntry") => {
+            let ports: Vec<(u16, u16)> = spec["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (port_of(&p["number"]), port_of(&p["number"])))
+                .collect();
+            let destinations: Vec<&Value> = match spec["addresses"].as_array() {
+                Some(addresses) => addresses.iter().collect(),
+                None => spec["hosts"].as_array().unwrap().iter().collect(),
+            };
+            for destination in destinations {
+                for range in &ports {
+                    out.push(grant(destination.as_str().unwrap(), *range, (0, 0)));
+                }
+            }
+        }
+        (_, "AdminNetworkPolicy" | "ClusterNetworkPolicy") => {
+            for (i, rule) in rules("egress").iter().enumerate() {
+                let ports = match kind {
+                    "AdminNetworkPolicy" => ranges(&rule["ports"], |p| {
+                        let n = &p["portNumber"];
+                        let range = &p["portRange"];
+                        if n.is_object() {
+                            (port_of(&n["port"]), port_of(&n["port"]))
+                        } else {
+                            (port_of(&range["start"]), port_of(&range["end"]))
+                        }
+                    }),
+                    _ => ranges(&rule["protocols"], |p| {
+                        let l4 = if p["tcp"].is_object() {
+                            &p["tcp"]
+                        } else {
+                            &p["udp"]
+                        };
+                        match l4["destinationPort"]["number"].as_u64() {
+                            Some(n) => (n as u16, n as u16),
+                            None => (
+                                port_of(&l4["destinationPort"]["range"]["start"]),
+                                port_of(&l4["destinationPort"]["range"]["end"]),
+                            ),
+                        }
+                    }),
+                };
+                for peer in rule["to"].as_array().unwrap() {
+                    let mut destinations: Vec<String> = peer["networks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain(peer["domainNames"].as_array().into_iter().flatten())
+                        .map(|v| v.as_str().unwrap().to_owned())
+                        .collect();
+                    if peer["pods"].is_object() {
+                        destinations.push("dns".into());
+                    }
+                    for destination in destinations {
+                        for range in &ports {
+                            out.push(Grant {
+                                deny: rule["action"] == "Deny",
+                                ..grant(destination.clone(), *range, (priority, i))
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        (_, "EgressFirewall") => {
+            for (i, rule) in rules("egress").iter().enumerate() {
+                let destination = rule["to"]["dnsName"]
+                    .as_str()
+                    .or(rule["to"]["cidrSelector"].as_str())
+                    .unwrap()
+                    .to_owned();
+                let ports = ranges(&rule["ports"], |p| {
+                    (port_of(&p["port"]), port_of(&p["port"]))
+                });
+                // The closing deny-alls are what makes the list an allowlist; the others count.
+                for range in ports {
+                    out.push(Grant {
+                        deny: rule["type"] == "Deny",
+                        ..grant(destination.clone(), range, (0, i))
+                    });
+                }
+            }
+        }
+        // The egress gateway accepts (Gateway) and forwards (VirtualService) declared hosts only.
+        (_, "Gateway") => {
+            for server in rules("servers") {
+                let port = port_of(&server["port"]["number"]);
+                for host in server["hosts"].as_array().unwrap() {
+                    out.push(grant(host.as_str().unwrap(), (port, port), (0, 0)));
+                }
+            }
+        }
+        (_, "VirtualService") => {
+            for route in rules("tls") {
+                for destination in route["route"].as_array().unwrap() {
+                    let host = destination["destination"]["host"].as_str().unwrap();
+                    // The hop to the gateway itself is routing, not a destination.
+                    if host != "istio-egressgateway.istio-system.svc.cluster.local" {
+                        let port = port_of(&destination["destination"]["port"]["number"]);
+                        out.push(grant(host, (port, port), (0, 0)));
+                    }
+                }
+            }
+        }
+        // The gateway hop's subset and the REGISTRY_ONLY Sidecar allow nothing by themselves.
+        (_, "DestinationRule" | "Sidecar") => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    out
+}
+
+/// Whether network text `inner` lies inside `outer` (both CIDRs or addresses).
+fn inside(inner: &str, outer: &str) -> bool {
+    let net = |text: &str| {
+        text.parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+    };
+    match (net(inner), net(outer)) {
+        (Some(inner), Some(outer)) => outer.contains(&inner),
+        _ => false,
+    }
+}
+
+/// What a flavor's objects allow beyond the profile, or a Blocked endpoint they allow:
+/// the first violation found.
+fn widening(
+    objects: &[Value],
+    declared: &BTreeSet<(String, u16)>,
+    blocked: &BTreeSet<(String, u16)>,
+) -> Option<String> {
+    let declared_nets: BTreeSet<&String> = declared.iter().map(|(d, _)| d).collect();
+    let all: Vec<Grant> = objects.iter().flat_map(grants).collect();
+    for g in all.iter().filter(|g| !g.deny) {
+        if g.destination == "dns" {
+            if g.ports != (53, 53) {
+                return Some(format!("allows DNS on {:?}", g.ports));
+            }
+            continue;
+        }
+        // Destinations without ports (gateway routes, network sets) must be declared networks.
+        if g.ports == (0, 0) {
+            if !declared_nets.contains(&g.destination) {
+                return Some(format!("lists {}, undeclared", g.destination));
+            }
+            continue;
+        }
+        if let Some(port) =
+            (g.ports.0..=g.ports.1).find(|p| !declared.contains(&(g.destination.clone(), *p)))
+        {
+            return Some(format!(
+                "allows {}:{port} (of {:?}), undeclared",
+                g.destination, g.ports
+            ));
+        }
+    }
+    // Nothing lets a Blocked endpoint through: no allow matches it unless a deny that is
+    // evaluated earlier (or an except) takes it out.
+    for (destination, port) in blocked {
+        let covers = |g: &Grant| {
+            (g.ports.0..=g.ports.1).contains(port)
+                && (g.destination == *destination || inside(destination, &g.destination))
+                && !g.except.iter().any(|e| inside(destination, e))
+        };
+        for g in all
+            .iter()
+            .filter(|g| !g.deny && g.ports != (0, 0) && covers(g))
+        {
+            let denied_first = all.iter().any(|d| d.deny && d.order < g.order && covers(d));
+            if !denied_first {
+                return Some(format!(
+                    "allows {destination}:{port}, expected Blocked (through {} {:?})",
+                    g.destination, g.ports
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The oracle itself catches what a widening emitter would write: every port of a rule
+/// without ports, toPorts beyond the first, endPort ranges, and an allow of a Blocked endpoint
+/// no Deny precedes.
+#[test]
+fn the_oracle_sees_all_ports_later_to_ports_ranges_and_allowed_blocked_endpoints() {
+    let declared = BTreeSet::from([("10.0.0.0/24".to_owned(), 443)]);
+    let none = BTreeSet::new();
+    let policy = |egress: Value| json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "spec": {"egress": egress}});
+    let exact = policy(
+        json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}]),
+    );
+    assert_eq!(widening(&[exact], &declared, &none), None);
+    for widened in [
+        policy(json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": []}])),
+        policy(json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}])),
+        policy(json!([{"ports": [{"protocol": "TCP", "port": 443}]}])),
+        policy(
+            json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"protocol": "TCP", "port": 443, "endPort": 444}]}]),
+        ),
+    ] {
+        assert!(
+            widening(std::slice::from_ref(&widened), &declared, &none).is_some(),
+            "{widened}"
+        );
+    }
+    let cilium = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "spec": {"egress": [
+        {"toCIDR": ["10.0.0.0/24"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}, {"ports": [{"port": "22", "protocol": "TCP"}]}]}
+    ]}});
+    assert!(
+        widening(&[cilium], &declared, &none)
+            .unwrap()
+            .contains(":22")
+    );
+    // A Blocked address inside an allowed range: allowed, unless a Deny comes first.
+    let blocked = BTreeSet::from([("10.0.0.7/32".to_owned(), 443)]);
+    let firewall = |rules: Value| json!({"apiVersion": "k8s.ovn.org/v1", "kind": "EgressFirewall", "spec": {"egress": rules}});
+    let allow = json!({"type": "Allow", "to": {"cidrSelector": "10.0.0.0/24"}, "ports": [{"protocol": "TCP", "port": 443}]});
+    let deny = json!({"type": "Deny", "to": {"cidrSelector": "10.0.0.7/32"}, "ports": [{"protocol": "TCP", "port": 443}]});
+    assert!(widening(&[firewall(json!([allow, deny]))], &declared, &blocked).is_some());
+    assert_eq!(
+        widening(&[firewall(json!([deny, allow]))], &declared, &blocked),
+        None
+    );
+    let carved = policy(
+        json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.7/32"]}}], "ports": [{"protocol": "TCP", "port": 443}]}]),
+    );
+    assert_eq!(widening(&[carved], &declared, &blocked), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_profiles_and_a_foreign_writer_lose_no_egress_firewall_rule() {
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("egress-firewall-cas").await;
+    install_upstream_crd(&cluster, "egressfirewall.yaml").await;
+    let foreign = vec![
+        deny("203.0.113.0/24"),
+        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
+        deny("0.0.0.0/0"),
+    ];
+    let mut theirs = firewall_with(foreign.clone());
+    theirs["metadata"]["namespace"] = json!(cluster.namespace);
+    cluster
+        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
+        .await;
+    let sim = cluster
+        .sim
+        .as_ref()
+        .expect("holding a request needs kube-sim");
+    // The first write of NetReach's merge waits, after its read, until the test releases it.
+    let held = sim.faults().hold_next("patch", "egressfirewalls");
+    for (profile, cidr, port) in [
+        ("alpha", "198.51.100.0/24", 8443),
+        ("beta", "192.0.2.0/25", 443),
+    ] {
+        cluster
+            .apply_yaml(&format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: {profile}}}\nspec:\n  endpoints:\n    - {{name: vendor, cidr: {cidr}, ports: [{{port: {port}, protocol: TCP}}]}}\n  policy: {{flavors: [EgressFirewall]}}\n"
+            ))
+            .await;
+    }
+    let (_ctx, operator) = cluster.operator(cluster.settings("egress-firewall-cas"));
+    tokio::time::timeout(WAIT, held.arrived())
+        .await
+        .expect("a profile writes the EgressFirewall");
+    // Someone else adds a Deny between NetReach's read and its write.
+    let firewalls = egress_firewalls(&cluster);
+    let mut current = serde_json::to_value(firewalls.get("default").await.unwrap()).unwrap();
+    let late_deny = deny("192.0.2.128/25");
+    let mut rules = egress(&current);
+    rules.insert(0, late_deny.clone());
+    current["spec"]["egress"] = json!(rules);
+    firewalls
+        .replace(
+            "default",
+            &PostParams::default(),
+            &serde_json::from_value(current).unwrap(),
+        )
+        .await
+        .unwrap();
+    held.release();
+
+    let alpha = allow_tcp(json!({"cidrSelector": "198.51.100.0/24"}), 8443);
+    let beta = allow_tcp(json!({"cidrSelector": "192.0.2.0/25"}), 443);
+    let merged = eventually(WAIT, "both profiles' rules and every foreign one", || {
+        let (firewalls, alpha, beta) = (firewalls.clone(), alpha.clone(), beta.clone());
+        async move {
+            let rules = listed_rules(&firewalls).await?;
+            (rules.contains(&alpha) && rules.contains(&beta)).then_some(rules)
+        }
+    })
+    .await;
+    // Theirs first in their order (the late Deny included), then NetReach's, then the
+    // deny-alls: first match wins, so no Allow of ours overrides a Deny of theirs.
+    assert_eq!(
+        merged[..3],
+        [late_deny, foreign[0].clone(), foreign[1].clone()],
+        "{merged:#?}"
+    );
+    let ours = &merged[3..5];
+    assert!(ours.contains(&alpha) && ours.contains(&beta), "{merged:#?}");
+    assert_eq!(
+        merged[5..],
+        [deny("0.0.0.0/0"), deny("::/0")],
+        "{merged:#?}"
+    );
+    let profiles = cluster.api::<ConnectivityProfile>();
+    for name in ["alpha", "beta"] {
+        let (reason, message) = eventually(WAIT, "PolicyApplied", || {
+            let profiles = profiles.clone();
+            async move { policy_condition(&profiles.get(name).await.ok()?) }
+        })
+        .await;
+        assert_eq!(reason, "Applied", "{name}: {message}");
+    }
+    operator.abort();
+}
+
+#[test]
+fn an_endpoint_inside_a_blocked_range_is_blocked_by_every_flavor() {
+    let spec = spec(json!({"endpoints": [
+        {"name": "vendor", "cidr": "10.0.0.7/32", "ports": [{"port": 443, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}]},
+        {"name": "subnet", "cidr": "10.0.0.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}]},
+    ], "policy": {"flavors": []}}));
+    let addresses = BTreeMap::new();
+    let input = Input {
+        name: "p",
+        namespace: "mdm",
+        spec: &spec,
+        addresses: &addresses,
+    };
+    let allows_vendor_443 = |flavor: Flavor| {
+        let output = emit(flavor, &input);
+        let all: Vec<Grant> = output.objects.iter().flat_map(grants).collect();
+        let covers =
+            |g: &Grant| g.destination == "10.0.0.7/32" && (g.ports.0..=g.ports.1).contains(&443);
+        let allowed = all
+            .iter()
+            .filter(|g| !g.deny && covers(g))
+            .map(|g| g.order)
+            .min();
+        let denied = all
+            .iter()
+            .filter(|g| {
+                g.deny
+                    && (g.ports.0..=g.ports.1).contains(&443)
+                    && inside("10.0.0.7/32", &g.destination)
+            })
+            .map(|g| g.order)
+            .min();
+        (
+            allowed.is_some() && denied.is_none_or(|d| Some(d) > allowed),
+            output.notes,
+        )
+    };
+    for flavor in Flavor::iter().filter(|f| *f != Flavor::CiliumEgressGateway) {
+        let (allowed, notes) = allows_vendor_443(flavor);
+        assert!(
+            !allowed,
+            "{} lets 10.0.0.7:443 through: {notes:?}",
+            flavor.as_str()
+        );
+    }
+    // NetworkPolicy cannot deny: it leaves the address out (with its other ports: ports go
+    // per rule, not per peer) and says so.
+    let output = emit(Flavor::NetworkPolicy, &input);
+    assert!(
+        output
+            .notes
+            .iter()
+            .any(|n| n.endpoint == "vendor"
+                && n.message.contains("inside an endpoint expected Blocked")),
+        "{:?}",
+        output.notes
+    );
+    let granted: Vec<Grant> = output.objects.iter().flat_map(grants).collect();
+    assert!(
+        !granted.iter().any(|g| g.destination == "10.0.0.7/32"),
+        "{granted:?}"
+    );
 }

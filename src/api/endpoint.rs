@@ -90,6 +90,8 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("!has(self.ftp) || self.protocol in ['FTP', 'FTPS']").message("ftp settings apply only to FTP and FTPS ports").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.ike) || self.protocol == 'IKE'").message("ike settings apply only to IKE ports").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.tls) || !has(self.tls.mode) || (self.tls.mode == 'Implicit' ? self.protocol in ['TLS', 'HTTPS', 'SMTPS', 'IMAPS', 'POP3S', 'LDAPS', 'FTPS'] : self.tls.mode == 'Disabled' ? self.protocol in ['TCP', 'HTTP', 'SMTP', 'IMAP', 'POP3', 'LDAP', 'FTP', 'IKE'] : self.protocol in ['SMTP', 'IMAP', 'POP3', 'LDAP', 'FTP'])").message("tls.mode does not fit the protocol: Implicit goes with TLS, HTTPS, SMTPS, IMAPS, POP3S, LDAPS and FTPS; StartTLS and Opportunistic with SMTP, IMAP, POP3, LDAP and FTP; Disabled with plain protocols").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.blockedBy) || (has(self.expect) && self.expect == 'Blocked')").message("blockedBy applies only to ports with expect: Blocked").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.expect) || self.expect != 'Blocked' || !(has(self.tls) || has(self.http) || has(self.smtp) || has(self.mail) || has(self.ldap) || has(self.ftp) || has(self.ike))").message("a port with expect: Blocked is never connected to, so it takes no tls, http, smtp, mail, ldap, ftp or ike settings").reason(Reason::FieldValueInvalid))]
 pub struct PortSpec {
     /// Port number (TCP; UDP for IKE).
     #[schemars(range(min = 1, max = 65535))]
@@ -97,6 +99,21 @@ pub struct PortSpec {
 
     /// Protocol spoken on the port; it decides the stages the probe goes through.
     pub protocol: Protocol,
+
+    /// What must hold: `Reachable` (default), or `Blocked` to prove that policy stops this
+    /// port. A Blocked port passes when the connection fails before any application byte
+    /// (refused, reset or timed out, or the proxy refuses CONNECT) and fails as
+    /// UnexpectedlyReachable when it connects. Emitted policies never allow a Blocked port;
+    /// flavors that can deny emit an explicit Deny for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expect>,
+
+    /// Further ways a Blocked port may be blocked: `DNS` also accepts a name that does not
+    /// resolve (NXDOMAIN or no answer), as DNS-filtering firewalls block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub blocked_by: Vec<BlockedBy>,
 
     /// TLS expectations for this port (overrides the endpoint's and the defaults' field by field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +143,45 @@ pub struct PortSpec {
     /// IKE check: the IKE version to speak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ike: Option<IkeExpectation>,
+}
+
+/// What a port must do.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum Expect {
+    /// The port answers and every expectation holds.
+    #[default]
+    Reachable,
+    /// Policy stops the connection before any application byte.
+    Blocked,
+}
+
+/// A way of blocking that a Blocked port accepts besides a failed connection.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum BlockedBy {
+    /// The name does not resolve (NXDOMAIN or no answer).
+    #[serde(rename = "DNS")]
+    Dns,
+}
+
+impl PortSpec {
+    /// Whether the port must be blocked.
+    pub fn blocked(&self) -> bool {
+        self.expect == Some(Expect::Blocked)
+    }
 }
 
 /// Application protocol spoken on a port.
@@ -424,6 +480,28 @@ pub struct HttpExpectation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = HOST_PATTERN), length(max = 253))]
     pub host_header: Option<String>,
+    /// Check the source address traffic leaves with: the port is an echo service that
+    /// answers the caller's address (a bare IP, or a JSON object), which must fall in
+    /// `expected`. `sourceIP: {}` expects the profile's CiliumEgressGateway `egressIP`.
+    #[serde(default, rename = "sourceIP", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<SourceIpExpectation>,
+}
+
+/// The source address an echo service must see.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceIpExpectation {
+    /// Addresses or CIDRs the echoed address must fall in, e.g. the egress gateway's
+    /// `192.0.2.10/32` or the agency's TIC/MTIPS egress range. Empty: the `egressIP` of the
+    /// profile's CiliumEgressGateway policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isIP(c) || isCIDR(c))").message("each expected source must be an IP address or a CIDR").reason(Reason::FieldValueInvalid))]
+    pub expected: Vec<String>,
+    /// The JSON field holding the address when the echo answers JSON. Default: `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"))]
+    pub json_field: Option<String>,
 }
 
 /// SMTP expectations.

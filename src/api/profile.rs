@@ -157,6 +157,11 @@ pub struct IstioOptions {
     /// Also emit a Sidecar for the profile's pods with outboundTrafficPolicy REGISTRY_ONLY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_only: Option<bool>,
+    /// Ambient mode: the waypoint (a Gateway of class `istio-waypoint` in the profile's
+    /// namespace) egress goes through; ServiceEntries get the `istio.io/use-waypoint` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub waypoint: Option<String>,
 }
 
 crate::wire_enum! {

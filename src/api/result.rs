@@ -106,6 +106,13 @@ crate::wire_enum! {
         /// The server requires TLS before it accepts a login (FTP 534, or 530 before AUTH TLS).
         #[serde(rename = "TLSRequired")]
         TlsRequired,
+        /// A port expected to be Blocked was blocked, as it should be; `blockedBy` says how.
+        Blocked,
+        /// A port expected to be Blocked accepted the connection: no policy stops it.
+        UnexpectedlyReachable,
+        /// The echo service saw another source address than the expected ones.
+        #[serde(rename = "SourceIPMismatch")]
+        SourceIpMismatch,
     }
 }
 
@@ -116,7 +123,7 @@ impl Reason {
     /// a name without records (`NoAnswer` at DNS) from a UDP peer that stays silent (IKE).
     pub const fn remedy(self, stage: Stage) -> Option<&'static str> {
         Some(match self {
-            Reason::Reachable => return None,
+            Reason::Reachable | Reason::Blocked => return None,
             Reason::NoAnswer if !matches!(stage, Stage::Dns) => {
                 "allow UDP 500 and 4500 (and ESP) to {host} in the firewalls on the path, and check that the peer is configured for this source address"
             }
@@ -255,6 +262,12 @@ impl Reason {
             Reason::DataChannelBlocked => {
                 "allow egress to the server's passive port range (declare it in ftp.passivePorts), and check that a NAT'd server advertises its public address"
             }
+            Reason::UnexpectedlyReachable => {
+                "the policy that should block {target} does not: check that it is applied (the profile's PolicyApplied condition) and selects this pod, and that the CNI enforces it"
+            }
+            Reason::SourceIpMismatch => {
+                "check the egress gateway or NAT that should carry this pod's traffic (a CiliumEgressGatewayPolicy selecting it, the node's SNAT), or fix http.sourceIP.expected"
+            }
             Reason::TlsRequired => {
                 "set the port's tls.mode to StartTLS (or use FTPS) so the login runs over TLS"
             }
@@ -319,6 +332,13 @@ pub struct ProbeResult {
     /// What the application stage saw: HTTP status line, AUTH mechanisms, capabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How a port expected to be Blocked was blocked (ConnectionRefused, ConnectTimeout,
+    /// ProxyRejected, NXDomain, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<Reason>,
+    /// The source address the echo service saw (ports with `http.sourceIP`).
+    #[serde(default, rename = "sourceIP", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
     /// When this row's outcome last changed (set by the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
@@ -331,6 +351,15 @@ impl ProbeResult {
     /// The key rows are matched on across runs.
     pub fn key(&self) -> (&str, i32) {
         (&self.endpoint, self.port)
+    }
+
+    /// Whether the row failed on the network (DNS, connect or proxy), as the Reachable
+    /// condition counts it. A port expected Blocked that connected fails at Connect too, but
+    /// because it was reachable: it does not count.
+    pub fn unreachable(&self) -> bool {
+        self.outcome == Outcome::Fail
+            && matches!(self.stage, Stage::Dns | Stage::Connect | Stage::Proxy)
+            && self.reason != Reason::UnexpectedlyReachable
     }
 
     /// `host:port` or `cidr:port`, as people write it.
@@ -423,7 +452,10 @@ mod tests {
         let (host, target) = ("vendor.example.com", "vendor.example.com:8443");
         for reason in Reason::iter() {
             let Some(step) = reason.next_step(Stage::Dns, host, target) else {
-                assert_eq!(reason, Reason::Reachable, "{reason} has no remedy");
+                assert!(
+                    matches!(reason, Reason::Reachable | Reason::Blocked),
+                    "{reason} has no remedy"
+                );
                 continue;
             };
             assert!(!step.trim().is_empty(), "{reason}: empty remedy");

@@ -2,6 +2,7 @@
 //! over its profile, with the check's proxy and DNS taking precedence.
 
 use crate::api::endpoint::{DnsSpec, Endpoint, EndpointDefaults, ProxySpec};
+use crate::api::profile::PolicySpec;
 use crate::api::{ConnectivityProfileSpec, EgressCheckSpec};
 
 /// Where a list of endpoints and its settings come from.
@@ -10,6 +11,11 @@ pub struct EndpointSource<'a> {
     pub defaults: Option<&'a EndpointDefaults>,
     pub proxy: Option<&'a ProxySpec>,
     pub dns: Option<&'a DnsSpec>,
+    /// The profile's policy, when the endpoints are a profile's: Blocked ports name the
+    /// policies that should block them, source-IP checks default to its egress gateway.
+    pub policy: Option<&'a PolicySpec>,
+    /// The profile's name, and its namespace when known.
+    pub profile: Option<(&'a str, Option<&'a str>)>,
 }
 
 impl<'a> EndpointSource<'a> {
@@ -19,6 +25,16 @@ impl<'a> EndpointSource<'a> {
             defaults: spec.defaults.as_ref(),
             proxy: spec.proxy.as_ref(),
             dns: spec.dns.as_ref(),
+            policy: spec.policy.as_ref(),
+            profile: None,
+        }
+    }
+
+    /// The same source, knowing the profile's name and namespace.
+    pub fn named(self, namespace: &'a str, name: &'a str) -> Self {
+        Self {
+            profile: Some((name, Some(namespace))),
+            ..self
         }
     }
 
@@ -33,8 +49,13 @@ impl<'a> EndpointSource<'a> {
                 defaults: check.defaults.as_ref(),
                 proxy: None,
                 dns: None,
+                policy: None,
+                profile: None,
             },
-            (None, Some(profile)) => Self::from_profile(profile),
+            (None, Some(profile)) => Self {
+                profile: check.profile_ref.as_ref().map(|r| (r.name.as_str(), None)),
+                ..Self::from_profile(profile)
+            },
             (None, None) => return None,
         };
         Some(Self {

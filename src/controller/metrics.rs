@@ -511,6 +511,8 @@ mod tests {
                 ..TlsFacts::default()
             }),
             detail: None,
+            blocked_by: None,
+            source_ip: None,
             last_transition_time: None,
             streak: Default::default(),
         }

@@ -131,6 +131,8 @@ pub struct Context {
     line: Mutex<Arc<Line>>,
     /// ConnectivityProfile reconciles at once (there are few profiles; they wait as tasks).
     profile_permits: Semaphore,
+    /// One writer at a time per namespace for its shared EgressFirewall.
+    pub(crate) egress_firewall_locks: policy::NamespaceLocks,
     /// What the watches of each scope (a namespace, or all) hold, for reconciles to read.
     scopes: Mutex<Vec<WatchedScope>>,
 }
@@ -161,6 +163,7 @@ impl Context {
             line: Mutex::new(Arc::new(new_line(&settings))),
             profile_permits: Semaphore::new(usize::from(settings.max_concurrent_reconciles.max(1))),
             scopes: Mutex::default(),
+            egress_firewall_locks: policy::NamespaceLocks::default(),
             settings,
         }
     }

@@ -259,6 +259,8 @@ mod tests {
             tls: None,
             detail: None,
             last_transition_time: None,
+            blocked_by: None,
+            source_ip: None,
             streak: Streak::default(),
         }
     }

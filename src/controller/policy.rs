@@ -1,12 +1,16 @@
 //! Applying a profile's policy flavors in the cluster: server-side apply under one field
 //! manager, ownership (namespaced objects owned by the profile; cluster-scoped ones and the
 //! shared EgressFirewall cleaned up through a finalizer), removal of objects no longer
-//! emitted, and a clear answer when a flavor's CRD is not installed.
+//! emitted, and a clear answer when a flavor's CRD is not installed. The namespace's shared
+//! EgressFirewall is written as a compare-and-swap, one profile of the namespace at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::discovery::{self, Scope};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -163,20 +167,30 @@ pub async fn apply(
             let api = api_for(ctx, &resource, object_namespace.as_deref());
             if kind == "EgressFirewall" {
                 // Shared by the namespace: merge with what others wrote, never clobber.
-                let existing = match api.get_opt(&object_name).await {
-                    Ok(found) => found.map(|o| serde_json::to_value(o).unwrap_or_default()),
-                    Err(e) => {
-                        applied.failures.push(format!(
-                            "{}: reading EgressFirewall {namespace}/{object_name} to merge NetReach's rules into it failed, retrying: {e}",
-                            flavor.as_str()
-                        ));
-                        break;
+                let written = write_shared(ctx, &api, &namespace, &object_name, |existing| {
+                    let merged = merge_egress_firewall(existing, &object, &name);
+                    (Some(merged.object), merged.notes)
+                })
+                .await;
+                match written {
+                    Ok(notes) => {
+                        applied.notes.extend(notes);
+                        applied.policies.push(AppliedPolicy {
+                            flavor: flavor.as_str().into(),
+                            api_version: api_version.clone(),
+                            kind: kind.clone(),
+                            name: object_name,
+                            namespace: object_namespace,
+                        });
                     }
-                };
-                let merged = merge_egress_firewall(existing.as_ref(), &object, &name);
-                object = merged.object;
-                applied.notes.extend(merged.notes);
-            } else if namespaced && let Some(owner) = &owner {
+                    Err(e) => applied.failures.push(format!(
+                        "{}: merging NetReach's rules into EgressFirewall {namespace}/{object_name} failed, retrying: {e}",
+                        flavor.as_str()
+                    )),
+                }
+                continue;
+            }
+            if namespaced && let Some(owner) = &owner {
                 object["metadata"]["ownerReferences"] = json!([owner]);
             }
             match api
@@ -247,36 +261,21 @@ async fn remove(ctx: &Context, profile: &str, old: &AppliedPolicy) -> Result<(),
     };
     let api = api_for(ctx, &resource, old.namespace.as_deref());
     if old.kind == "EgressFirewall" {
-        let existing = match api.get_opt(&old.name).await {
-            Ok(Some(existing)) => serde_json::to_value(existing).unwrap_or_default(),
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                return Err(format!(
-                    "reading {place} to take NetReach's rules out failed, retrying: {e}"
-                ));
-            }
-        };
-        return match unmerge_egress_firewall(&existing, profile) {
-            None => match api.delete(&old.name, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(format!("deleting {place} failed, retrying: {e}")),
-            },
-            Some(mut body) => {
+        let namespace = old.namespace.clone().unwrap_or_default();
+        return write_shared(ctx, &api, &namespace, &old.name, |existing| {
+            let Some(existing) = existing else {
+                return (None, Vec::new());
+            };
+            let body = unmerge_egress_firewall(existing, profile).map(|mut body| {
                 body["apiVersion"] = Value::String(old.api_version.clone());
                 body["kind"] = Value::String(old.kind.clone());
-                api.patch(
-                    &old.name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    format!("taking NetReach's rules out of {place} failed, retrying: {e}")
-                })
-            }
-        };
+                body
+            });
+            (body, Vec::new())
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("taking NetReach's rules out of {place} failed, retrying: {e}"));
     }
     match api.delete(&old.name, &DeleteParams::default()).await {
         Ok(_) => {
@@ -285,6 +284,89 @@ async fn remove(ctx: &Context, profile: &str, old: &AppliedPolicy) -> Result<(),
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(format!("deleting {place} failed, retrying: {e}")),
+    }
+}
+
+/// Per-namespace locks: the namespace's one EgressFirewall is read, merged and written by one
+/// profile reconcile at a time, so two profiles never race each other.
+#[derive(Default)]
+pub struct NamespaceLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl NamespaceLocks {
+    fn of(&self, namespace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(namespace.to_owned()).or_default().clone()
+    }
+}
+
+/// How often a read-merge-write of a shared object starts over after someone else wrote it.
+const SHARED_WRITE_ATTEMPTS: usize = 8;
+
+/// Read-merge-write of a shared object as a compare-and-swap: `merge` gets what was read and
+/// returns the object to write (or `None` to delete it) and notes; the write carries the
+/// read `resourceVersion` (a create when nothing was read, a delete with a precondition), and
+/// a 409 (someone wrote in between) starts over from a fresh read. Returns the notes of the
+/// write that went through.
+async fn write_shared(
+    ctx: &Context,
+    api: &Api<DynamicObject>,
+    namespace: &str,
+    name: &str,
+    merge: impl Fn(Option<&Value>) -> (Option<Value>, Vec<String>),
+) -> Result<Vec<String>, kube::Error> {
+    let lock = ctx.egress_firewall_locks.of(namespace);
+    let _turn = lock.lock().await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let existing = api
+            .get_opt(name)
+            .await?
+            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let version = existing
+            .as_ref()
+            .and_then(|e| e["metadata"]["resourceVersion"].as_str())
+            .map(str::to_owned);
+        let (wanted, notes) = merge(existing.as_ref());
+        let written = match (wanted, version) {
+            (None, None) => return Ok(notes),
+            (None, Some(version)) => {
+                let params = DeleteParams::default().preconditions(Preconditions {
+                    resource_version: Some(version),
+                    uid: None,
+                });
+                match api.delete(name, &params).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            }
+            (Some(object), None) => {
+                let object: DynamicObject =
+                    serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
+                let params = PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&params, &object).await.map(|_| ())
+            }
+            (Some(mut object), Some(version)) => {
+                object["metadata"]["resourceVersion"] = Value::String(version);
+                api.patch(
+                    name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        match written {
+            Ok(()) => return Ok(notes),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < SHARED_WRITE_ATTEMPTS => {
+                debug!(%namespace, %name, attempt, "written by someone else meanwhile, merging again");
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

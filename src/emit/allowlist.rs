@@ -25,7 +25,12 @@ struct Row {
 fn rows(inputs: &[Input<'_>]) -> Vec<Row> {
     let mut rows = Vec::new();
     for input in inputs {
-        for target in EndpointSource::from_profile(input.spec).targets() {
+        // A port expected to be Blocked is exactly what the perimeter must not open.
+        for target in EndpointSource::from_profile(input.spec)
+            .targets()
+            .into_iter()
+            .filter(|t| t.expect != crate::api::endpoint::Expect::Blocked)
+        {
             let addresses = match (&target.host, &target.cidr) {
                 (_, Some(cidr)) => cidr.clone(),
                 (Some(_), None) => input

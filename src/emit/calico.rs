@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, calico};
-use super::{Input, Output, allows, cluster_dns, metadata, object_name};
+use super::{Input, Output, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 use crate::api::endpoint::Transport;
 
@@ -38,7 +38,37 @@ pub fn calico(input: &Input<'_>) -> Output {
         .as_ref()
         .and_then(|p| p.calico_enterprise)
         .unwrap_or(false);
+    // Deny rules first: Calico evaluates a policy's rules in order.
     let mut rules = Vec::new();
+    for deny in denies(input) {
+        match deny_nets(flavor, &deny) {
+            Ok(nets) => {
+                for (transport, protocol) in [
+                    (Transport::Tcp, calico::Protocol::TCP),
+                    (Transport::Udp, calico::Protocol::UDP),
+                ] {
+                    let ports: Vec<calico::Port> = deny
+                        .ports
+                        .iter()
+                        .filter(|p| p.transport == transport)
+                        .map(|p| calico::Port::Number(p.from))
+                        .collect();
+                    if !ports.is_empty() {
+                        rules.push(calico::Rule {
+                            action: calico::Action::Deny,
+                            protocol,
+                            destination: calico::EntityRule {
+                                nets: nets.iter().map(|n| n.trunc().to_string()).collect(),
+                                ports,
+                                ..calico::EntityRule::default()
+                            },
+                        });
+                    }
+                }
+            }
+            Err(n) => output.notes.push(n),
+        }
+    }
     let mut all_nets = Vec::new();
     for allow in allows(input) {
         output.notes.extend(protocol_notes(flavor, &allow, true));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::types::{Object, cilium};
-use super::{Input, Note, Output, PortRule, allows, cluster_dns, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 use crate::api::endpoint::Transport;
 
@@ -93,6 +93,17 @@ pub fn cilium(input: &Input<'_>) -> Output {
         }],
         ..cilium::EgressRule::default()
     });
+    let mut egress_deny = Vec::new();
+    for deny in denies(input) {
+        match deny_nets(Flavor::Cilium, &deny) {
+            Ok(nets) => egress_deny.push(cilium::EgressRule {
+                to_cidr: nets.iter().map(|n| n.trunc().to_string()).collect(),
+                to_ports: cilium_ports(&deny.ports),
+                ..cilium::EgressRule::default()
+            }),
+            Err(n) => output.notes.push(n),
+        }
+    }
     output.objects.push(to_value(&Object {
         api_version: "cilium.io/v2".into(),
         kind: "CiliumNetworkPolicy".into(),
@@ -100,6 +111,7 @@ pub fn cilium(input: &Input<'_>) -> Output {
         spec: cilium::NetworkPolicySpec {
             endpoint_selector: labels_selector(labels),
             egress,
+            egress_deny,
         },
     }));
     output

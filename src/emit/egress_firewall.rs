@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::shared::*;
 use super::types::{Object, ovn};
-use super::{Input, Note, Output, allows, metadata};
+use super::{Input, Note, Output, allows, denies, metadata};
 use crate::api::Flavor;
 
 /// Annotation on the shared EgressFirewall: the rules each NetReach profile added, as a JSON
@@ -220,7 +220,45 @@ pub fn egress_firewall(input: &Input<'_>) -> Output {
             ),
         });
     }
+    // First match wins: the Deny of every Blocked endpoint goes before the allows.
     let mut egress = Vec::new();
+    for deny in denies(input) {
+        // A Blocked endpoint's ports are single ports, never ranges.
+        let ports: Vec<ovn::Port> = deny
+            .ports
+            .iter()
+            .flat_map(|rule| {
+                (rule.from..=rule.to).map(|port| ovn::Port {
+                    protocol: rule.transport.as_str().into(),
+                    port,
+                })
+            })
+            .collect();
+        let destinations: Vec<ovn::Destination> = match (&deny.host, deny.nets.is_empty()) {
+            // Addresses when known: OVN-Kubernetes resolves a dnsName itself, and upstream
+            // advises against names in Deny rules.
+            (_, false) => deny
+                .nets
+                .iter()
+                .map(|n| ovn::Destination {
+                    cidr_selector: Some(n.trunc().to_string()),
+                    dns_name: None,
+                })
+                .collect(),
+            (Some(host), true) => vec![ovn::Destination {
+                cidr_selector: None,
+                dns_name: Some(host.clone()),
+            }],
+            (None, true) => Vec::new(),
+        };
+        for to in destinations {
+            egress.push(ovn::EgressFirewallRule {
+                type_: ovn::RuleType::Deny,
+                to,
+                ports: ports.clone(),
+            });
+        }
+    }
     for allow in allows(input) {
         output.notes.extend(protocol_notes(flavor, &allow, false));
         let mut ports: Vec<ovn::Port> = Vec::new();

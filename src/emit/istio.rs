@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, istio};
-use super::{Input, Note, Output, PortRule, allows, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, denies, metadata, object_name};
 use crate::api::endpoint::Transport;
 use crate::api::{Flavor, Protocol};
 
@@ -30,6 +30,9 @@ fn istio_protocol(protocol: Protocol) -> &'static str {
     }
 }
 
+/// Ambient mode: the label that sends a ServiceEntry's traffic through a waypoint.
+const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
 const ISTIO_GATEWAY_SERVICE: &str = "istio-egressgateway.istio-system.svc.cluster.local";
 
 pub fn istio(input: &Input<'_>) -> Output {
@@ -41,12 +44,18 @@ pub fn istio(input: &Input<'_>) -> Output {
         .as_ref()
         .and_then(|p| p.istio.clone())
         .unwrap_or_default();
+    let allowed: BTreeMap<String, super::Allow> = allows(input)
+        .into_iter()
+        .map(|a| (a.endpoint.clone(), a))
+        .collect();
+    let denied = denies(input);
     let mut tls_hosts: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     let mut endpoints: Vec<_> = input.spec.endpoints.iter().collect();
     endpoints.sort_by(|a, b| a.name.cmp(&b.name));
-    let allows = allows(input);
     for endpoint in endpoints {
-        let Some(allow) = allows.iter().find(|a| a.endpoint == endpoint.name) else {
+        // A Blocked port stays out of the registry (with REGISTRY_ONLY nothing reaches it),
+        // and so does a port of a range that holds a Blocked address: Istio cannot deny.
+        let Some(allow) = allowed.get(&endpoint.name) else {
             continue;
         };
         output.notes.extend(protocol_notes(flavor, allow, true));
@@ -57,7 +66,20 @@ pub fn istio(input: &Input<'_>) -> Output {
         };
         let mut ports: Vec<istio::Port> = Vec::new();
         for spec in &endpoint.ports {
-            if spec.protocol == Protocol::Ike {
+            let rule = PortRule::single(spec.protocol.transport(), spec.port as u16);
+            if spec.protocol == Protocol::Ike || !allow.ports.iter().any(|p| p.overlaps(&rule)) {
+                continue;
+            }
+            let holds_blocked = allow.nets.iter().any(|net| {
+                !blocked_inside(net, &[rule], &denied).is_empty()
+                    || inside_blocked(net, &[rule], &denied)
+            });
+            if holds_blocked {
+                output.notes.push(note(
+                    flavor,
+                    allow,
+                    format!("port {} reaches addresses that overlap an endpoint expected Blocked, which Istio cannot deny; left out", spec.port),
+                ));
                 continue;
             }
             ports.push(port(spec.port as u16, istio_protocol(spec.protocol)));
@@ -123,10 +145,17 @@ pub fn istio(input: &Input<'_>) -> Output {
             },
             (None, None) => continue,
         };
+        let mut meta = metadata(input, name, false);
+        if let Some(waypoint) = &options.waypoint {
+            // Ambient mode: egress to this entry goes through the namespace's waypoint.
+            meta.labels
+                .get_or_insert_default()
+                .insert(USE_WAYPOINT_LABEL.to_owned(), waypoint.clone());
+        }
         output.objects.push(to_value(&Object {
             api_version: "networking.istio.io/v1".into(),
             kind: "ServiceEntry".into(),
-            metadata: metadata(input, name, false),
+            metadata: meta,
             spec,
         }));
     }

@@ -106,6 +106,11 @@ impl PortRule {
         }
     }
 
+    /// Whether the two share a port of the same transport.
+    pub fn overlaps(&self, other: &PortRule) -> bool {
+        self.transport == other.transport && self.from <= other.to && other.from <= self.to
+    }
+
     pub fn is_range(&self) -> bool {
         self.to > self.from
     }
@@ -186,13 +191,56 @@ pub fn esp_note(flavor: Flavor, allow: &Allow) -> Note {
     }
 }
 
-/// What the profile allows, endpoint by endpoint, in name order.
+/// What the profile allows, endpoint by endpoint, in name order: the ports that are not
+/// expected to be Blocked. A port one endpoint declares Blocked is allowed by no other
+/// endpoint of the same host or CIDR (Blocked wins).
 pub fn allows(input: &Input<'_>) -> Vec<Allow> {
+    let blocked: Vec<(Option<&str>, Option<&str>, i32)> = input
+        .spec
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            e.ports
+                .iter()
+                .filter(|p| p.blocked())
+                .map(|p| (e.host.as_deref(), e.cidr.as_deref(), p.port))
+        })
+        .collect();
+    endpoint_ports(input, |endpoint, port| {
+        !port.blocked()
+            && !blocked.contains(&(
+                endpoint.host.as_deref(),
+                endpoint.cidr.as_deref(),
+                port.port,
+            ))
+    })
+}
+
+/// What the profile expects to be Blocked, endpoint by endpoint, in name order: emitters
+/// never allow it, and flavors that can deny put an explicit Deny for it before their allows.
+pub fn denies(input: &Input<'_>) -> Vec<Allow> {
+    endpoint_ports(input, |_, port| port.blocked())
+}
+
+/// Endpoints with the ports `keep` selects (endpoints left without ports are left out), with
+/// their networks: the declared CIDR, or the host's resolved addresses.
+fn endpoint_ports(
+    input: &Input<'_>,
+    keep: impl Fn(&crate::api::endpoint::Endpoint, &crate::api::endpoint::PortSpec) -> bool,
+) -> Vec<Allow> {
     let mut allows: Vec<Allow> = input
         .spec
         .endpoints
         .iter()
-        .map(|endpoint| {
+        .filter_map(|endpoint| {
+            let kept: Vec<&crate::api::endpoint::PortSpec> = endpoint
+                .ports
+                .iter()
+                .filter(|p| keep(endpoint, p))
+                .collect();
+            if kept.is_empty() {
+                return None;
+            }
             let nets = match (&endpoint.cidr, &endpoint.host) {
                 (Some(cidr), _) => cidr
                     .parse::<IpNet>()
@@ -213,11 +261,10 @@ pub fn allows(input: &Input<'_>) -> Vec<Allow> {
                 }
                 (None, None) => Vec::new(),
             };
-            let mut ports: Vec<PortRule> = endpoint.ports.iter().flat_map(port_rules).collect();
+            let mut ports: Vec<PortRule> = kept.iter().copied().flat_map(port_rules).collect();
             ports.sort_unstable();
             ports.dedup();
-            let mut ftp_without_range: Vec<u16> = endpoint
-                .ports
+            let mut ftp_without_range: Vec<u16> = kept
                 .iter()
                 .filter(|p| matches!(p.protocol, Protocol::Ftp | Protocol::Ftps))
                 .filter(|p| {
@@ -230,14 +277,14 @@ pub fn allows(input: &Input<'_>) -> Vec<Allow> {
                 .collect();
             ftp_without_range.sort_unstable();
             ftp_without_range.dedup();
-            Allow {
+            Some(Allow {
                 endpoint: endpoint.name.clone(),
                 host: endpoint.host.clone(),
                 nets,
                 ports,
-                esp: endpoint.ports.iter().any(|p| p.protocol == Protocol::Ike),
+                esp: kept.iter().any(|p| p.protocol == Protocol::Ike),
                 ftp_without_range,
-            }
+            })
         })
         .collect();
     allows.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));

@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Input, Output, PortRule, allows, cluster_dns, metadata, object_name};
+use super::{Input, Output, PortRule, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 
 use super::shared::*;
@@ -23,25 +23,45 @@ pub fn network_policy(input: &Input<'_>) -> Output {
         end_port: rule.is_range().then_some(i32::from(rule.to)),
     };
     let mut egress = Vec::new();
+    // NetworkPolicy cannot deny: a Blocked endpoint is simply not allowed, and carved out of
+    // any allowed range that holds it.
+    let denies = denies(input);
     for allow in allows(input) {
         output
             .notes
             .extend(protocol_notes(Flavor::NetworkPolicy, &allow, false));
         match address_nets(Flavor::NetworkPolicy, &allow) {
-            Ok(nets) => egress.push(NetworkPolicyEgressRule {
-                to: Some(
-                    nets.iter()
-                        .map(|net| NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: net.trunc().to_string(),
-                                except: None,
-                            }),
-                            ..NetworkPolicyPeer::default()
-                        })
-                        .collect(),
-                ),
-                ports: Some(allow.ports.iter().map(port).collect()),
-            }),
+            Ok(nets) => {
+                let mut peers = Vec::new();
+                for net in nets {
+                    if inside_blocked(&net, &allow.ports, &denies) {
+                        output.notes.push(note(
+                            Flavor::NetworkPolicy,
+                            &allow,
+                            format!(
+                                "{} lies inside an endpoint expected Blocked on a port it allows; left out, as the flavors that deny block it",
+                                net.trunc()
+                            ),
+                        ));
+                        continue;
+                    }
+                    let except = blocked_inside(&net, &allow.ports, &denies);
+                    peers.push(NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: net.trunc().to_string(),
+                            except: (!except.is_empty())
+                                .then(|| except.iter().map(ToString::to_string).collect()),
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    });
+                }
+                if !peers.is_empty() {
+                    egress.push(NetworkPolicyEgressRule {
+                        to: Some(peers),
+                        ports: Some(allow.ports.iter().map(port).collect()),
+                    });
+                }
+            }
             Err(n) => output.notes.push(n),
         }
     }

@@ -3,20 +3,54 @@
 use std::collections::BTreeMap;
 
 use super::types::{Object, network_policy_api as npa};
-use super::{Input, Note, Output, PortRule, allows, cluster_dns, metadata, object_name};
+use super::{Input, Note, Output, PortRule, allows, cluster_dns, denies, metadata, object_name};
 use crate::api::Flavor;
 use crate::api::endpoint::Transport;
 
 use super::shared::*;
 
-/// The peers and ports of the policy-API kinds, shared by ANP and CNP. Host names become
-/// domainNames; CIDRs become networks.
+/// ClusterNetworkPolicy v1alpha2: at most 25 rules per policy and 25 protocols per rule.
+const CNP_MAX_ITEMS: usize = 25;
+/// The highest (last-deciding) priority of the policy-API kinds.
+const MAX_PRIORITY: i32 = 1000;
+
+/// One rule of the policy-API kinds, before it takes the shape of ANP or CNP.
+struct PolicyApiRule {
+    name: String,
+    deny: bool,
+    peer: npa::Peer,
+    ports: Vec<PortRule>,
+}
+
+/// The rules of the policy-API kinds, shared by ANP and CNP: the Deny of every Blocked
+/// endpoint first (rules are evaluated in order), then the allows. Host names become
+/// domainNames (Allow only, upstream); CIDRs and resolved addresses become networks.
 fn policy_api_rules(
     flavor: Flavor,
     input: &Input<'_>,
     output: &mut Output,
-) -> Vec<(String, npa::Peer, Vec<PortRule>)> {
+    max_rules: Option<usize>,
+) -> Vec<PolicyApiRule> {
     let mut rules = Vec::new();
+    for deny in denies(input) {
+        match deny_nets(flavor, &deny) {
+            Ok(nets) if nets.len() > ANP_MAX_PEERS => output.notes.push(note(
+                flavor,
+                &deny,
+                "expected Blocked, so nothing allows it, but its more than 25 networks do not fit one Deny peer",
+            )),
+            Ok(nets) => rules.push(PolicyApiRule {
+                name: format!("deny-{}", deny.endpoint),
+                deny: true,
+                peer: npa::Peer {
+                    networks: nets.iter().map(|n| n.trunc().to_string()).collect(),
+                    ..npa::Peer::default()
+                },
+                ports: deny.ports.clone(),
+            }),
+            Err(n) => output.notes.push(n),
+        }
+    }
     for allow in allows(input) {
         output.notes.extend(protocol_notes(flavor, &allow, false));
         let peer = match &allow.host {
@@ -52,14 +86,21 @@ fn policy_api_rules(
                 .push(note(flavor, &allow, "more than 25 networks in one peer"));
             continue;
         }
-        rules.push((allow.endpoint.clone(), peer, allow.ports.clone()));
+        rules.push(PolicyApiRule {
+            name: allow.endpoint.clone(),
+            deny: false,
+            peer,
+            ports: allow.ports.clone(),
+        });
     }
-    if rules.len() > ANP_MAX_RULES - 1 {
-        for (endpoint, _, _) in rules.split_off(ANP_MAX_RULES - 1) {
+    if let Some(max) = max_rules
+        && rules.len() > max - 1
+    {
+        for rule in rules.split_off(max - 1) {
             output.notes.push(Note {
                 flavor,
-                endpoint,
-                message: "a policy holds at most 100 egress rules".into(),
+                endpoint: rule.name,
+                message: format!("a policy holds at most {max} egress rules"),
             });
         }
     }
@@ -126,15 +167,20 @@ pub fn admin_network_policy(input: &Input<'_>) -> Output {
             port(rule.from, rule.transport.as_str())
         }
     };
-    let mut egress: Vec<npa::AdminEgressRule> = policy_api_rules(flavor, input, &mut output)
-        .into_iter()
-        .map(|(name, peer, ports)| npa::AdminEgressRule {
-            name,
-            action: npa::AdminAction::Allow,
-            to: vec![peer],
-            ports: ports.iter().map(rule_port).collect(),
-        })
-        .collect();
+    let mut egress: Vec<npa::AdminEgressRule> =
+        policy_api_rules(flavor, input, &mut output, Some(ANP_MAX_RULES))
+            .into_iter()
+            .map(|rule| npa::AdminEgressRule {
+                name: rule.name,
+                action: if rule.deny {
+                    npa::AdminAction::Deny
+                } else {
+                    npa::AdminAction::Allow
+                },
+                to: vec![rule.peer],
+                ports: rule.ports.iter().map(rule_port).collect(),
+            })
+            .collect();
     egress.push(npa::AdminEgressRule {
         name: "cluster-dns".into(),
         action: npa::AdminAction::Allow,
@@ -191,15 +237,26 @@ pub fn cluster_network_policy(input: &Input<'_>) -> Output {
         },
     };
     let tcp = |p: u16| protocol_port(&PortRule::single(Transport::Tcp, p));
-    let mut egress: Vec<npa::ClusterEgressRule> = policy_api_rules(flavor, input, &mut output)
-        .into_iter()
-        .map(|(name, peer, ports)| npa::ClusterEgressRule {
-            name,
-            action: npa::ClusterAction::Accept,
-            to: vec![peer],
-            protocols: ports.iter().map(protocol_port).collect(),
-        })
-        .collect();
+    // At most 25 protocols per rule and 25 rules per policy (v0.2.0): a long port list
+    // becomes several rules, and the rules several policies in a stable order.
+    let mut egress: Vec<npa::ClusterEgressRule> = Vec::new();
+    for rule in policy_api_rules(flavor, input, &mut output, None) {
+        for (i, ports) in rule.ports.chunks(CNP_MAX_ITEMS).enumerate() {
+            egress.push(npa::ClusterEgressRule {
+                name: match i {
+                    0 => rule.name.clone(),
+                    i => format!("{}-{}", rule.name, i + 1),
+                },
+                action: if rule.deny {
+                    npa::ClusterAction::Deny
+                } else {
+                    npa::ClusterAction::Accept
+                },
+                to: vec![rule.peer.clone()],
+                protocols: ports.iter().map(protocol_port).collect(),
+            });
+        }
+    }
     egress.push(npa::ClusterEgressRule {
         name: "cluster-dns".into(),
         action: npa::ClusterAction::Accept,
@@ -209,16 +266,38 @@ pub fn cluster_network_policy(input: &Input<'_>) -> Output {
             tcp(53),
         ],
     });
-    output.objects.push(to_value(&Object {
-        api_version: "policy.networking.k8s.io/v1alpha2".into(),
-        kind: "ClusterNetworkPolicy".into(),
-        metadata: metadata(input, object_name(input, true), true),
-        spec: npa::ClusterSpec {
-            tier: npa::Tier::Admin,
-            priority: priority(input),
-            subject: policy_api_subject(input, labels),
-            egress,
-        },
-    }));
+    let base = object_name(input, true);
+    let first_priority = priority(input);
+    for (i, rules) in egress.chunks(CNP_MAX_ITEMS).enumerate() {
+        // Lower numbers decide first: the chunks keep the rules' order (denies first).
+        let priority = first_priority + i as i32;
+        if priority > MAX_PRIORITY {
+            for rule in rules {
+                output.notes.push(Note {
+                    flavor,
+                    endpoint: rule.name.clone(),
+                    message: format!(
+                        "the rules fill more ClusterNetworkPolicies than priorities are left above {first_priority}; lower spec.policy.priority"
+                    ),
+                });
+            }
+            continue;
+        }
+        let name = match i {
+            0 => base.clone(),
+            i => format!("{base}-{}", i + 1),
+        };
+        output.objects.push(to_value(&Object {
+            api_version: "policy.networking.k8s.io/v1alpha2".into(),
+            kind: "ClusterNetworkPolicy".into(),
+            metadata: metadata(input, name, true),
+            spec: npa::ClusterSpec {
+                tier: npa::Tier::Admin,
+                priority,
+                subject: policy_api_subject(input, labels.clone()),
+                egress: rules.to_vec(),
+            },
+        }));
+    }
     output
 }

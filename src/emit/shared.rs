@@ -117,3 +117,45 @@ pub(super) fn namespace_selector(namespace: &str) -> MatchLabels {
         namespace.to_owned(),
     )]))
 }
+
+/// The networks an explicit Deny of a Blocked endpoint can name, or the note why there are
+/// none: the endpoint stays unallowed, only the explicit Deny is missing.
+pub(super) fn deny_nets(flavor: Flavor, deny: &Allow) -> Result<Vec<IpNet>, Note> {
+    if deny.nets.is_empty() || deny.is_wildcard() {
+        let host = deny.host.as_deref().unwrap_or("?");
+        return Err(note(
+            flavor,
+            deny,
+            format!(
+                "expected Blocked, so nothing allows it, but this flavor denies addresses only and {host} has none resolved; resolve it to also emit an explicit Deny"
+            ),
+        ));
+    }
+    Ok(deny.nets.clone())
+}
+
+/// Blocked networks inside `net` on a port `ports` also allow: what an allow of `net` must
+/// carve out.
+pub(super) fn blocked_inside(net: &IpNet, ports: &[PortRule], denies: &[Allow]) -> Vec<IpNet> {
+    let mut inside: Vec<IpNet> = denies
+        .iter()
+        .filter(|d| d.ports.iter().any(|p| ports.iter().any(|q| p.overlaps(q))))
+        .flat_map(|d| d.nets.iter())
+        .filter(|d| net.contains(*d))
+        .map(IpNet::trunc)
+        .collect();
+    inside.sort();
+    inside.dedup();
+    inside
+}
+
+/// Whether `net` lies inside a network expected Blocked on one of `ports`: the flavors that
+/// deny put the Deny first, so such an allow is blocked there, and the others leave it out to
+/// mean the same.
+pub(super) fn inside_blocked(net: &IpNet, ports: &[PortRule], denies: &[Allow]) -> bool {
+    denies
+        .iter()
+        .filter(|d| d.ports.iter().any(|p| ports.iter().any(|q| p.overlaps(q))))
+        .flat_map(|d| d.nets.iter())
+        .any(|d| d.contains(net))
+}

@@ -36,6 +36,9 @@ pub mod cilium {
     pub struct NetworkPolicySpec {
         pub endpoint_selector: MatchLabels,
         pub egress: Vec<EgressRule>,
+        /// Deny rules win over every allow (toFQDNs is not supported in them).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub egress_deny: Vec<EgressRule>,
     }
 
     #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +159,7 @@ pub mod calico {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Action {
         Allow,
+        Deny,
     }
 
     /// A protocol name, or an IP protocol number (Calico's protocol is an int-or-string).
@@ -397,6 +401,7 @@ pub mod network_policy_api {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum AdminAction {
         Allow,
+        Deny,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +454,7 @@ pub mod network_policy_api {
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub enum ClusterAction {
         Accept,
+        Deny,
     }
 
     #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

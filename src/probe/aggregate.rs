@@ -37,6 +37,8 @@ pub(super) fn row(
         latency: Latency::default(),
         tls: None,
         detail: None,
+        blocked_by: None,
+        source_ip: None,
         last_transition_time: None,
         streak: Default::default(),
     }
@@ -52,6 +54,10 @@ pub(super) struct Session {
     pub(super) tls: Option<TlsFacts>,
     pub(super) detail: Option<String>,
     pub(super) latency: Latency,
+    /// How a port expected to be Blocked was blocked.
+    pub(super) blocked_by: Option<Reason>,
+    /// The source address an echo service saw.
+    pub(super) source_ip: Option<String>,
 }
 
 impl Session {
@@ -65,6 +71,30 @@ impl Session {
             tls,
             detail: None,
             latency,
+            blocked_by: None,
+            source_ip: None,
+        }
+    }
+
+    /// A port expected to be Blocked that was: it passes, and records how.
+    pub(super) fn blocked(target: &Target, failure: Failure, latency: Latency) -> Self {
+        Self {
+            outcome: Outcome::Pass,
+            stage: failure.stage,
+            reason: Reason::Blocked,
+            message: format!(
+                "{} is blocked, as expected ({}): {}",
+                target.display(),
+                failure.reason,
+                // What happened, without the remedy a failure would carry.
+                failure.message.split("; ").next().unwrap_or_default()
+            ),
+            intercepted: false,
+            tls: None,
+            detail: None,
+            latency,
+            blocked_by: Some(failure.reason),
+            source_ip: None,
         }
     }
 }
@@ -75,6 +105,8 @@ pub(super) fn from_session(target: &Target, session: Session) -> ProbeResult {
         latency: session.latency,
         tls: session.tls,
         detail: session.detail,
+        blocked_by: session.blocked_by,
+        source_ip: session.source_ip,
         ..row(
             target,
             session.outcome,

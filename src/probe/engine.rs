@@ -13,6 +13,7 @@ use super::ike;
 use super::net::{self, Deadline, Failure, ProxyTarget};
 use super::pipeline::*;
 use super::plan::Target;
+use crate::api::endpoint::{BlockedBy, Expect};
 use crate::api::result::{Latency, Outcome, ProbeResult, Reason, Stage};
 use crate::api::{Protocol, TlsMode};
 
@@ -93,7 +94,8 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
     }
     // A Secret or ConfigMap the TLS stage needs: read it now, so a missing one is told
     // apart from an untrusted issuer.
-    let bundle = if target.tls.mode == TlsMode::Disabled {
+    let blocked = target.expect == Expect::Blocked;
+    let bundle = if target.tls.mode == TlsMode::Disabled || blocked {
         Ok(None)
     } else {
         ctx.ca_bundle(target)
@@ -162,8 +164,19 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         // Through a proxy, the proxy resolves the name: no local DNS stage, one session.
         let mut latency = Latency::default();
         let started = Instant::now();
-        let session = match net::connect_via_proxy(&proxy, &peer_host, target.port, &deadline).await
-        {
+        let tunnel = net::connect_via_proxy(&proxy, &peer_host, target.port, &deadline).await;
+        if blocked {
+            latency.connect_ms = Some(started.elapsed().as_millis() as u64);
+            let session = match tunnel {
+                Ok(_) => unexpectedly_reachable(target, Some(&proxy.display()), latency),
+                Err(failure) if failure.reason == Reason::ProxyRejected => {
+                    Session::blocked(target, failure, latency)
+                }
+                Err(failure) => Session::failed(not_proven(failure), latency, None),
+            };
+            return from_session(target, session);
+        }
+        let session = match tunnel {
             Ok(stream) => {
                 latency.connect_ms = Some(started.elapsed().as_millis() as u64);
                 let route = Route::Proxy(proxy.clone());
@@ -211,15 +224,19 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
             match resolved {
                 Ok(addresses) => addresses,
                 Err(failure) => {
-                    let mut result = row(
-                        target,
-                        Outcome::Fail,
+                    let failure = Failure::new(
                         Stage::Dns,
                         failure.reason,
                         format!("{shown}: {}", failure.message),
                     );
-                    result.latency = latency;
-                    return result;
+                    let session = match blocked {
+                        true if blocked_by_dns(target, failure.reason) => {
+                            Session::blocked(target, failure, latency)
+                        }
+                        true => Session::failed(not_proven(failure), latency, None),
+                        false => Session::failed(failure, latency, None),
+                    };
+                    return from_session(target, session);
                 }
             }
         }
@@ -232,7 +249,9 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
     let mut addresses = addresses;
     addresses.truncate(MAX_ADDRESSES);
 
-    let sessions: Vec<(IpAddr, Session)> = if ctx.first_address_only {
+    // Every address of a Blocked port must be blocked: one that connects is the leak.
+    let first_only = ctx.first_address_only && !blocked;
+    let sessions: Vec<(IpAddr, Session)> = if first_only {
         let mut tried = Vec::new();
         for address in addresses {
             let session =
@@ -258,7 +277,7 @@ pub(super) async fn probe_inner(target: &Target, ctx: &ProbeContext) -> ProbeRes
         });
         futures::future::join_all(all).await
     };
-    let mut result = aggregate(target, sessions, ctx.first_address_only);
+    let mut result = aggregate(target, sessions, first_only);
     if proxy_ignored {
         result.message = format!(
             "{} (sent directly, not through the proxy: IKE is UDP, which an HTTP CONNECT proxy cannot carry)",
@@ -285,7 +304,19 @@ pub(super) async fn address_session(
         return ike::session(address, target, deadline, latency).await;
     }
     let started = Instant::now();
-    match net::connect(SocketAddr::new(address, target.port), deadline).await {
+    let connected = net::connect(SocketAddr::new(address, target.port), deadline).await;
+    if target.expect == Expect::Blocked {
+        latency.connect_ms = Some(started.elapsed().as_millis() as u64);
+        return match connected {
+            // Connected: no application byte is sent, the connection is the proof.
+            Ok(_) => unexpectedly_reachable(target, None, latency),
+            Err(failure) if blocked_at_connect(failure.reason) => {
+                Session::blocked(target, failure, latency)
+            }
+            Err(failure) => Session::failed(not_proven(failure), latency, None),
+        };
+    }
+    match connected {
         Ok(stream) => {
             latency.connect_ms = Some(started.elapsed().as_millis() as u64);
             let route = Route::Direct(address);
@@ -301,6 +332,69 @@ pub(super) async fn address_session(
             .await
         }
         Err(failure) => Session::failed(failure, latency, None),
+    }
+}
+
+/// Connect failures that prove a path blocked: refused or reset, dropped (timeout), or
+/// rejected with an ICMP unreachable.
+fn blocked_at_connect(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::ConnectionRefused
+            | Reason::ConnectTimeout
+            | Reason::HostUnreachable
+            | Reason::NetworkUnreachable
+    )
+}
+
+/// Whether a DNS failure counts as the block (`blockedBy: [DNS]`).
+fn blocked_by_dns(target: &Target, reason: Reason) -> bool {
+    target.blocked_by.contains(&BlockedBy::Dns)
+        && matches!(reason, Reason::NxDomain | Reason::NoAnswer)
+}
+
+/// A failure of a Blocked port that does not prove the block.
+fn not_proven(mut failure: Failure) -> Failure {
+    let hint = if failure.stage == Stage::Dns {
+        " (a name that does not resolve counts as blocked only with blockedBy: [DNS])"
+    } else {
+        ""
+    };
+    failure.message = format!(
+        "{}; the port is expected to be Blocked, but this failure does not show that policy blocks it{hint}",
+        failure.message
+    );
+    failure
+}
+
+/// A port expected to be Blocked that accepted the connection.
+fn unexpectedly_reachable(target: &Target, proxy: Option<&str>, latency: Latency) -> Session {
+    let shown = target.display();
+    let how = match proxy {
+        Some(proxy) => format!(
+            "proxy {proxy} opened a tunnel to {shown}, which is expected to be Blocked; make the proxy refuse CONNECT to it"
+        ),
+        None => format!("{shown} accepted a connection, but it is expected to be Blocked"),
+    };
+    let policies = if target.policies.is_empty() {
+        "; no policy NetReach emits blocks it: declare the endpoint in a ConnectivityProfile whose spec.policy.flavors has one that does (NetworkPolicy, Cilium, Calico, AdminNetworkPolicy, ClusterNetworkPolicy or EgressFirewall), or block it at the firewall".to_owned()
+    } else {
+        format!(
+            "; {} should block it: check that it is applied, that it selects this pod and that the network plugin enforces it",
+            target.policies.join(", ")
+        )
+    };
+    Session {
+        outcome: Outcome::Fail,
+        stage: Stage::Connect,
+        reason: Reason::UnexpectedlyReachable,
+        message: format!("{how}{policies}"),
+        intercepted: false,
+        tls: None,
+        detail: None,
+        latency,
+        blocked_by: None,
+        source_ip: None,
     }
 }
 
@@ -385,6 +479,10 @@ mod tests {
             ike: None,
             proxy: None,
             dns: None,
+            expect: Expect::Reachable,
+            blocked_by: Vec::new(),
+            policies: Vec::new(),
+            source_ip: None,
         }
     }
 
@@ -398,6 +496,8 @@ mod tests {
             tls: None,
             detail: None,
             latency: Latency::default(),
+            blocked_by: None,
+            source_ip: None,
         }
     }
 

@@ -424,6 +424,8 @@ pub(super) async fn session(
             tls: None,
             detail: Some(detail),
             latency,
+            blocked_by: None,
+            source_ip: None,
         },
         Err(failure) => Session::failed(failure, latency, None),
     }

@@ -93,6 +93,10 @@ pub async fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream,
                     Reason::ConnectionRefused,
                     format!("connection to {addr} refused: nothing listens there or a firewall rejects it"),
                 ),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => (
+                    Reason::ConnectionRefused,
+                    format!("connection to {addr} reset: a firewall rejects it or the service is closing"),
+                ),
                 std::io::ErrorKind::HostUnreachable => (Reason::HostUnreachable, format!("{addr} is unreachable (no route to host)")),
                 std::io::ErrorKind::NetworkUnreachable => {
                     (Reason::NetworkUnreachable, format!("the network of {addr} is unreachable from here"))

@@ -12,7 +12,7 @@ use super::ldap::LdapConn;
 use super::ldap_filter;
 use super::mail::{imap, pop3, smtp};
 use super::net::{BoxStream, Deadline, Failure, ProxyTarget};
-use super::plan::Target;
+use super::plan::{SourceIpPlan, Target};
 use super::protocols::{self, Upgrade};
 use super::tls::{self};
 use crate::api::endpoint::SearchScope;
@@ -25,6 +25,8 @@ pub(super) struct Progress {
     /// A problem that does not stop the probe (expiry soon, a mismatch set to warn).
     pub(super) warning: Option<Failure>,
     pub(super) latency: Latency,
+    /// The source address an echo service reported.
+    pub(super) source_ip: Option<String>,
 }
 
 /// How a session's connection was made, so a protocol that opens more connections (FTP's
@@ -72,6 +74,7 @@ pub(super) async fn session(
         tls: None,
         warning: None,
         latency,
+        source_ip: None,
     };
 
     // Implicit TLS first, for every protocol that has it.
@@ -110,6 +113,7 @@ pub(super) async fn session(
         tls,
         warning,
         mut latency,
+        source_ip,
     } = progress;
     if !matches!(target.protocol, Protocol::Tcp | Protocol::Tls) {
         latency.protocol_ms = Some(started.elapsed().as_millis() as u64);
@@ -121,6 +125,7 @@ pub(super) async fn session(
                 failure.intercepted || warning.as_ref().is_some_and(|w| w.intercepted);
             let mut session = Session::failed(failure, latency, tls);
             session.intercepted = intercepted;
+            session.source_ip = source_ip;
             session
         }
         Ok((stage, detail)) => {
@@ -143,6 +148,8 @@ pub(super) async fn session(
                 tls,
                 detail,
                 latency,
+                blocked_by: None,
+                source_ip,
             }
         }
     }
@@ -232,10 +239,33 @@ pub(super) async fn application(
                 80 | 443 => peer_host.to_owned(),
                 port => format!("{peer_host}:{port}"),
             };
-            let line =
-                protocols::http_get(stream, &host_header, target.http.as_ref(), &shown, deadline)
+            let Some(check) = &target.source_ip else {
+                let line = protocols::http_get(
+                    stream,
+                    &host_header,
+                    target.http.as_ref(),
+                    &shown,
+                    deadline,
+                )
+                .await?;
+                return Ok((Stage::Protocol, Some(line)));
+            };
+            let (line, body) =
+                protocols::http_echo(stream, &host_header, target.http.as_ref(), &shown, deadline)
                     .await?;
-            Ok((Stage::Protocol, Some(line)))
+            let seen = protocols::echoed_address(&body, &check.json_field).map_err(|why| {
+                Failure::new(
+                    Stage::Protocol,
+                    Reason::ProtocolError,
+                    format!(
+                        "{shown} answered {line} but {why}; point this port at an echo service that answers the caller's address (a bare IP, or JSON with field {})",
+                        check.json_field
+                    ),
+                )
+            })?;
+            progress.source_ip = Some(seen.to_string());
+            source_ip_matches(&shown, seen, check)?;
+            Ok((Stage::Protocol, Some(format!("{line}; source {seen}"))))
         }
         Protocol::Smtp | Protocol::Smtps => smtp(stream, scope, progress).await,
         Protocol::Imap | Protocol::Imaps => imap(stream, scope, progress).await,
@@ -338,6 +368,46 @@ pub(super) async fn application(
             Ok((stage, Some(format!("{who}, {what}"))))
         }
     }
+}
+
+/// Whether the address the echo service saw is one of the expected sources.
+pub(super) fn source_ip_matches(
+    shown: &str,
+    seen: std::net::IpAddr,
+    check: &SourceIpPlan,
+) -> Result<(), Failure> {
+    let gateway = if check.egress_gateway {
+        " (the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod, and is its gateway node up?"
+    } else {
+        ": check the NAT or egress gateway this traffic should leave through"
+    };
+    if check.expected.is_empty() {
+        return Err(Failure::new(
+            Stage::Protocol,
+            Reason::SourceIpMismatch,
+            format!(
+                "traffic to {shown} leaves as {seen}, and the profile names no expected source; set http.sourceIP.expected on the port, or spec.policy.egressGateway.egressIP with the CiliumEgressGateway flavor"
+            ),
+        ));
+    }
+    let matches = check.expected.iter().any(|expected| {
+        expected
+            .parse::<ipnet::IpNet>()
+            .map(|net| net.contains(&seen))
+            .or_else(|_| expected.parse::<std::net::IpAddr>().map(|ip| ip == seen))
+            .unwrap_or(false)
+    });
+    if matches {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Stage::Protocol,
+        Reason::SourceIpMismatch,
+        format!(
+            "traffic to {shown} leaves as {seen}, expected {}{gateway}",
+            check.expected.join(" or ")
+        ),
+    ))
 }
 
 /// Why a port must reach TLS even when its mode would settle for plain: the expectation that

@@ -6,12 +6,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::api::endpoint::{
-    CaBundleRef, DnsSpec, FtpExpectation, HttpExpectation, IkeExpectation, IssuerMatch,
-    LdapExpectation, MailExpectation, MismatchAction, ProxySpec, SmtpExpectation, TlsExpectation,
+    BlockedBy, CaBundleRef, DnsSpec, Expect, FtpExpectation, HttpExpectation, IkeExpectation,
+    IssuerMatch, LdapExpectation, MailExpectation, MismatchAction, ProxySpec, SmtpExpectation,
+    TlsExpectation,
 };
 use crate::api::load::{Document, Loaded};
+use crate::api::profile::PolicySpec;
 use crate::api::source::EndpointSource;
-use crate::api::{ConnectivityProfileSpec, Protocol, TlsMode};
+use crate::api::{ConnectivityProfileSpec, Flavor, Protocol, TlsMode};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MIN_DAYS_VALID: i32 = 14;
@@ -47,7 +49,41 @@ pub struct Target {
     pub proxy: Option<ProxySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsSpec>,
+    /// Reachable (default) or Blocked.
+    #[serde(default, skip_serializing_if = "is_reachable")]
+    pub expect: Expect,
+    /// Further ways a Blocked port may be blocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_by: Vec<BlockedBy>,
+    /// The policies the profile emits that should block a Blocked port, as `Kind name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The source-address check of an HTTP(S) port, with its defaults applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<SourceIpPlan>,
 }
+
+fn is_reachable(expect: &Expect) -> bool {
+    *expect == Expect::Reachable
+}
+
+/// What source address an echo service must report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceIpPlan {
+    /// Addresses or CIDRs; empty when neither the port nor the profile's egress gateway
+    /// names one (the probe then says what to set).
+    #[serde(default)]
+    pub expected: Vec<String>,
+    /// JSON field holding the address when the echo answers JSON.
+    pub json_field: String,
+    /// The profile routes this traffic through a CiliumEgressGateway policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress_gateway: bool,
+}
+
+/// The default JSON field of an echo service's answer.
+pub const DEFAULT_SOURCE_IP_FIELD: &str = "ip";
 
 /// TLS settings of one target with defaults applied.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +129,15 @@ impl EndpointSource<'_> {
     /// One target per endpoint×port, in declaration order.
     pub fn targets(&self) -> Vec<Target> {
         let defaults = self.defaults.cloned().unwrap_or_default();
+        let policies = blocking_policies(self.policy, self.profile);
+        let gateway = self
+            .policy
+            .filter(|p| p.flavors.contains(&Flavor::CiliumEgressGateway));
+        let gateway_ip = gateway
+            .and_then(|p| p.egress_gateway.as_ref())
+            .and_then(|g| g.egress_ip.as_deref())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| ipnet::IpNet::from(ip).to_string());
         let mut targets = Vec::new();
         for endpoint in self.endpoints {
             let timeout = endpoint
@@ -135,11 +180,72 @@ impl EndpointSource<'_> {
                     ike: port.ike.clone(),
                     proxy: self.proxy.cloned(),
                     dns: self.dns.cloned(),
+                    expect: port.expect.unwrap_or_default(),
+                    blocked_by: port.blocked_by.clone(),
+                    policies: if port.blocked() {
+                        policies.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    source_ip: port
+                        .http
+                        .as_ref()
+                        .and_then(|h| h.source_ip.as_ref())
+                        .map(|check| SourceIpPlan {
+                            expected: if check.expected.is_empty() {
+                                gateway_ip.iter().cloned().collect()
+                            } else {
+                                check.expected.clone()
+                            },
+                            json_field: check
+                                .json_field
+                                .clone()
+                                .unwrap_or_else(|| DEFAULT_SOURCE_IP_FIELD.to_owned()),
+                            egress_gateway: gateway.is_some(),
+                        }),
                 });
             }
         }
         targets
     }
+}
+
+/// The objects the profile emits that can block traffic, as `Kind name`, named as the
+/// emitters name them (`netreach-<profile>`, cluster-scoped `netreach-<namespace>-<profile>`,
+/// the namespace's EgressFirewall `default`). Without a name: `the profile's <Kind>`.
+fn blocking_policies(
+    policy: Option<&PolicySpec>,
+    profile: Option<(&str, Option<&str>)>,
+) -> Vec<String> {
+    let Some(policy) = policy else {
+        return Vec::new();
+    };
+    let mut flavors = policy.flavors.clone();
+    flavors.sort();
+    flavors.dedup();
+    let named = |kind: &str, cluster_scoped: bool| match profile {
+        Some((name, Some(namespace))) if cluster_scoped => {
+            format!("{kind} netreach-{namespace}-{name}")
+        }
+        Some((name, _)) if !cluster_scoped => format!("{kind} netreach-{name}"),
+        _ => format!("the profile's {kind}"),
+    };
+    flavors
+        .into_iter()
+        .filter_map(|flavor| match flavor {
+            Flavor::NetworkPolicy => Some(named("NetworkPolicy", false)),
+            Flavor::Cilium => Some(named("CiliumNetworkPolicy", false)),
+            Flavor::Calico => Some(named("Calico NetworkPolicy", false)),
+            Flavor::AdminNetworkPolicy => Some(named("AdminNetworkPolicy", true)),
+            Flavor::ClusterNetworkPolicy => Some(named("ClusterNetworkPolicy", true)),
+            Flavor::EgressFirewall => Some("EgressFirewall default".to_owned()),
+            Flavor::Istio if policy.istio.as_ref().and_then(|i| i.registry_only) == Some(true) => {
+                Some(format!("{} (REGISTRY_ONLY)", named("Sidecar", false)))
+            }
+            // ServiceEntries and egress gateways route; they block nothing by themselves.
+            Flavor::Istio | Flavor::CiliumEgressGateway => None,
+        })
+        .collect()
 }
 
 /// The TLS mode of one port. The port's own mode is taken as written (the schema's CEL rule
@@ -227,7 +333,12 @@ pub fn plan_documents(documents: &[Loaded]) -> Result<Vec<PlanGroup>, MissingPro
                     "ConnectivityProfile {}",
                     key(&p.metadata.namespace, &p.metadata.name)
                 ),
-                targets: EndpointSource::from_profile(&p.spec).targets(),
+                targets: EndpointSource::from_profile(&p.spec)
+                    .named(
+                        p.metadata.namespace.as_deref().unwrap_or("default"),
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                    .targets(),
             }),
             Document::Check(c) => {
                 let check_key = key(&c.metadata.namespace, &c.metadata.name);
@@ -253,7 +364,9 @@ pub fn plan_documents(documents: &[Loaded]) -> Result<Vec<PlanGroup>, MissingPro
                     }
                     None => None,
                 };
-                if let Some(source) = EndpointSource::from_check(&c.spec, profile) {
+                if let Some(mut source) = EndpointSource::from_check(&c.spec, profile) {
+                    let namespace = c.metadata.namespace.as_deref().unwrap_or("default");
+                    source.profile = source.profile.map(|(name, _)| (name, Some(namespace)));
                     groups.push(PlanGroup {
                         source: format!("EgressCheck {check_key}"),
                         targets: source.targets(),
@@ -426,5 +539,79 @@ mod tests {
         let reference = planned[0].tls.ca_bundle_ref.as_ref().unwrap();
         assert_eq!(reference.config_map.as_deref(), Some("corp-ca"));
         assert_eq!(planned[0].tls.ca_bundle_pem, None);
+    }
+
+    fn planned(policy: &str, ports: &str) -> Vec<Target> {
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor, namespace: mdm}}\nspec:\n  endpoints:\n    - name: e\n      host: example.com\n      ports: {ports}\n  policy: {policy}\n"
+        );
+        let loaded = load_str(Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        plan_documents(&loaded).unwrap().remove(0).targets
+    }
+
+    #[test]
+    fn a_blocked_port_names_the_policies_that_should_block_it() {
+        let planned = planned(
+            "{flavors: [EgressFirewall, NetworkPolicy, CiliumEgressGateway, AdminNetworkPolicy], egressGateway: {nodeSelector: {gw: x}}}",
+            "[{port: 443, protocol: HTTPS, expect: Blocked}, {port: 80, protocol: HTTP}]",
+        );
+        assert_eq!(planned[0].expect, Expect::Blocked);
+        assert_eq!(
+            planned[0].policies,
+            [
+                "NetworkPolicy netreach-vendor",
+                "AdminNetworkPolicy netreach-mdm-vendor",
+                "EgressFirewall default"
+            ]
+        );
+        assert_eq!(planned[1].expect, Expect::Reachable);
+        assert!(planned[1].policies.is_empty());
+    }
+
+    #[test]
+    fn an_empty_source_ip_check_expects_the_egress_gateways_address() {
+        let port = "[{port: 443, protocol: HTTPS, http: {sourceIP: {}}}]";
+        let gateway = planned(
+            "{flavors: [CiliumEgressGateway], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            port,
+        );
+        let plan = gateway[0].source_ip.as_ref().unwrap();
+        assert_eq!(plan.expected, ["192.0.2.10/32"]);
+        assert_eq!(plan.json_field, "ip");
+        assert!(plan.egress_gateway);
+        // The gateway settings alone, without the flavor, set no expectation.
+        let unused = planned(
+            "{flavors: [Cilium], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            port,
+        );
+        assert!(unused[0].source_ip.as_ref().unwrap().expected.is_empty());
+        let explicit = planned(
+            "{flavors: [CiliumEgressGateway], egressGateway: {nodeSelector: {gw: x}, egressIP: 192.0.2.10}}",
+            "[{port: 443, protocol: HTTPS, http: {sourceIP: {expected: [198.51.100.0/24], jsonField: origin}}}]",
+        );
+        let plan = explicit[0].source_ip.as_ref().unwrap();
+        assert_eq!(plan.expected, ["198.51.100.0/24"]);
+        assert_eq!(plan.json_field, "origin");
+    }
+
+    #[test]
+    fn blocked_by_and_expectations_on_a_blocked_port_are_refused_by_the_schema() {
+        let refused = |port: &str| {
+            let yaml = format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{port}]}}\n"
+            );
+            load_str(Path::new("t.yaml"), &yaml).is_err()
+        };
+        assert!(!refused(
+            "{port: 1, protocol: TCP, expect: Blocked, blockedBy: [DNS]}"
+        ));
+        assert!(refused("{port: 1, protocol: TCP, blockedBy: [DNS]}"));
+        assert!(refused(
+            "{port: 1, protocol: HTTPS, expect: Blocked, http: {path: /}}"
+        ));
+        assert!(refused("{port: 1, protocol: TCP, http: {sourceIP: {}}}"));
+        assert!(refused(
+            "{port: 1, protocol: HTTP, http: {sourceIP: {expected: [not-an-ip]}}}"
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! Application stages: HTTP GET, the SMTP/IMAP/POP3 dialogues with their STARTTLS upgrades,
 //! and LDAP (StartTLS, simple bind, base search). Every read is bounded in size and time.
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
@@ -28,6 +28,66 @@ pub async fn http_get(
     target: &str,
     deadline: &Deadline,
 ) -> Result<String, Failure> {
+    http_exchange(stream, host_header, expectation, target, deadline, 0)
+        .await
+        .map(|(line, _)| line)
+}
+
+/// Most of an echo service's answer read: an address, or a small JSON object.
+pub const MAX_ECHO_BODY: usize = 4 * 1024;
+
+/// GET on an echo service: the status line and the body (at most [`MAX_ECHO_BODY`] bytes).
+pub async fn http_echo(
+    stream: BoxStream,
+    host_header: &str,
+    expectation: Option<&HttpExpectation>,
+    target: &str,
+    deadline: &Deadline,
+) -> Result<(String, Vec<u8>), Failure> {
+    http_exchange(
+        stream,
+        host_header,
+        expectation,
+        target,
+        deadline,
+        MAX_ECHO_BODY,
+    )
+    .await
+}
+
+/// The address an echo service reported: a bare IP (first line), or `field` of a JSON
+/// object (dots walk into nested objects).
+pub fn echoed_address(body: &[u8], field: &str) -> Result<std::net::IpAddr, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "its answer is not text".to_owned())?;
+    let text = text.trim();
+    if text.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| "its JSON answer does not parse".to_owned())?;
+        let found = field
+            .split('.')
+            .try_fold(&value, |v, key| v.get(key))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("its JSON answer has no string field {field}"))?;
+        return found
+            .trim()
+            .parse()
+            .map_err(|_| format!("its field {field} is not an IP address"));
+    }
+    let first = text.lines().next().unwrap_or_default().trim();
+    first.parse().map_err(|_| {
+        let shown: String = first.chars().take(64).collect();
+        format!("its answer {shown:?} is not an IP address")
+    })
+}
+
+async fn http_exchange(
+    stream: BoxStream,
+    host_header: &str,
+    expectation: Option<&HttpExpectation>,
+    target: &str,
+    deadline: &Deadline,
+    body_limit: usize,
+) -> Result<(String, Vec<u8>), Failure> {
     let path = expectation.and_then(|e| e.path.as_deref()).unwrap_or("/");
     let host = expectation
         .and_then(|e| e.host_header.as_deref())
@@ -48,21 +108,40 @@ pub async fn http_get(
             .body(Empty::new())
             .map_err(|e| io_failure(Stage::Protocol, target, "building the HTTP request", e))?;
         // Drive the connection in this task, not a spawned one: the probe needs only the
-        // response head, and the connection is dropped with it (no close_notify round trip).
-        let response =
-            match futures::future::select(std::pin::pin!(sender.send_request(request)), connection)
+        // response head (and a bounded body for echo services), and the connection is
+        // dropped with it (no close_notify round trip).
+        let answer = async {
+            let response = sender
+                .send_request(request)
                 .await
-            {
-                futures::future::Either::Left((response, _)) => response,
-                futures::future::Either::Right((ended, pending)) => match ended {
-                    Ok(()) => pending.await,
-                    Err(e) => Err(e),
-                },
-            };
-        let response = response.map_err(|e| io_failure(Stage::Protocol, target, "HTTP GET", e))?;
-        Ok(response.status())
+                .map_err(|e| io_failure(Stage::Protocol, target, "HTTP GET", e))?;
+            let status = response.status();
+            if body_limit == 0 {
+                return Ok((status, Vec::new()));
+            }
+            let body = http_body_util::Limited::new(response.into_body(), body_limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        Stage::Protocol,
+                        Reason::ProtocolError,
+                        format!(
+                            "reading the answer of {target} failed: {e} (at most {body_limit} bytes are read)"
+                        ),
+                    )
+                })?;
+            Ok((status, body.to_bytes().to_vec()))
+        };
+        match futures::future::select(std::pin::pin!(answer), connection).await {
+            futures::future::Either::Left((answer, _)) => answer,
+            futures::future::Either::Right((ended, pending)) => match ended {
+                Ok(()) => pending.await,
+                Err(e) => Err(io_failure(Stage::Protocol, target, "HTTP GET", e)),
+            },
+        }
     };
-    let status = deadline
+    let (status, body) = deadline
         .run(
             Stage::Protocol,
             Reason::ResponseTimeout,
@@ -91,7 +170,7 @@ pub async fn http_get(
             ),
         ));
     }
-    Ok(line)
+    Ok((line, body))
 }
 
 /// Reads one line within the deadline.
@@ -575,4 +654,34 @@ pub fn missing_items(expected: &[String], offered: &[String]) -> Vec<String> {
         })
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_address_is_read_from_text_or_a_json_field() {
+        let ip = |text: &str, field: &str| echoed_address(text.as_bytes(), field);
+        assert_eq!(
+            ip("198.51.100.7\n", "ip"),
+            Ok("198.51.100.7".parse().unwrap())
+        );
+        assert_eq!(ip("{\"ip\": \"::1\"}", "ip"), Ok("::1".parse().unwrap()));
+        assert_eq!(
+            ip("{\"client\": {\"addr\": \"192.0.2.10\"}}", "client.addr"),
+            Ok("192.0.2.10".parse().unwrap())
+        );
+        assert!(
+            ip("{\"origin\": \"x\"}", "ip")
+                .unwrap_err()
+                .contains("no string field ip")
+        );
+        assert!(
+            ip("<html>hello</html>", "ip")
+                .unwrap_err()
+                .contains("is not an IP address")
+        );
+        assert!(echoed_address(&[0xff, 0xfe], "ip").is_err());
+    }
 }

@@ -56,6 +56,15 @@ fn paint(text: &str, outcome: Outcome, colour: bool) -> String {
     format!("\x1b[{code}m{text}\x1b[0m")
 }
 
+/// The reason, with how a Blocked port was blocked or the source address an echo saw.
+fn reason_cell(r: &ProbeResult) -> String {
+    match (&r.blocked_by, &r.source_ip) {
+        (Some(how), _) => format!("{} ({how})", r.reason),
+        (None, Some(ip)) => format!("{} (from {ip})", r.reason),
+        (None, None) => r.reason.to_string(),
+    }
+}
+
 /// An aligned table per group, then the explanation of every row that is not a clean pass.
 pub fn table(report: &Report, colour: bool) -> String {
     let mut out = String::new();
@@ -79,7 +88,7 @@ pub fn table(report: &Report, colour: bool) -> String {
                     r.target(),
                     r.protocol.to_string(),
                     r.stage.to_string(),
-                    r.reason.to_string(),
+                    reason_cell(r),
                     r.latency
                         .total_ms
                         .map(|ms| format!("{ms}ms"))
@@ -263,6 +272,8 @@ mod tests {
             },
             tls: None,
             detail: None,
+            blocked_by: None,
+            source_ip: None,
             last_transition_time: None,
             streak: Default::default(),
         }

@@ -145,6 +145,8 @@ mod tests {
                 latency: Latency::default(),
                 tls: None,
                 detail: Some("HTTP 404 Not Found".into()),
+                blocked_by: None,
+                source_ip: None,
                 last_transition_time: None,
                 streak: Default::default(),
             })

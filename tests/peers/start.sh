@@ -14,7 +14,7 @@ DIR=${1:-${TMPDIR:-/tmp}/test-peers}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-DEFAULT_PEERS="nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox ftp ike"
+DEFAULT_PEERS="nginx smtp dovecot slapd dnsmasq squid mitmproxy blackbox echo ftp ike"
 PEERS=${PEERS:-$DEFAULT_PEERS}
 TIMEOUT=${PEERS_TIMEOUT:-30}
 PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
@@ -33,6 +33,7 @@ PY=/usr/bin/python3            # Debian's python (python3-aiosmtpd lives there)
 : "${PEER_IKE_PORT:=10500}"   "${PEER_IKE_NATT_PORT:=14500}"
 FTP_USER=peerftp FTP_PASSWORD=secret      # system user: vsftpd logs users in through PAM
 FTP_BAD_BACKEND=127.0.0.2 FTP_BAD_PASV_ADDR=127.0.0.9
+: "${PEER_ECHO_PORT:=18090}"  "${PEER_ECHO_TLS_PORT:=18490}"
 
 die() { echo "peers: $*" >&2; exit 1; }
 want() { [[ " $PEERS " == *" $1 "* ]]; }
@@ -105,7 +106,7 @@ EOF
   rm -f "$C"/*.csr
 fi
 
-mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,ftp,ftps,ftp-badpasv,ftp-badpasv-fwd,ftp-reuse,ike}
+mkdir -p "$DIR"/{nginx/tmp,smtp,dovecot,slapd,dnsmasq,squid,mitmproxy,blackbox,echo,ftp,ftps,ftp-badpasv,ftp-badpasv-fwd,ftp-reuse,ike}
 printf '127.0.0.1 localhost maas360.com www.maas360.com example.com mail.example.com ldap.example.com %s\n' "$(for m in 1 2 3 4 6; do printf 'mpnsv2.m%s.maas360.com ' $m; done)services.m3.maas360.com" > "$DIR/hosts"
 
 # ---- configs ----
@@ -522,6 +523,47 @@ secrets {
 }
 EOF
 
+# Echo service for source-address checks: GET / answers the caller's address as text
+# ("127.0.0.1\n"), GET /json as {"ip": "..."}; a plain and a TLS port on 127.0.0.1.
+cat > "$DIR/echo/echo.py" <<'EOF'
+import http.server, json, ssl, sys, threading
+port, tls_port, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain(cert, key)
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version, timeout = "HTTP/1.1", 10
+    def do_GET(self):
+        ip = self.client_address[0].removeprefix("::ffff:")
+        answers = {"/": (ip + "\n", "text/plain"), "/json": (json.dumps({"ip": ip}) + "\n", "application/json")}
+        if self.path not in answers:
+            return self.send_error(404)
+        body, kind = answers[self.path]
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", kind + "; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+
+class Server(http.server.ThreadingHTTPServer):
+    tls = False
+    def finish_request(self, request, client_address):
+        if self.tls:  # the handshake runs in the connection's own thread
+            request.settimeout(10)
+            request = tls.wrap_socket(request, server_side=True)
+        super().finish_request(request, client_address)
+    def handle_error(self, request, client_address):
+        pass
+
+for p, wrapped in ((port, False), (tls_port, True)):
+    server = type("EchoServer", (Server,), {"tls": wrapped})(("127.0.0.1", p), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+threading.Event().wait()
+EOF
+
 # ---- pre-flight ----
 port_busy() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }   # port [host]
 udp_bound() { local hex; hex=$(printf ':%04X' "$1")   # any local address (charon binds 0.0.0.0)
@@ -543,6 +585,7 @@ want ftp && { port_busy $PEER_FTP_BADPASV_PORT $FTP_BAD_BACKEND && busy+=" $FTP_
 want ike && for p in $PEER_IKE_PORT $PEER_IKE_NATT_PORT; do udp_bound $p && busy+=" udp/$p"; done
 want ike && [ -s /run/charon.pid ] && kill -0 "$(cat /run/charon.pid)" 2>/dev/null &&
   die "a charon already runs (pid $(cat /run/charon.pid), /run/charon.pid); only one can run per machine: stop it, or leave ike out of PEERS"
+want echo && for p in $PEER_ECHO_PORT $PEER_ECHO_TLS_PORT; do port_busy $p && busy+=" $p"; done
 [ -z "$busy" ] || die "ports already in use:$busy"
 
 # ---- launch (all at once, own session each, output to DIR/<name>/out.log) ----
@@ -581,6 +624,7 @@ if want ike; then  # charon ignores the extra argument; it puts DIR in the comma
   rm -f "$DIR/ike/loaded" "$DIR/ike/charon.vici"
   launch ike env STRONGSWAN_CONF="$DIR/ike/strongswan.conf" /usr/lib/ipsec/charon "$DIR/ike"
 fi
+want echo && launch echo "$PY" "$DIR/echo/echo.py" "$PEER_ECHO_PORT" "$PEER_ECHO_TLS_PORT" "$C/server-chain.pem" "$C/server.key"
 
 # ---- readiness ----
 dns_ok() { "$PY" - "$1" <<'EOF'
@@ -610,6 +654,7 @@ ready() { case $1 in
   ftp-badpasv-fwd) port_busy $PEER_FTP_BADPASV_PORT ;;
   ftp-reuse) port_busy $PEER_FTP_REUSE_PORT ;;
   ike) udp_bound $PEER_IKE_PORT && udp_bound $PEER_IKE_NATT_PORT && ike_loaded ;;
+  echo) port_busy $PEER_ECHO_PORT && port_busy $PEER_ECHO_TLS_PORT ;;
 esac; }
 fail() { echo "peers: $1 not ready: $2; last log lines:" >&2
   tail -n 20 "$DIR/$1"/*.log >&2 2>/dev/null || true
@@ -641,6 +686,8 @@ PEER_LDAP_PORT=$PEER_LDAP_PORT
 PEER_LDAPS_PORT=$PEER_LDAPS_PORT
 PEER_DNS_PORT=$PEER_DNS_PORT
 PEER_SQUID_PORT=$PEER_SQUID_PORT
+PEER_ECHO_PORT=$PEER_ECHO_PORT
+PEER_ECHO_TLS_PORT=$PEER_ECHO_TLS_PORT
 PEER_MITM_PORT=$PEER_MITM_PORT
 PEER_BLACKBOX_PORT=$PEER_BLACKBOX_PORT
 PEER_SUBMISSION_PORT=$PEER_SUBMISSION_PORT

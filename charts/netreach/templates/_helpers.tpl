@@ -83,10 +83,11 @@ is no longer emitted. */}}
   verbs: [patch, delete]
 {{- end }}
 {{- if has "EgressFirewall" $flavors }}
-{{- /* get: the namespace's one EgressFirewall is shared; NetReach merges its rules into it. */}}
+{{- /* get: the namespace's one EgressFirewall is shared; NetReach merges its rules into it,
+as a compare-and-swap: create when there is none yet, patch or delete naming the version read. */}}
 - apiGroups: [k8s.ovn.org]
   resources: [egressfirewalls]
-  verbs: [get, patch, delete]
+  verbs: [get, create, patch, delete]
 {{- end }}
 {{- end -}}
 

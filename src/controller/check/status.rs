@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::check::{EgressCheckStatus, ResultSummary, RunRecord, RunState};
 use crate::api::conditions::{conditions_equal_ignoring_time, set_condition, short_message};
 use crate::api::conditions::{reasons, types};
-use crate::api::result::{ProbeResult, Stage};
+use crate::api::result::ProbeResult;
 
 use crate::controller::outages::counts_as_failing;
 
@@ -87,9 +87,7 @@ pub fn result_conditions(status: &mut EgressCheckStatus, generation: Option<i64>
         .collect();
     let unreachable: Vec<&ProbeResult> = rows
         .iter()
-        .filter(|r| {
-            counts_as_failing(r) && matches!(r.stage, Stage::Dns | Stage::Connect | Stage::Proxy)
-        })
+        .filter(|r| counts_as_failing(r) && r.unreachable())
         .collect();
     let intercepted: Vec<&ProbeResult> = rows.iter().filter(|r| r.intercepted).collect();
     let conditions = &mut status.conditions;
@@ -344,7 +342,7 @@ mod tests {
     use super::*;
     use crate::api::Protocol;
     use crate::api::check::RunTrigger;
-    use crate::api::result::{Latency, Outcome, Reason, TlsFacts};
+    use crate::api::result::{Latency, Outcome, Reason, Stage, TlsFacts};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {
@@ -379,6 +377,8 @@ mod tests {
             },
             tls: None,
             detail: None,
+            blocked_by: None,
+            source_ip: None,
             last_transition_time: None,
             // Failing rows are in an outage, as the ledger leaves them with default thresholds.
             streak: crate::api::check::Streak {

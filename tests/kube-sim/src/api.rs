@@ -633,6 +633,16 @@ impl Api {
                 with_managed["metadata"]["managedFields"] = managed;
                 return Ok(st.store.put(&ty.key(), with_managed, EventType::Modified));
             };
+            // An apply configuration that names a resourceVersion is a precondition.
+            if let Some(rv) = applied["metadata"]["resourceVersion"].as_str()
+                && Some(rv) != live["metadata"]["resourceVersion"].as_str()
+            {
+                return Err(ApiError::conflict(
+                    &ty.key(),
+                    target.name_or_empty(),
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
             let merged = match patch::apply(&live, &applied, shape(&ty), &request) {
                 Ok(merged) => merged,
                 // Upgrading from client-side apply: conflicts only with what kubectl applied
@@ -850,6 +860,16 @@ impl Api {
                     "Background".into()
                 }
             });
+        if let Some(rv) = body.and_then(|b| b["preconditions"]["resourceVersion"].as_str()) {
+            let current = self.get(target)?;
+            if current["metadata"]["resourceVersion"].as_str() != Some(rv) {
+                return Err(ApiError::conflict(
+                    &target.ty.key(),
+                    target.name_or_empty(),
+                    "the ResourceVersion in the precondition does not match the ResourceVersion in record. The object might have been modified",
+                ));
+            }
+        }
         if let Some(uid) = body.and_then(|b| b["preconditions"]["uid"].as_str()) {
             let current = self.get(target)?;
             if current["metadata"]["uid"].as_str() != Some(uid) {

@@ -1,6 +1,7 @@
-//! Fault injection: failing or delaying matching requests, dropping every watch stream.
+//! Fault injection: failing, delaying or holding matching requests, dropping every watch
+//! stream.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub struct FaultRule {
 
 pub struct Faults {
     rules: Mutex<Vec<FaultRule>>,
+    holds: Mutex<Vec<(String, String, Arc<Hold>)>>,
     watch_epoch: watch::Sender<u64>,
 }
 
@@ -32,16 +34,55 @@ impl Default for Faults {
     fn default() -> Self {
         Self {
             rules: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
             watch_epoch: watch::channel(0).0,
         }
     }
 }
 
+/// A request stopped before it is served, until the test releases it: the way to put a
+/// write of the test's own between a client's read and its write.
+#[derive(Debug)]
+pub struct Hold {
+    arrived: watch::Sender<bool>,
+    released: watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Waits until the held request has arrived.
+    pub async fn arrived(&self) {
+        let mut arrived = self.arrived.subscribe();
+        let _ = arrived.wait_for(|a| *a).await;
+    }
+
+    /// Lets the held request be served.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Called by the server for the held request: announces it and waits for the release.
+    pub async fn wait(&self) {
+        self.arrived.send_replace(true);
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
+}
+
 /// What a request must suffer.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Verdict {
     pub status: Option<u16>,
     pub delay: Duration,
+    /// Wait for the test's release before serving.
+    pub hold: Option<Arc<Hold>>,
+}
+
+impl PartialEq for Verdict {
+    fn eq(&self, other: &Self) -> bool {
+        self.status == other.status
+            && self.delay == other.delay
+            && self.hold.is_some() == other.hold.is_some()
+    }
 }
 
 impl Faults {
@@ -74,6 +115,20 @@ impl Faults {
         });
     }
 
+    /// Holds the next request of `verb` on `resource` before it is served, until released.
+    pub fn hold_next(&self, verb: &str, resource: &str) -> Arc<Hold> {
+        let hold = Arc::new(Hold {
+            arrived: watch::channel(false).0,
+            released: watch::channel(false).0,
+        });
+        self.holds.lock().unwrap_or_else(|p| p.into_inner()).push((
+            verb.into(),
+            resource.into(),
+            hold.clone(),
+        ));
+        hold
+    }
+
     /// Ends every open watch stream (clients see the connection close, then resume).
     pub fn close_watches(&self) {
         self.watch_epoch.send_modify(|epoch| *epoch += 1);
@@ -96,6 +151,13 @@ impl Faults {
             }
         }
         rules.retain(|r| r.count > 0);
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = holds
+            .iter()
+            .position(|(v, r, _)| v == verb && r == resource)
+        {
+            verdict.hold = Some(holds.remove(at).2);
+        }
         verdict
     }
 }

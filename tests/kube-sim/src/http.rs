@@ -299,6 +299,9 @@ async fn route(shared: &Arc<Shared>, parts: &Parts<'_>) -> ApiResult<Response<Bo
     if !verdict.delay.is_zero() {
         tokio::time::sleep(verdict.delay).await;
     }
+    if let Some(hold) = &verdict.hold {
+        hold.wait().await;
+    }
     if let Some(code) = verdict.status {
         let reason = match code {
             409 => "Conflict",

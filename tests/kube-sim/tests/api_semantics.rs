@@ -1,8 +1,8 @@
 //! API server semantics the emulator must not simplify away: format validation and CEL rules
 //! (with `oldSelf`) in the API server's error shape, strict decoding, conditional updates of
-//! custom resources, which field selectors a kind supports, which verbs the all-namespaces
-//! path serves, resource versions the store does not have, generateName, and watch bookmarks
-//! and timeouts.
+//! custom resources, resourceVersion preconditions on apply and delete, which field selectors
+//! a kind supports, which verbs the all-namespaces path serves, resource versions the store
+//! does not have, generateName, and watch bookmarks and timeouts.
 
 mod common;
 
@@ -495,4 +495,47 @@ async fn watches_send_bookmarks_and_end_at_their_timeout() {
         bookmark, rv,
         "nothing changed: the bookmark holds the version"
     );
+}
+
+#[tokio::test]
+async fn a_resource_version_in_an_apply_or_a_delete_precondition_must_be_the_current_one() {
+    let (_sim, client) = start(&[]).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let apply = |data: &str, version: Option<&str>| {
+        let mut body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"k": data}});
+        if let Some(version) = version {
+            body["metadata"]["resourceVersion"] = json!(version);
+        }
+        body
+    };
+    let params = PatchParams::apply("writer").force();
+    let first = api
+        .patch("shared", &params, &Patch::Apply(apply("1", None)))
+        .await
+        .unwrap();
+    let read = first.resource_version().unwrap();
+    let second = api
+        .patch("shared", &params, &Patch::Apply(apply("2", Some(&read))))
+        .await
+        .unwrap();
+    // The version read before the last write is stale now: both refused, nothing changed.
+    let stale = api_error(
+        api.patch("shared", &params, &Patch::Apply(apply("3", Some(&read))))
+            .await,
+    );
+    assert_eq!(stale.code, 409, "{stale:?}");
+    let precondition = |version: &str| {
+        DeleteParams::default().preconditions(kube::api::Preconditions {
+            resource_version: Some(version.to_owned()),
+            uid: None,
+        })
+    };
+    let refused = api_error(api.delete("shared", &precondition(&read)).await);
+    assert_eq!(refused.code, 409, "{refused:?}");
+    let kept = api.get("shared").await.unwrap();
+    assert_eq!(kept.data.unwrap()["k"], "2");
+    api.delete("shared", &precondition(&second.resource_version().unwrap()))
+        .await
+        .unwrap();
+    assert!(api.get_opt("shared").await.unwrap().is_none());
 }
