@@ -596,8 +596,9 @@ fn allowlists_list_every_declared_host_cidr_and_port() {
     for endpoint in &spec.endpoints {
         let destination = endpoint.host.clone().or(endpoint.cidr.clone()).unwrap();
         for port in &endpoint.ports {
+            let transport = port.protocol.transport().as_str();
             let csv_row = format!(
-                "mdm/maas360-m3,{},{destination},{},{}",
+                "mdm/maas360-m3,{},{destination},{},{transport},{}",
                 endpoint.name, port.port, port.protocol
             );
             // What must stay closed is no part of what the perimeter should open.
@@ -607,7 +608,7 @@ fn allowlists_list_every_declared_host_cidr_and_port() {
             }
             assert!(csv.contains(&csv_row), "{csv_row} missing:\n{csv}");
             let md_row = format!(
-                "| mdm/maas360-m3 | {} | {destination} | {} | {} |",
+                "| mdm/maas360-m3 | {} | {destination} | {} | {transport} | {} |",
                 endpoint.name, port.port, port.protocol
             );
             assert!(markdown.contains(&md_row), "{md_row} missing:\n{markdown}");

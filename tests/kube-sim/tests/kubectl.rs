@@ -145,7 +145,7 @@ async fn invalid_custom_resources_are_refused_with_422_naming_the_field() {
             "exactly one of host or cidr",
         ),
         (
-            "{name: a, host: a.example.com, ports: [{port: 21, protocol: FTP}]}",
+            "{name: a, host: a.example.com, ports: [{port: 21, protocol: GOPHER}]}",
             "spec.endpoints[0].ports[0].protocol",
         ),
     ] {
