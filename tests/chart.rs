@@ -420,7 +420,9 @@ const GRANTED_BUT_NOT_EXERCISED: [(&str, &str, &str, &str); 1] = [(
 async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
     use support::cluster::{Cluster, eventually};
     let cluster = Cluster::start("rbac").await;
-    let sim = cluster.sim.as_ref().expect("kube-sim audits the calls");
+    let Some(sim) = cluster.sim_or_skip("auditing the calls") else {
+        return;
+    };
     // Every flavor's CRD, so every policy kind is applied and then deleted.
     let crds = kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(cluster.client.clone());
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/upstream-crds"))

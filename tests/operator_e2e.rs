@@ -572,7 +572,9 @@ async fn unchanged_periodic_runs_write_no_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unchanged_periodic_run_costs_at_most_nine_api_requests() {
     let cluster = Scenario::start("request-budget").await;
-    let sim = cluster.sim.as_ref().expect("kube-sim counts requests");
+    let Some(sim) = cluster.sim_or_skip("counting requests") else {
+        return;
+    };
     // No CA bundle to read: each reconcile would read it once more.
     cluster
         .apply_yaml(&format!(
@@ -873,10 +875,9 @@ async fn injected_api_faults_change_nothing_in_the_final_state() {
     let cluster = Scenario::start("faults").await;
     cluster.http_profile("flaky").await;
     cluster.check("flaky", "flaky", "").await;
-    let sim = cluster
-        .sim
-        .as_ref()
-        .expect("fault injection needs kube-sim");
+    let Some(sim) = cluster.sim_or_skip("fault injection") else {
+        return;
+    };
     sim.faults()
         .fail_next("patch", "egresschecks/status", 3, 500);
     sim.faults().fail_next("create", "jobs", 2, 503);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt};
 use netreach::api::{ConnectivityProfile, EgressCheck};
 use netreach::controller::{Context, Settings};
@@ -81,14 +81,23 @@ impl Cluster {
             .await
             .unwrap();
         }
-        let namespace = format!(
+        let base = format!(
             "e2e-{}",
-            test.replace('_', "-").chars().take(50).collect::<String>()
+            test.replace('_', "-").chars().take(40).collect::<String>()
         );
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        let _ = namespaces
-            .delete(&namespace, &DeleteParams::default())
-            .await;
+        // kube-sim is new for every test; a real cluster keeps namespaces (one being deleted
+        // answers 409 for a while), so each run there gets a namespace of its own.
+        let namespace = if sim.is_some() {
+            base
+        } else {
+            let unique = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+                % 1_000_000_000;
+            format!("{base}-{unique:09}")
+        };
         let ns = serde_json::from_value(
             json!({"metadata": {"name": namespace, "labels": {"netreach.dev/e2e": "true"}}}),
         )
@@ -104,6 +113,17 @@ impl Cluster {
             sim,
             kubeconfig,
         }
+    }
+
+    /// kube-sim, for what only it can do (fault injection, holding a request, counting
+    /// calls); on a real cluster the test says why it does not apply there and ends.
+    pub fn sim_or_skip(&self, needs: &str) -> Option<&kube_sim::KubeSim> {
+        if self.sim.is_none() {
+            eprintln!(
+                "not run on a real cluster: this test needs kube-sim for {needs} (it runs on kube-sim in CI)"
+            );
+        }
+        self.sim.as_ref()
     }
 
     pub fn settings(&self, identity: &str) -> Settings {
