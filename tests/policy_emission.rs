@@ -14,7 +14,7 @@ use std::process::Command;
 use ipnet::IpNet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use netreach::api::{ConnectivityProfileSpec, Flavor};
+use netreach::api::{ConnectivityProfileSpec, Flavor, Protocol};
 use netreach::emit::{
     EGRESS_FIREWALL_RULES_ANNOTATION, Input, allowlist, emit, merge_egress_firewall, to_yaml,
     unmerge_egress_firewall,
@@ -2623,5 +2623,255 @@ fn an_endpoint_inside_a_blocked_range_is_blocked_by_every_flavor() {
     assert!(
         !granted.iter().any(|g| g.destination == "10.0.0.7/32"),
         "{granted:?}"
+    );
+}
+
+/// Tiny deterministic PRNG for the FTP and IKE property test.
+struct TransportRng(u64);
+
+impl TransportRng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn random_ftp_ike_profile(
+    rng: &mut TransportRng,
+) -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
+    let mut endpoints = Vec::new();
+    let mut addresses = BTreeMap::new();
+    let labels = ["a", "vendor", "m3", "api", "x1"];
+    for i in 0..(1 + rng.below(8)) {
+        let name = format!("e{i}");
+        let ports: BTreeSet<u16> = (0..(1 + rng.below(3)))
+            .map(|_| 1 + rng.below(65535) as u16)
+            .collect();
+        let protocols = [
+            "TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS", "FTP", "FTPS", "IKE",
+        ];
+        let ports: Vec<Value> = ports
+            .into_iter()
+            .map(|p| {
+                let protocol = protocols[rng.below(protocols.len() as u64) as usize];
+                // IKE on 500 brings NAT traversal on 4500: make it common.
+                let p = if protocol == "IKE" && rng.below(2) == 0 {
+                    500
+                } else {
+                    p
+                };
+                let mut port = json!({"port": p, "protocol": protocol});
+                if protocol.starts_with("FTP") && rng.below(3) != 0 {
+                    let from = 1024 + rng.below(60000) as u16;
+                    let width = if rng.below(4) == 0 { 400 } else { 30 };
+                    let to = from.saturating_add(rng.below(width) as u16);
+                    port["ftp"] = json!({"passivePorts": {"from": from, "to": to}});
+                }
+                port
+            })
+            .collect();
+        let endpoint = match rng.below(4) {
+            0 => {
+                let v4 = std::net::Ipv4Addr::from(rng.next() as u32);
+                let net = IpNet::new(IpAddr::V4(v4), 16 + rng.below(17) as u8)
+                    .unwrap()
+                    .trunc();
+                json!({"name": name, "cidr": net.to_string(), "ports": ports})
+            }
+            1 => {
+                let v6 =
+                    std::net::Ipv6Addr::from(((rng.next() as u128) << 64) | rng.next() as u128);
+                let net = IpNet::new(IpAddr::V6(v6), 48 + rng.below(81) as u8)
+                    .unwrap()
+                    .trunc();
+                json!({"name": name, "cidr": net.to_string(), "ports": ports})
+            }
+            kind => {
+                let wildcard = kind == 2 && rng.below(3) == 0;
+                let host = format!(
+                    "{}{}.{}.example.com",
+                    if wildcard { "*." } else { "" },
+                    labels[rng.below(5) as usize],
+                    labels[rng.below(5) as usize]
+                );
+                if !wildcard && rng.below(2) == 0 {
+                    let ips: Vec<IpAddr> = (0..(1 + rng.below(3)))
+                        .map(|_| IpAddr::V4(std::net::Ipv4Addr::from(rng.next() as u32)))
+                        .collect();
+                    addresses.insert(name.clone(), ips);
+                }
+                json!({"name": name, "host": host, "ports": ports})
+            }
+        };
+        endpoints.push(endpoint);
+    }
+    let mut policy = json!({
+        "flavors": [],
+        "egressGateway": {"nodeSelector": {"gw": "1"}, "interface": "eth1"},
+        "istio": {"egressGateway": rng.below(2) == 0, "registryOnly": rng.below(2) == 0},
+        "calicoEnterprise": rng.below(2) == 0,
+    });
+    // No selector and an empty one select every pod of the namespace; expressions are what
+    // label-only flavors cannot carry.
+    match rng.below(4) {
+        0 => {}
+        1 => policy["podSelector"] = json!({}),
+        2 => policy["podSelector"] = json!({"matchLabels": {"app": "w", "tier": "edge"}}),
+        _ => {
+            policy["podSelector"] = json!({
+                "matchLabels": {"app": "w"},
+                "matchExpressions": [{"key": "track", "operator": "In", "values": ["stable"]}],
+            })
+        }
+    }
+    let spec = spec(json!({"endpoints": endpoints, "policy": policy}));
+    (spec, addresses)
+}
+
+/// (destination, transport, port) the profile declares: hosts, CIDRs and resolved addresses,
+/// with each port's transport; an FTP port's passive range; for IKE, UDP 4500 beside UDP 500
+/// and ESP (port 0).
+fn declared_with_transport(
+    spec: &ConnectivityProfileSpec,
+    addresses: &BTreeMap<String, Vec<IpAddr>>,
+) -> BTreeSet<(String, String, u16)> {
+    let mut set = BTreeSet::new();
+    for endpoint in &spec.endpoints {
+        let mut destinations: Vec<String> = endpoint
+            .host
+            .iter()
+            .chain(endpoint.cidr.iter())
+            .cloned()
+            .collect();
+        destinations.extend(
+            addresses
+                .get(&endpoint.name)
+                .into_iter()
+                .flatten()
+                .map(|ip| IpNet::from(*ip).to_string()),
+        );
+        for port in &endpoint.ports {
+            let number = port.port as u16;
+            let mut allowed: Vec<(&str, u16)> = Vec::new();
+            match port.protocol {
+                Protocol::Ike => {
+                    allowed.push(("UDP", number));
+                    if number == 500 {
+                        allowed.push(("UDP", 4500));
+                    }
+                    allowed.push(("ESP", 0));
+                }
+                _ => allowed.push(("TCP", number)),
+            }
+            if let Some(range) = port.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
+                allowed.extend((range.from as u16..=range.to as u16).map(|p| ("TCP", p)));
+            }
+            for destination in &destinations {
+                for (transport, port) in &allowed {
+                    set.insert((destination.clone(), transport.to_string(), *port));
+                }
+            }
+        }
+    }
+    set
+}
+
+#[test]
+fn with_ftp_and_ike_no_flavor_opens_a_transport_or_port_beyond_the_declared() {
+    let mut rng = TransportRng(0x9E37_79B9_7F4A_7C15);
+    let mut kinds = BTreeSet::new();
+    let mut calico_domains = false;
+    // What FTP and IKE bring beside their own port reached some object.
+    let (mut nat_t, mut esp, mut ranged) = (false, false, false);
+    for round in 0..300 {
+        let (spec, addresses) = random_ftp_ike_profile(&mut rng);
+        let declared = declared_with_transport(&spec, &addresses);
+        let declared_nets: BTreeSet<String> = declared.iter().map(|(d, _, _)| d.clone()).collect();
+        let input = Input {
+            name: "random",
+            namespace: "ns",
+            spec: &spec,
+            addresses: &addresses,
+        };
+        for flavor in Flavor::iter() {
+            let output = emit(flavor, &input);
+            for object in &output.objects {
+                kinds.insert(object["kind"].as_str().unwrap().to_owned());
+                calico_domains |= object["apiVersion"] == "projectcalico.org/v3"
+                    && object["spec"]["egress"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|r| r["destination"]["domains"].is_array());
+                if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
+                    panic!(
+                        "round {round}: {} selects more pods than the profile: {widened}\nprofile: {}\nobject: {object}",
+                        flavor.as_str(),
+                        serde_json::to_string(&spec).unwrap()
+                    );
+                }
+                let ranges: Vec<(u16, u16)> = spec
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| &e.ports)
+                    .filter_map(|p| p.ftp.as_ref()?.passive_ports.as_ref())
+                    .filter(|r| r.to > r.from)
+                    .map(|r| (r.from as u16 + 1, r.to as u16))
+                    .collect();
+                for (destination, transport, port) in allowed(object) {
+                    nat_t |= transport == "UDP" && port == 4500;
+                    esp |= transport == "ESP";
+                    ranged |=
+                        transport == "TCP" && ranges.iter().any(|(a, b)| (*a..=*b).contains(&port));
+                    if destination == "dns" {
+                        assert_eq!(
+                            port,
+                            53,
+                            "round {round}: {} allows DNS on {port}",
+                            flavor.as_str()
+                        );
+                        continue;
+                    }
+                    // Destinations without ports (gateway routes, network sets) must be declared networks.
+                    let ok = if transport == "ANY" {
+                        declared_nets.contains(&destination)
+                    } else {
+                        declared.contains(&(destination.clone(), transport.clone(), port))
+                    };
+                    assert!(
+                        ok,
+                        "round {round}: {} allows {transport} {destination}:{port}, undeclared\nprofile: {}\nobject: {object}",
+                        flavor.as_str(),
+                        serde_json::to_string(&spec).unwrap()
+                    );
+                }
+            }
+        }
+    }
+    // The random options reached every kind: egress gateway routing, Sidecars, network sets.
+    for kind in [
+        "Gateway",
+        "VirtualService",
+        "DestinationRule",
+        "Sidecar",
+        "GlobalNetworkSet",
+        "CiliumEgressGatewayPolicy",
+        "EgressFirewall",
+    ] {
+        assert!(kinds.contains(kind), "{kind} never emitted: {kinds:?}");
+    }
+    assert!(
+        calico_domains,
+        "calicoEnterprise never produced a domain rule"
+    );
+    assert!(
+        nat_t && esp && ranged,
+        "IKE's 4500 ({nat_t}), ESP ({esp}) or an FTP passive range ({ranged}) never emitted"
     );
 }
