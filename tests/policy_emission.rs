@@ -2743,19 +2743,7 @@ fn declared_with_transport(
 ) -> BTreeSet<(String, String, u16)> {
     let mut set = BTreeSet::new();
     for endpoint in &spec.endpoints {
-        let mut destinations: Vec<String> = endpoint
-            .host
-            .iter()
-            .chain(endpoint.cidr.iter())
-            .cloned()
-            .collect();
-        destinations.extend(
-            addresses
-                .get(&endpoint.name)
-                .into_iter()
-                .flatten()
-                .map(|ip| IpNet::from(*ip).to_string()),
-        );
+        let destinations = destinations(endpoint, addresses);
         for port in &endpoint.ports {
             let number = port.port as u16;
             let mut allowed: Vec<(&str, u16)> = Vec::new();
