@@ -960,3 +960,62 @@ spec:
         "{table}"
     );
 }
+
+/// SIGTERM (what `docker stop` and a kubelet send) stops a check at once with 128 + 15 and no
+/// report, instead of being ignored as PID 1 or killing the process without a word.
+#[test]
+fn sigterm_stops_a_check_at_once_and_says_so() {
+    // Accepts and never answers: the HTTP row waits for its 60 s timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("silent.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: silent}}\nspec:\n  endpoints:\n    - {{name: silent, cidr: 127.0.0.1, timeout: 60s, ports: [{{port: {port}, protocol: HTTP}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = netreach()
+        .arg("check")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Signal only once the probe is connected, so SIGTERM meets it mid-probe.
+    silent.set_nonblocking(true).unwrap();
+    let waiting = std::time::Instant::now();
+    let _peer = loop {
+        if let Ok((peer, _)) = silent.accept() {
+            break peer;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the check ended ({status}) before connecting: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(20),
+            "the check never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let sent = std::time::Instant::now();
+    // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "128 + SIGTERM: {stderr}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no partial report: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

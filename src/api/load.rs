@@ -227,6 +227,8 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 /// Loads every document of one YAML text; `file` names it in errors. The text is scanned
 /// first, so a document too large or expanding too far is refused before it is built.
 pub fn load_str(file: &Path, text: &str) -> Result<Vec<Loaded>, LoadErrors> {
+    // Editors on Windows start UTF-8 files with a byte order mark; YAML allows it there.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if let Err(refusal) = limits::scan(text) {
         return Err(LoadErrors(vec![LoadError {
             file: file.to_owned(),
@@ -428,5 +430,20 @@ mod tests {
         );
         assert!(errors.contains("\\u{200b}"), "{errors}");
         assert!(!errors.contains('\u{200b}'), "shown escaped: {errors}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_document_is_accepted() {
+        let yaml = "\u{feff}apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: p}\nspec:\n  endpoints:\n  - {name: a, host: a.example.com, ports: [{port: 443, protocol: HTTPS}]}\n";
+        let loaded = load_str(Path::new("p.yaml"), yaml).unwrap();
+        assert_eq!(loaded.len(), 1);
+        // Anywhere else it is a character like any other, and refused where names are checked.
+        assert!(
+            load_str(
+                Path::new("p.yaml"),
+                &yaml.replace("name: a,", "name: \"a\u{feff}\",")
+            )
+            .is_err()
+        );
     }
 }

@@ -78,6 +78,7 @@ pub struct ConnectivityProfileSpec {
 /// Policy emission settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.egressGateway) && has(self.egressGateways))").message("set egressGateway (one gateway) or egressGateways (several), not both").reason(Reason::FieldValueInvalid))]
 pub struct PolicySpec {
     /// Pods the emitted policy applies to (the workload that needs the endpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +101,13 @@ pub struct PolicySpec {
     /// CiliumEgressGateway: the gateway nodes and the source address they use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_gateway: Option<EgressGateway>,
+
+    /// CiliumEgressGateway with several gateways: Cilium spreads the pods over them. Emits
+    /// `egressGateways` (the first also as `egressGateway`), which needs a Cilium whose
+    /// CiliumEgressGatewayPolicy has that field; older ones refuse the object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 16))]
+    pub egress_gateways: Vec<EgressGateway>,
 
     /// Istio extras: route through `istio-egressgateway`, restrict the sidecar to the registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +134,17 @@ pub struct ClusterDns {
     /// Labels of the DNS pods. Default: `k8s-app: kube-dns`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl PolicySpec {
+    /// The egress gateways the profile names, in order: `egressGateways`, or the one
+    /// `egressGateway`.
+    pub fn gateways(&self) -> Vec<EgressGateway> {
+        match &self.egress_gateway {
+            Some(one) if self.egress_gateways.is_empty() => vec![one.clone()],
+            _ => self.egress_gateways.clone(),
+        }
+    }
 }
 
 /// Gateway nodes for CiliumEgressGatewayPolicy.

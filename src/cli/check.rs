@@ -109,12 +109,25 @@ pub(super) fn run_check(args: CheckArgs) -> ExitCode {
     } else {
         None
     };
-    let results = runtime().block_on(probe_all(
-        &all_targets,
-        ctx.clone(),
-        usize::from(args.concurrency),
-        progress,
-    ));
+    // As PID 1 in a container a signal without a handler is ignored: stop on it, as `probe` does.
+    let results = runtime().block_on(async {
+        tokio::select! {
+            results = probe_all(&all_targets, ctx.clone(), usize::from(args.concurrency), progress) => Ok(results),
+            stopped = super::shutdown::signal() => Err(stopped),
+        }
+    });
+    let results = match results {
+        Ok(results) => results,
+        Err((signal, status)) => {
+            if interactive {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!(
+                "netreach check: stopped by {signal} before every endpoint was probed; no report was written"
+            );
+            return ExitCode::from(status);
+        }
+    };
     let mut rows = results.into_iter();
     let groups: Vec<GroupResults> = groups
         .into_iter()

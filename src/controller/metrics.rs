@@ -3,7 +3,7 @@
 //! errors and durations. A check's series live as long as the check and its endpoints do.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,38 +15,52 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::api::result::{Outcome, ProbeResult};
 
+/// Every family keeps its own copy of each series' label set: the text is shared (`Arc<str>`),
+/// and numbers and names stay numbers and static names, so a copy allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    pub namespace: String,
-    pub check: String,
-    pub endpoint: String,
-    pub port: String,
-    pub protocol: String,
+    pub namespace: Arc<str>,
+    pub check: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub port: i32,
+    pub protocol: &'static str,
+}
+
+impl EndpointLabels {
+    fn of(namespace: &Arc<str>, check: &Arc<str>, row: &ProbeResult) -> Self {
+        EndpointLabels {
+            namespace: namespace.clone(),
+            check: check.clone(),
+            endpoint: row.endpoint.as_str().into(),
+            port: row.port,
+            protocol: row.protocol.as_str(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CheckLabels {
-    pub namespace: String,
-    pub check: String,
+    pub namespace: Arc<str>,
+    pub check: Arc<str>,
 }
 
 /// An endpoint's labels and whether it is required, for the series alerts page on.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutageLabels {
-    pub namespace: String,
-    pub check: String,
-    pub endpoint: String,
-    pub port: String,
-    pub protocol: String,
-    pub required: String,
+    pub namespace: Arc<str>,
+    pub check: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub port: i32,
+    pub protocol: &'static str,
+    pub required: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunLabels {
-    pub namespace: String,
-    pub check: String,
+    pub namespace: Arc<str>,
+    pub check: Arc<str>,
     /// succeeded (results came back) or failed (the run itself failed).
-    pub result: String,
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,7 +107,7 @@ pub struct Metrics {
     reconcile_duration: Family<ControllerLabels, Histogram>,
     /// The endpoint series each check has, with whether each is required, so the ones it no
     /// longer has can be removed (a metric family cannot list its series).
-    endpoints: Mutex<HashMap<CheckLabels, HashMap<EndpointLabels, bool>>>,
+    endpoints: Mutex<HashMap<CheckLabels, Vec<(EndpointLabels, bool)>>>,
     /// Length of the last encoding.
     encoded_len: AtomicUsize,
 }
@@ -222,9 +236,9 @@ fn outage_labels(labels: &EndpointLabels, required: bool) -> OutageLabels {
         namespace: labels.namespace.clone(),
         check: labels.check.clone(),
         endpoint: labels.endpoint.clone(),
-        port: labels.port.clone(),
-        protocol: labels.protocol.clone(),
-        required: required.to_string(),
+        port: labels.port,
+        protocol: labels.protocol,
+        required,
     }
 }
 
@@ -236,17 +250,12 @@ impl Metrics {
             namespace: namespace.into(),
             check: check.into(),
         };
+        let (namespace_label, check_label) = (&check_labels.namespace, &check_labels.check);
         self.last_run.get_or_create(&check_labels).set(finished_at);
         self.run_finished(namespace, check, true);
         let mut current = HashMap::new();
         for row in rows {
-            let labels = EndpointLabels {
-                namespace: namespace.into(),
-                check: check.into(),
-                endpoint: row.endpoint.clone(),
-                port: row.port.to_string(),
-                protocol: row.protocol.to_string(),
-            };
+            let labels = EndpointLabels::of(namespace_label, check_label, row);
             self.endpoint_up
                 .get_or_create(&labels)
                 .set(i64::from(row.outcome != Outcome::Fail));
@@ -303,7 +312,9 @@ impl Metrics {
             current.insert(labels, row.required);
         }
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = endpoints.insert(check_labels, current.clone());
+        let kept: Vec<(EndpointLabels, bool)> =
+            current.iter().map(|(l, r)| (l.clone(), *r)).collect();
+        let previous = endpoints.insert(check_labels, kept);
         for (gone, required) in previous.iter().flatten() {
             match current.get(gone) {
                 None => self.remove_endpoint(gone, *required),
@@ -327,7 +338,7 @@ impl Metrics {
             .get_or_create(&RunLabels {
                 namespace: namespace.into(),
                 check: check.into(),
-                result: if succeeded { "succeeded" } else { "failed" }.into(),
+                result: if succeeded { "succeeded" } else { "failed" },
             })
             .inc();
     }
@@ -335,20 +346,18 @@ impl Metrics {
     /// Creates the check's run counters at 0 (so that its first failed run shows as an
     /// increase) and notes the check, so that forgetting it takes them along.
     fn observe_runs(&self, namespace: &str, check: &str) {
+        let (namespace, check): (Arc<str>, Arc<str>) = (namespace.into(), check.into());
         for result in ["succeeded", "failed"] {
             let _ = self.runs.get_or_create(&RunLabels {
-                namespace: namespace.into(),
-                check: check.into(),
-                result: result.into(),
+                namespace: namespace.clone(),
+                check: check.clone(),
+                result,
             });
         }
         self.endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(CheckLabels {
-                namespace: namespace.into(),
-                check: check.into(),
-            })
+            .entry(CheckLabels { namespace, check })
             .or_default();
     }
 
@@ -373,13 +382,7 @@ impl Metrics {
     /// Counts an outage the ledger opened for the endpoint×port of `row`.
     pub fn outage_opened(&self, namespace: &str, check: &str, row: &ProbeResult) {
         self.outages
-            .get_or_create(&EndpointLabels {
-                namespace: namespace.into(),
-                check: check.into(),
-                endpoint: row.endpoint.clone(),
-                port: row.port.to_string(),
-                protocol: row.protocol.to_string(),
-            })
+            .get_or_create(&EndpointLabels::of(&namespace.into(), &check.into(), row))
             .inc();
     }
 
@@ -403,9 +406,9 @@ impl Metrics {
         self.interval.remove(&check_labels);
         for result in ["succeeded", "failed"] {
             self.runs.remove(&RunLabels {
-                namespace: namespace.into(),
-                check: check.into(),
-                result: result.into(),
+                namespace: check_labels.namespace.clone(),
+                check: check_labels.check.clone(),
+                result,
             });
         }
         let removed = self
@@ -423,7 +426,7 @@ impl Metrics {
         let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let mut checks: Vec<(String, String)> = endpoints
             .keys()
-            .map(|c| (c.namespace.clone(), c.check.clone()))
+            .map(|c| (c.namespace.to_string(), c.check.to_string()))
             .collect();
         checks.sort();
         checks

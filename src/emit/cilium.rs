@@ -120,18 +120,24 @@ pub fn cilium(input: &Input<'_>) -> Output {
 pub fn cilium_egress_gateway(input: &Input<'_>) -> Output {
     let flavor = Flavor::CiliumEgressGateway;
     let mut output = Output::default();
-    let Some(gateway) = input
+    let gateways: Vec<cilium::EgressGateway> = input
         .spec
         .policy
         .as_ref()
-        .and_then(|p| p.egress_gateway.clone())
-    else {
+        .map(|p| p.gateways())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| cilium::EgressGateway {
+            node_selector: labels_selector(g.node_selector),
+            egress_ip: g.egress_ip,
+            interface: g.interface,
+        })
+        .collect();
+    let Some(first) = gateways.first().cloned() else {
         output.notes.push(Note {
             flavor,
             endpoint: "*".into(),
-            message:
-                "set spec.policy.egressGateway (gateway nodeSelector, and egressIP or interface)"
-                    .into(),
+            message: "set spec.policy.egressGateway (gateway nodeSelector, and egressIP or interface), or egressGateways for several".into(),
         });
         return output;
     };
@@ -175,10 +181,13 @@ pub fn cilium_egress_gateway(input: &Input<'_>) -> Output {
                 namespace_selector: namespace_selector(input.namespace),
             }],
             destination_cidrs: destinations,
-            egress_gateway: cilium::EgressGateway {
-                node_selector: labels_selector(gateway.node_selector),
-                egress_ip: gateway.egress_ip,
-                interface: gateway.interface,
+            // As in Cilium's multi-gateway design: the first gateway is also `egressGateway`,
+            // which every version requires; a single gateway leaves the list out.
+            egress_gateway: first,
+            egress_gateways: if gateways.len() > 1 {
+                gateways
+            } else {
+                Vec::new()
             },
         },
     }));

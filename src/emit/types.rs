@@ -103,6 +103,8 @@ pub mod cilium {
         #[serde(rename = "destinationCIDRs")]
         pub destination_cidrs: Vec<String>,
         pub egress_gateway: EgressGateway,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub egress_gateways: Vec<EgressGateway>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

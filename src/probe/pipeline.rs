@@ -376,7 +376,9 @@ pub(super) fn source_ip_matches(
     seen: std::net::IpAddr,
     check: &SourceIpPlan,
 ) -> Result<(), Failure> {
-    let gateway = if check.egress_gateway {
+    let gateway = if check.egress_gateway && check.expected.len() > 1 {
+        " (the egress gateways): is the CiliumEgressGatewayPolicy selecting this pod, and are its gateway nodes up?"
+    } else if check.egress_gateway {
         " (the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod, and is its gateway node up?"
     } else {
         ": check the NAT or egress gateway this traffic should leave through"
@@ -438,4 +440,34 @@ pub(super) fn starttls_injection(target: &str, detail: String) -> Failure {
         Reason::ProtocolError,
         format!("{target}: {detail}; refusing to upgrade"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(expected: &[&str], egress_gateway: bool) -> SourceIpPlan {
+        SourceIpPlan {
+            expected: expected.iter().map(|e| e.to_string()).collect(),
+            json_field: "ip".into(),
+            egress_gateway,
+        }
+    }
+
+    #[test]
+    fn a_source_ip_matches_any_expected_network_and_a_mismatch_names_every_gateway() {
+        let seen: std::net::IpAddr = "192.0.2.12".parse().unwrap();
+        let gateways = plan(&["192.0.2.10/32", "192.0.2.12/32"], true);
+        assert!(source_ip_matches("echo:443", seen, &gateways).is_ok());
+        let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let failure = source_ip_matches("echo:443", other, &gateways).unwrap_err();
+        assert_eq!(failure.reason, Reason::SourceIpMismatch);
+        assert_eq!(
+            failure.message,
+            "traffic to echo:443 leaves as 198.51.100.7, expected 192.0.2.10/32 or 192.0.2.12/32 (the egress gateways): is the CiliumEgressGatewayPolicy selecting this pod, and are its gateway nodes up?"
+        );
+        let one =
+            source_ip_matches("echo:443", other, &plan(&["192.0.2.10/32"], true)).unwrap_err();
+        assert!(one.message.ends_with("(the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod, and is its gateway node up?"), "{}", one.message);
+    }
 }

@@ -133,11 +133,14 @@ impl EndpointSource<'_> {
         let gateway = self
             .policy
             .filter(|p| p.flavors.contains(&Flavor::CiliumEgressGateway));
-        let gateway_ip = gateway
-            .and_then(|p| p.egress_gateway.as_ref())
-            .and_then(|g| g.egress_ip.as_deref())
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .map(|ip| ipnet::IpNet::from(ip).to_string());
+        // With several gateways the pods are spread over them: any of their addresses will do.
+        let gateway_ips: Vec<String> = gateway
+            .map(|p| p.gateways())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|g| g.egress_ip.as_deref()?.parse::<std::net::IpAddr>().ok())
+            .map(|ip| ipnet::IpNet::from(ip).to_string())
+            .collect();
         let mut targets = Vec::new();
         for endpoint in self.endpoints {
             let timeout = endpoint
@@ -193,7 +196,7 @@ impl EndpointSource<'_> {
                         .and_then(|h| h.source_ip.as_ref())
                         .map(|check| SourceIpPlan {
                             expected: if check.expected.is_empty() {
-                                gateway_ip.iter().cloned().collect()
+                                gateway_ips.clone()
                             } else {
                                 check.expected.clone()
                             },
@@ -595,6 +598,18 @@ mod tests {
     }
 
     #[test]
+    fn with_several_gateways_any_of_their_addresses_is_expected() {
+        let several = planned(
+            "{flavors: [CiliumEgressGateway], egressGateways: [{nodeSelector: {gw: a}, egressIP: 192.0.2.10}, {nodeSelector: {gw: b}, interface: eth1}, {nodeSelector: {gw: c}, egressIP: 192.0.2.12}]}",
+            "[{port: 443, protocol: HTTPS, http: {sourceIP: {}}}]",
+        );
+        let plan = several[0].source_ip.as_ref().unwrap();
+        // The gateway that names an interface has no address to expect.
+        assert_eq!(plan.expected, ["192.0.2.10/32", "192.0.2.12/32"]);
+        assert!(plan.egress_gateway);
+    }
+
+    #[test]
     fn blocked_by_and_expectations_on_a_blocked_port_are_refused_by_the_schema() {
         let refused = |port: &str| {
             let yaml = format!(
@@ -613,5 +628,28 @@ mod tests {
         assert!(refused(
             "{port: 1, protocol: HTTP, http: {sourceIP: {expected: [not-an-ip]}}}"
         ));
+    }
+
+    #[test]
+    fn one_gateway_or_several_but_not_both() {
+        let loads = |policy: &str| {
+            let yaml = format!(
+                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{{port: 1, protocol: TCP}}]}}\n  policy: {policy}\n"
+            );
+            load_str(Path::new("t.yaml"), &yaml).map_err(|e| e.to_string())
+        };
+        let gw = "{nodeSelector: {gw: a}}";
+        assert!(
+            loads(&format!(
+                "{{flavors: [CiliumEgressGateway], egressGateways: [{gw}, {gw}]}}"
+            ))
+            .is_ok()
+        );
+        let both = loads(&format!(
+            "{{flavors: [CiliumEgressGateway], egressGateway: {gw}, egressGateways: [{gw}]}}"
+        ))
+        .unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        assert!(loads("{flavors: [CiliumEgressGateway], egressGateways: []}").is_err());
     }
 }

@@ -13,7 +13,7 @@ use crate::api::check::{EgressCheckStatus, RunRecord, RunState, RunTrigger};
 use crate::api::conditions::{reasons, types};
 use crate::api::result::{Outcome, ProbeResult};
 use crate::api::{ConnectivityProfile, EgressCheck};
-use crate::controller::check::jobs::{JobEnd, RunJob};
+use crate::controller::check::jobs::{JobEnd, JobFailure, RunJob};
 use crate::controller::check::observe::{FinishedRun, Observed, ProfileLookup, RunFailure};
 use crate::controller::run::{RUN_KEY_ANNOTATION, TRIGGER_ANNOTATION};
 
@@ -354,10 +354,10 @@ fn a_fresh_config_map_waits_for_its_job() {
 
 fn failed_run(job_run: i64, summary: &str) -> Observed {
     let mut failed = job(job_run, KEY, Some(1060));
-    failed.end = Some(JobEnd::Failed {
+    failed.end = Some(JobEnd::Failed(Box::new(JobFailure {
         reason: Some("BackoffLimitExceeded".into()),
         message: None,
-    });
+    })));
     with_status(
         Observed {
             jobs: vec![job(1, KEY, Some(1000)), failed.clone()],

@@ -1,7 +1,7 @@
 //! Probe Jobs as the EgressCheck controller sees them: a slim summary of each Job, and an
 //! index of them by check fed from the Job watch, so a reconcile reads its runs from memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -17,11 +17,16 @@ use crate::controller::run::{CHECK_LABEL, RUN_KEY_ANNOTATION, RUN_LABEL, TRIGGER
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEnd {
     Complete,
-    Failed {
-        /// The Job's `Failed` condition reason (`BackoffLimitExceeded`, `DeadlineExceeded`).
-        reason: Option<String>,
-        message: Option<String>,
-    },
+    /// Boxed: most runs complete, and every check keeps several summaries.
+    Failed(Box<JobFailure>),
+}
+
+/// The Job's `Failed` condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFailure {
+    /// `BackoffLimitExceeded`, `DeadlineExceeded`, …
+    pub reason: Option<String>,
+    pub message: Option<String>,
 }
 
 /// What a reconcile needs to know of one probe Job.
@@ -51,9 +56,11 @@ impl RunJob {
         let end = if condition("Complete").is_some() {
             Some(JobEnd::Complete)
         } else {
-            condition("Failed").map(|c| JobEnd::Failed {
-                reason: c.reason.clone(),
-                message: c.message.clone(),
+            condition("Failed").map(|c| {
+                JobEnd::Failed(Box::new(JobFailure {
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                }))
             })
         };
         let completion_time = status
@@ -109,10 +116,13 @@ type CheckKey = (String, String);
 
 /// The probe Jobs of every check in one watch scope, by (namespace, check), kept current by
 /// that scope's Job watch. Relists replace the whole index when they complete.
+///
+/// A check has a handful of Jobs (its history and the run in flight): a `Vec` each, since a
+/// map would allocate room for eleven summaries per check.
 #[derive(Debug)]
 pub struct JobIndex {
-    jobs: Mutex<HashMap<CheckKey, BTreeMap<String, RunJob>>>,
-    relisting: Mutex<Option<HashMap<CheckKey, BTreeMap<String, RunJob>>>>,
+    jobs: Mutex<HashMap<CheckKey, Vec<RunJob>>>,
+    relisting: Mutex<Option<HashMap<CheckKey, Vec<RunJob>>>>,
     ready: watch::Sender<bool>,
 }
 
@@ -130,6 +140,18 @@ fn key_of(job: &Job) -> Option<CheckKey> {
     Some((job.namespace()?, job.labels().get(CHECK_LABEL)?.clone()))
 }
 
+/// Replaces the summary of `job` among a check's runs, or adds it.
+fn upsert(runs: &mut Vec<RunJob>, job: &Job) {
+    let summary = RunJob::from_job(job);
+    match runs.iter_mut().find(|r| r.name == summary.name) {
+        Some(known) => *known = summary,
+        None => {
+            runs.push(summary);
+            runs.shrink_to_fit();
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -140,18 +162,18 @@ impl JobIndex {
         match event {
             watcher::Event::Apply(job) => {
                 if let Some(key) = key_of(job) {
-                    let summary = RunJob::from_job(job);
-                    lock(&self.jobs)
-                        .entry(key)
-                        .or_default()
-                        .insert(summary.name.clone(), summary);
+                    upsert(lock(&self.jobs).entry(key).or_default(), job);
                 }
             }
             watcher::Event::Delete(job) => {
                 if let Some(key) = key_of(job) {
                     let mut jobs = lock(&self.jobs);
                     if let Some(runs) = jobs.get_mut(&key) {
-                        runs.remove(&job.name_any());
+                        let name = job.name_any();
+                        runs.retain(|r| r.name != name);
+                        if runs.capacity() > 2 * runs.len() + 2 {
+                            runs.shrink_to_fit();
+                        }
                         if runs.is_empty() {
                             jobs.remove(&key);
                         }
@@ -161,15 +183,12 @@ impl JobIndex {
             watcher::Event::Init => *lock(&self.relisting) = Some(HashMap::new()),
             watcher::Event::InitApply(job) => {
                 if let (Some(key), Some(relist)) = (key_of(job), lock(&self.relisting).as_mut()) {
-                    let summary = RunJob::from_job(job);
-                    relist
-                        .entry(key)
-                        .or_default()
-                        .insert(summary.name.clone(), summary);
+                    upsert(relist.entry(key).or_default(), job);
                 }
             }
             watcher::Event::InitDone => {
-                if let Some(relist) = lock(&self.relisting).take() {
+                if let Some(mut relist) = lock(&self.relisting).take() {
+                    relist.values_mut().for_each(|runs| runs.shrink_to_fit());
                     *lock(&self.jobs) = relist;
                 }
                 self.ready.send_replace(true);
@@ -189,7 +208,7 @@ impl JobIndex {
         let mut runs: Vec<RunJob> = jobs
             .get(&(namespace.to_owned(), check.to_owned()))
             .map(|runs| {
-                runs.values()
+                runs.iter()
                     .filter(|j| j.owner_uid.as_deref() == Some(owner_uid))
                     .cloned()
                     .collect()
@@ -202,6 +221,8 @@ impl JobIndex {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 

@@ -263,13 +263,14 @@ async fn collect(
             source,
         })?;
     let (job_failed, failed_reason, failed_message) = match &job.end {
-        Some(JobEnd::Failed { reason, message }) => (
+        Some(JobEnd::Failed(failure)) => (
             true,
-            reason
+            failure
+                .reason
                 .as_ref()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default(),
-            message.clone().unwrap_or_default(),
+            failure.message.clone().unwrap_or_default(),
         ),
         _ => (false, String::new(), String::new()),
     };
