@@ -386,7 +386,19 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::api::load::load_str;
+    use crate::api::load::{Loaded, load_str};
+
+    /// A profile `vendor` in `mdm` with one endpoint `e` (example.com), its `ports` (a YAML
+    /// list) and, when given, `policy`.
+    fn one_endpoint(ports: &str, policy: Option<&str>) -> Result<Vec<Loaded>, String> {
+        let policy = policy
+            .map(|p| format!("  policy: {p}\n"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor, namespace: mdm}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: {ports}}}\n{policy}"
+        );
+        load_str(Path::new("t.yaml"), &yaml).map_err(|e| format!("{e}\n{yaml}"))
+    }
 
     fn targets(defaults: &str, endpoint_tls: &str, ports: &str) -> Vec<Target> {
         let yaml = format!(
@@ -470,10 +482,8 @@ mod tests {
                 (TlsMode::StartTls, "StartTLS"),
                 (TlsMode::Opportunistic, "Opportunistic"),
             ] {
-                let yaml = format!(
-                    "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{{port: 1, protocol: {protocol}, tls: {{mode: {name}}}}}]}}\n"
-                );
-                let accepted = load_str(Path::new("t.yaml"), &yaml).is_ok();
+                let port = format!("[{{port: 1, protocol: {protocol}, tls: {{mode: {name}}}}}]");
+                let accepted = one_endpoint(&port, None).is_ok();
                 assert_eq!(accepted, mode.fits(protocol), "{protocol} with {name}");
             }
         }
@@ -481,12 +491,7 @@ mod tests {
 
     #[test]
     fn logins_are_accepted_only_on_the_protocols_they_fit() {
-        let profile = |ports: &str| {
-            let yaml = format!(
-                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{ports}]}}\n"
-            );
-            load_str(Path::new("t.yaml"), &yaml).map_err(|e| e.to_string())
-        };
+        let profile = |ports: &str| one_endpoint(&format!("[{ports}]"), None);
         let auth = |mechanism: &str| {
             format!("auth: {{mechanism: {mechanism}, credentialsSecretRef: {{name: m}}}}")
         };
@@ -545,10 +550,7 @@ mod tests {
     }
 
     fn planned(policy: &str, ports: &str) -> Vec<Target> {
-        let yaml = format!(
-            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: vendor, namespace: mdm}}\nspec:\n  endpoints:\n    - name: e\n      host: example.com\n      ports: {ports}\n  policy: {policy}\n"
-        );
-        let loaded = load_str(Path::new("t.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let loaded = one_endpoint(ports, Some(policy)).unwrap_or_else(|e| panic!("{e}"));
         plan_documents(&loaded).unwrap().remove(0).targets
     }
 
@@ -611,12 +613,7 @@ mod tests {
 
     #[test]
     fn blocked_by_and_expectations_on_a_blocked_port_are_refused_by_the_schema() {
-        let refused = |port: &str| {
-            let yaml = format!(
-                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{port}]}}\n"
-            );
-            load_str(Path::new("t.yaml"), &yaml).is_err()
-        };
+        let refused = |port: &str| one_endpoint(&format!("[{port}]"), None).is_err();
         assert!(!refused(
             "{port: 1, protocol: TCP, expect: Blocked, blockedBy: [DNS]}"
         ));
@@ -632,12 +629,7 @@ mod tests {
 
     #[test]
     fn one_gateway_or_several_but_not_both() {
-        let loads = |policy: &str| {
-            let yaml = format!(
-                "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: t}}\nspec:\n  endpoints:\n    - {{name: e, host: example.com, ports: [{{port: 1, protocol: TCP}}]}}\n  policy: {policy}\n"
-            );
-            load_str(Path::new("t.yaml"), &yaml).map_err(|e| e.to_string())
-        };
+        let loads = |policy: &str| one_endpoint("[{port: 1, protocol: TCP}]", Some(policy));
         let gw = "{nodeSelector: {gw: a}}";
         assert!(
             loads(&format!(

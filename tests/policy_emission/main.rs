@@ -1,8 +1,9 @@
-//! Policy emission: every flavor, every golden file and `netreach render` of the shipped
-//! examples accepted by the upstream CRD schemas (installed in kube-sim, applied with strict
-//! validation), golden files, byte-identical output, nothing undeclared allowed and no pod
-//! selected beyond the profile's (a property test over random profiles), allowlists, and the
-//! operator sharing the namespace's EgressFirewall without overriding anyone's rules.
+//! Policy emission, one module per concern: `schema` (every flavor, golden file and rendered
+//! example accepted by the upstream CRD schemas, in kube-sim and by an independent validator),
+//! `golden` (`netreach render`, golden files, allowlists), `merge` (the shared EgressFirewall),
+//! `oracle` and `transport` (property tests: nothing undeclared allowed, no pod selected beyond
+//! the profile's, FTP and IKE transports), `e2e` (the operator applying policies on kube-sim).
+//! Shared here: the profiles several modules use.
 
 #[path = "../support/mod.rs"]
 mod support;
