@@ -1,8 +1,8 @@
 //! Policy emission, one module per concern: `schema` (every flavor, golden file and rendered
 //! example accepted by the upstream CRD schemas, in kube-sim and by an independent validator),
 //! `golden` (`netreach render`, golden files, allowlists), `merge` (the shared EgressFirewall),
-//! `oracle` and `transport` (property tests: nothing undeclared allowed, no pod selected beyond
-//! the profile's, FTP and IKE transports), `e2e` (the operator applying policies on kube-sim).
+//! `oracle` (the property test: nothing undeclared allowed on any transport, no pod selected
+//! beyond the profile's), `e2e` (the operator applying policies on kube-sim).
 //! Shared here: the profiles several modules use.
 
 #[path = "../support/mod.rs"]
@@ -13,7 +13,6 @@ mod golden;
 mod merge;
 mod oracle;
 mod schema;
-mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -38,7 +37,6 @@ use golden::*;
 use merge::*;
 use oracle::*;
 use schema::*;
-use transport::*;
 
 pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,7 +1,13 @@
-//! The policy oracle: what each emitted object grants and denies, checked against random
-//! profiles (proptest, shrinking) so that no flavor allows what the profile does not declare.
+//! The policy oracle: what each emitted object grants and denies (destination, transport,
+//! ports, order), checked against random profiles (proptest, shrinking) so that no flavor
+//! allows what the profile does not declare.
 
 use super::*;
+
+/// The protocols a random endpoint's ports use.
+const PROTOCOLS: [&str; 9] = [
+    "TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS", "FTP", "FTPS", "IKE",
+];
 
 pub(crate) fn random_profile(
     seed: &ProfileSeed,
@@ -9,18 +15,24 @@ pub(crate) fn random_profile(
     let mut endpoints = Vec::new();
     let mut addresses = BTreeMap::new();
     let labels = ["a", "vendor", "m3", "api", "x1"];
-    let protocols = ["TCP", "TLS", "HTTP", "HTTPS", "SMTP", "LDAPS"];
     for (i, e) in seed.endpoints.iter().enumerate() {
         let name = format!("e{i}");
         let mut seen = BTreeSet::new();
         let ports: Vec<Value> = e
             .ports
             .iter()
-            .filter(|(port, _, _)| seen.insert(*port))
-            .map(|(port, protocol, blocked)| {
-                let mut spec = json!({"port": port, "protocol": protocols[*protocol]});
-                if *blocked {
+            .filter(|p| seen.insert(p.port))
+            .map(|p| {
+                let protocol = PROTOCOLS[p.protocol];
+                let mut spec = json!({"port": p.port, "protocol": protocol});
+                // The oracle's Blocked endpoints are TCP ports; a Blocked port takes no options.
+                if p.blocked && protocol != "IKE" {
                     spec["expect"] = json!("Blocked");
+                } else if let (true, Some((start, width))) =
+                    (protocol.starts_with("FTP"), p.passive)
+                {
+                    let from = 1024 + start;
+                    spec["ftp"] = json!({"passivePorts": {"from": from, "to": from + width}});
                 }
                 spec
             })
@@ -84,17 +96,22 @@ pub(crate) fn random_profile(
     (spec, addresses)
 }
 
-/// (destination, port) pairs the profile declares reachable: hosts, CIDRs and resolved
-/// addresses, less what a Blocked port of the same host or CIDR declares.
+/// (destination, transport, port) the profile declares reachable: hosts, CIDRs and resolved
+/// addresses, each port with its transport (TCP; for IKE, UDP with 4500 beside 500, and ESP as
+/// port 0) and an FTP port's passive range, less what a Blocked port of the same host or CIDR
+/// declares.
 pub(crate) fn declared(
     spec: &ConnectivityProfileSpec,
     addresses: &BTreeMap<String, Vec<IpAddr>>,
-) -> BTreeSet<(String, u16)> {
+) -> BTreeSet<(String, String, u16)> {
+    let target = |e: &netreach::api::endpoint::Endpoint| {
+        e.host.clone().or(e.cidr.clone()).unwrap_or_default()
+    };
     let blocked_declared: BTreeSet<(String, u16)> = spec
         .endpoints
         .iter()
         .flat_map(|e| {
-            let target = e.host.clone().or(e.cidr.clone()).unwrap_or_default();
+            let target = target(e);
             e.ports
                 .iter()
                 .filter(|p| p.blocked())
@@ -103,17 +120,23 @@ pub(crate) fn declared(
         .collect();
     let mut set = BTreeSet::new();
     for endpoint in &spec.endpoints {
-        let target = endpoint
-            .host
-            .clone()
-            .or(endpoint.cidr.clone())
-            .unwrap_or_default();
         for port in endpoint.ports.iter().filter(|p| !p.blocked()) {
-            if blocked_declared.contains(&(target.clone(), port.port as u16)) {
+            let number = port.port as u16;
+            if blocked_declared.contains(&(target(endpoint), number)) {
                 continue;
             }
+            let mut opened: Vec<(&str, u16)> = match port.protocol {
+                Protocol::Ike if number == 500 => vec![("UDP", 500), ("UDP", 4500), ("ESP", 0)],
+                Protocol::Ike => vec![("UDP", number), ("ESP", 0)],
+                _ => vec![("TCP", number)],
+            };
+            if let Some(range) = port.ftp.as_ref().and_then(|f| f.passive_ports.as_ref()) {
+                opened.extend((range.from as u16..=range.to as u16).map(|p| ("TCP", p)));
+            }
             for destination in destinations(endpoint, addresses) {
-                set.insert((destination, port.port as u16));
+                for (transport, port) in &opened {
+                    set.insert((destination.clone(), transport.to_string(), *port));
+                }
             }
         }
     }
@@ -227,12 +250,17 @@ pub(crate) fn check_selection(
     }
 }
 
+/// Random profiles over every protocol (FTP passive ranges, IKE's UDP, NAT-T and ESP
+/// included): no flavor opens a destination, transport or port the profile does not declare,
+/// selects more pods than the profile, or lets a Blocked endpoint through.
 #[test]
 fn no_flavor_ever_allows_more_than_the_profile_declares() {
     use std::sync::Mutex;
     let kinds = Mutex::new(BTreeSet::new());
     let calico_domains = Mutex::new(false);
     let denies = Mutex::new(BTreeSet::new());
+    // What FTP and IKE bring beside their own port: NAT-T, ESP, a passive range.
+    let (nat_t, esp, ranged) = (Mutex::new(false), Mutex::new(false), Mutex::new(false));
     let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
         cases: 500,
         failure_persistence: None,
@@ -242,6 +270,15 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
         let (spec, addresses) = random_profile(&seed);
         let declared = declared(&spec, &addresses);
         let blocked = blocked(&spec, &addresses);
+        // Ports of passive ranges beyond their first.
+        let passive: Vec<(u16, u16)> = spec
+            .endpoints
+            .iter()
+            .flat_map(|e| &e.ports)
+            .filter_map(|p| p.ftp.as_ref()?.passive_ports.as_ref())
+            .filter(|r| r.to > r.from)
+            .map(|r| (r.from as u16 + 1, r.to as u16))
+            .collect();
         let input = Input {
             name: "random",
             namespace: "ns",
@@ -261,11 +298,16 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
                         .into_iter()
                         .flatten()
                         .any(|r| r["destination"]["domains"].is_array());
-                if grants(object)
-                    .iter()
-                    .any(|g| g.deny && g.ports != ALL_PORTS)
-                {
+                let granted = grants(object);
+                if granted.iter().any(|g| g.deny && g.ports != ALL_PORTS) {
                     denies.lock().unwrap().insert(flavor);
+                }
+                for g in granted.iter().filter(|g| !g.deny) {
+                    let (from, to) = g.ports;
+                    *nat_t.lock().unwrap() |= g.transport == "UDP" && (from..=to).contains(&4500);
+                    *esp.lock().unwrap() |= g.transport == "ESP";
+                    *ranged.lock().unwrap() |=
+                        g.transport == "TCP" && passive.iter().any(|(a, b)| from <= *b && *a <= to);
                 }
                 if let Err(widened) = check_selection(object, &spec, "ns", &output.notes) {
                     return Err(TestCaseError::fail(format!(
@@ -304,6 +346,10 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
     assert!(
         calico_domains.into_inner().unwrap(),
         "calicoEnterprise never produced a domain rule"
+    );
+    assert!(
+        *nat_t.lock().unwrap() && *esp.lock().unwrap() && *ranged.lock().unwrap(),
+        "IKE's 4500, ESP or an FTP passive range never emitted"
     );
     // Every flavor that can deny did, for some Blocked endpoint.
     let denies = denies.into_inner().unwrap();
@@ -415,8 +461,18 @@ pub(crate) struct EndpointSeed {
     wildcard: bool,
     labels: (usize, usize),
     resolved: Option<Vec<u32>>,
-    /// Port, protocol index, Blocked.
-    ports: Vec<(u16, usize, bool)>,
+    ports: Vec<PortSeed>,
+}
+
+/// A port of a random endpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct PortSeed {
+    port: u16,
+    /// Index into [`PROTOCOLS`].
+    protocol: usize,
+    blocked: bool,
+    /// An FTP passive range: start (above 1024) and width.
+    passive: Option<(u16, u16)>,
 }
 
 /// A random profile: endpoints and policy options.
@@ -441,10 +497,18 @@ pub(crate) fn endpoint_seed() -> impl Strategy<Value = EndpointSeed> {
         proptest::option::of(proptest::collection::vec(any::<u32>(), 1..4)),
         proptest::collection::vec(
             (
-                prop_oneof![Just(443u16), Just(22), 1u16..=65535],
-                0usize..6,
+                // IKE on 500 brings NAT traversal on 4500: make it common.
+                prop_oneof![Just(443u16), Just(22), Just(500), 1u16..=65535],
+                0usize..PROTOCOLS.len(),
                 proptest::bool::weighted(0.25),
-            ),
+                proptest::option::of((0u16..60000, prop_oneof![0u16..30, 0u16..400])),
+            )
+                .prop_map(|(port, protocol, blocked, passive)| PortSeed {
+                    port,
+                    protocol,
+                    blocked,
+                    passive,
+                }),
             1..4,
         ),
     )
@@ -541,37 +605,58 @@ pub(crate) const ALL_PORTS: (u16, u16) = (1, 65535);
 pub(crate) const ANYWHERE: &str = "*";
 
 /// One thing an object grants or denies: a destination (host, CIDR or "dns"), the networks
-/// carved out of it, a port range (0..0: no ports, a routing or set entry), and the order in
-/// which it is evaluated within its flavor (lower first).
+/// carved out of it, a transport (TCP, UDP, ESP; ANY for a rule that names none) with a port
+/// range (0..0: none, as for ESP and for routing or set entries, which carry ANY), and the
+/// order in which it is evaluated within its flavor (lower first).
 #[derive(Clone, Debug)]
 pub(crate) struct Grant {
-    destination: String,
-    except: Vec<String>,
-    ports: (u16, u16),
-    deny: bool,
-    order: (i64, usize),
+    pub(crate) destination: String,
+    pub(crate) except: Vec<String>,
+    pub(crate) transport: String,
+    pub(crate) ports: (u16, u16),
+    pub(crate) deny: bool,
+    pub(crate) order: (i64, usize),
 }
 
-pub(crate) fn grant(
-    destination: impl Into<String>,
-    ports: (u16, u16),
-    order: (i64, usize),
-) -> Grant {
+/// A transport and its port range, as a rule's port item names them.
+type Ports = (String, (u16, u16));
+
+pub(crate) fn grant(destination: impl Into<String>, ports: &Ports, order: (i64, usize)) -> Grant {
     Grant {
         destination: destination.into(),
         except: Vec::new(),
-        ports,
+        transport: ports.0.clone(),
+        ports: ports.1,
         deny: false,
         order,
     }
 }
 
-/// The ranges of a list of port items; missing or empty: every port.
-pub(crate) fn ranges(ports: &Value, item: impl Fn(&Value) -> (u16, u16)) -> Vec<(u16, u16)> {
+/// A destination without ports: a gateway route or a network set entry.
+fn route(destination: &str) -> Grant {
+    grant(destination, &("ANY".to_owned(), (0, 0)), (0, 0))
+}
+
+/// The port items of a rule; missing or empty: every port of every transport.
+pub(crate) fn ranges(ports: &Value, item: impl Fn(&Value) -> Ports) -> Vec<Ports> {
     match ports.as_array() {
         Some(list) if !list.is_empty() => list.iter().map(item).collect(),
-        _ => vec![ALL_PORTS],
+        _ => vec![("ANY".to_owned(), ALL_PORTS)],
     }
+}
+
+/// A port item with `protocol`, `port` and an optional `endPort` (NetworkPolicy, Cilium).
+fn protocol_port(p: &Value) -> Ports {
+    let transport = p["protocol"].as_str().unwrap_or("TCP").to_owned();
+    (transport, port_range(&p["port"], &p["endPort"]))
+}
+
+pub(crate) fn port_of(value: &Value) -> u16 {
+    value
+        .as_u64()
+        .map(|p| p as u16)
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap()
 }
 
 /// What an emitted object grants and denies; cluster DNS as the destination "dns".
@@ -582,31 +667,30 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
     let spec = &object["spec"];
     let rules = |key: &str| spec[key].as_array().cloned().unwrap_or_default();
     let priority = spec["priority"].as_i64().unwrap_or(0);
+    let strings = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
     match (api_version, kind) {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             for (i, rule) in rules("egress").iter().enumerate() {
-                let ports = ranges(&rule["ports"], |p| port_range(&p["port"], &p["endPort"]));
+                let ports = ranges(&rule["ports"], protocol_port);
                 let peers = rule["to"].as_array().cloned().unwrap_or_default();
                 if peers.is_empty() {
-                    out.extend(ports.iter().map(|r| grant(ANYWHERE, *r, (0, i))));
+                    out.extend(ports.iter().map(|r| grant(ANYWHERE, r, (0, i))));
                 }
                 for peer in peers {
                     let (destination, except) = match peer["ipBlock"]["cidr"].as_str() {
-                        Some(cidr) => (
-                            cidr.to_owned(),
-                            peer["ipBlock"]["except"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|e| e.as_str().unwrap().to_owned())
-                                .collect(),
-                        ),
+                        Some(cidr) => (cidr.to_owned(), strings(&peer["ipBlock"]["except"])),
                         None => ("dns".to_owned(), Vec::new()),
                     };
                     for range in &ports {
                         out.push(Grant {
                             except: except.clone(),
-                            ..grant(destination.clone(), *range, (0, i))
+                            ..grant(destination.clone(), range, (0, i))
                         });
                     }
                 }
@@ -616,14 +700,12 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
             for (deny, key) in [(false, "egress"), (true, "egressDeny")] {
                 for (i, rule) in rules(key).iter().enumerate() {
                     // Every toPorts entry counts, and a rule without one allows every port.
-                    let ports: Vec<(u16, u16)> = match rule["toPorts"].as_array() {
+                    let ports: Vec<Ports> = match rule["toPorts"].as_array() {
                         Some(entries) if !entries.is_empty() => entries
                             .iter()
-                            .flat_map(|entry| {
-                                ranges(&entry["ports"], |p| port_range(&p["port"], &p["endPort"]))
-                            })
+                            .flat_map(|entry| ranges(&entry["ports"], protocol_port))
                             .collect(),
-                        _ => vec![ALL_PORTS],
+                        _ => vec![("ANY".to_owned(), ALL_PORTS)],
                     };
                     let mut destinations: Vec<(String, Vec<String>)> = rule["toFQDNs"]
                         .as_array()
@@ -634,22 +716,13 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                             (name.unwrap().to_owned(), Vec::new())
                         })
                         .collect();
-                    destinations.extend(
-                        rule["toCIDR"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|c| (c.as_str().unwrap().to_owned(), Vec::new())),
-                    );
+                    destinations.extend(strings(&rule["toCIDR"]).into_iter().map(|c| (c, vec![])));
                     destinations.extend(rule["toCIDRSet"].as_array().into_iter().flatten().map(
                         |c| {
-                            let except = c["except"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|e| e.as_str().unwrap().to_owned())
-                                .collect();
-                            (c["cidr"].as_str().unwrap().to_owned(), except)
+                            (
+                                c["cidr"].as_str().unwrap().to_owned(),
+                                strings(&c["except"]),
+                            )
                         },
                     ));
                     if rule["toEndpoints"].is_array() {
@@ -665,7 +738,7 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                             out.push(Grant {
                                 except: except.clone(),
                                 deny,
-                                ..grant(destination.clone(), *range, order)
+                                ..grant(destination.clone(), range, order)
                             });
                         }
                     }
@@ -673,21 +746,30 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
             }
         }
         (_, "CiliumEgressGatewayPolicy") => {
-            for cidr in spec["destinationCIDRs"].as_array().unwrap() {
-                out.push(grant(cidr.as_str().unwrap(), (0, 0), (0, 0)));
-            }
+            out.extend(strings(&spec["destinationCIDRs"]).iter().map(|c| route(c)));
         }
         ("projectcalico.org/v3", "NetworkPolicy") => {
             for (i, rule) in rules("egress").iter().enumerate() {
                 let d = &rule["destination"];
-                let ports = ranges(&d["ports"], |p| (port_of(p), port_of(p)));
-                let mut destinations: Vec<String> = d["nets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .chain(d["domains"].as_array().into_iter().flatten())
-                    .map(|v| v.as_str().unwrap().to_owned())
-                    .collect();
+                let ports: Vec<Ports> = match &rule["protocol"] {
+                    // ESP (IP protocol 50) has no ports.
+                    Value::Number(n) if n.as_u64() == Some(50) => {
+                        assert!(d["ports"].is_null(), "ESP has no ports: {rule}");
+                        vec![("ESP".to_owned(), (0, 0))]
+                    }
+                    protocol => {
+                        let transport = protocol.as_str().unwrap_or("ANY").to_owned();
+                        ranges(&d["ports"], |p| {
+                            let range = match p.as_str().and_then(|r| r.split_once(':')) {
+                                Some((from, to)) => (from.parse().unwrap(), to.parse().unwrap()),
+                                None => (port_of(p), port_of(p)),
+                            };
+                            (transport.clone(), range)
+                        })
+                    }
+                };
+                let mut destinations = strings(&d["nets"]);
+                destinations.extend(strings(&d["domains"]));
                 if d["selector"].is_string() {
                     destinations.push("dns".into());
                 }
@@ -698,69 +780,60 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                     for range in &ports {
                         out.push(Grant {
                             deny: rule["action"] == "Deny",
-                            ..grant(destination.clone(), *range, (0, i))
+                            ..grant(destination.clone(), range, (0, i))
                         });
                     }
                 }
             }
         }
         (_, "GlobalNetworkSet") => {
-            for net in spec["nets"].as_array().unwrap() {
-                out.push(grant(net.as_str().unwrap(), (0, 0), (0, 0)));
-            }
+            out.extend(strings(&spec["nets"]).iter().map(|n| route(n)));
         }
         (_, "ServiceEntry") => {
-            let ports: Vec<(u16, u16)> = spec["ports"]
+            // Sidecars carry TCP only, whatever the port's application protocol.
+            let ports: Vec<Ports> = spec["ports"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (port_of(&p["number"]), port_of(&p["number"])))
+                .map(|p| ("TCP".to_owned(), port_range(&p["number"], &Value::Null)))
                 .collect();
-            let destinations: Vec<&Value> = match spec["addresses"].as_array() {
-                Some(addresses) => addresses.iter().collect(),
-                None => spec["hosts"].as_array().unwrap().iter().collect(),
+            let destinations = match spec["addresses"].as_array() {
+                Some(_) => strings(&spec["addresses"]),
+                None => strings(&spec["hosts"]),
             };
             for destination in destinations {
-                for range in &ports {
-                    out.push(grant(destination.as_str().unwrap(), *range, (0, 0)));
-                }
+                out.extend(ports.iter().map(|r| grant(destination.clone(), r, (0, 0))));
             }
         }
         (_, "AdminNetworkPolicy" | "ClusterNetworkPolicy") => {
             for (i, rule) in rules("egress").iter().enumerate() {
                 let ports = match kind {
                     "AdminNetworkPolicy" => ranges(&rule["ports"], |p| {
-                        let n = &p["portNumber"];
-                        let range = &p["portRange"];
+                        let (n, range) = (&p["portNumber"], &p["portRange"]);
                         if n.is_object() {
-                            (port_of(&n["port"]), port_of(&n["port"]))
+                            let port = port_of(&n["port"]);
+                            (n["protocol"].as_str().unwrap().to_owned(), (port, port))
                         } else {
-                            (port_of(&range["start"]), port_of(&range["end"]))
+                            let ports = (port_of(&range["start"]), port_of(&range["end"]));
+                            (range["protocol"].as_str().unwrap().to_owned(), ports)
                         }
                     }),
                     _ => ranges(&rule["protocols"], |p| {
-                        let l4 = if p["tcp"].is_object() {
-                            &p["tcp"]
+                        let (transport, l4) = if p["tcp"].is_object() {
+                            ("TCP", &p["tcp"]["destinationPort"])
                         } else {
-                            &p["udp"]
+                            ("UDP", &p["udp"]["destinationPort"])
                         };
-                        match l4["destinationPort"]["number"].as_u64() {
+                        let ports = match l4["number"].as_u64() {
                             Some(n) => (n as u16, n as u16),
-                            None => (
-                                port_of(&l4["destinationPort"]["range"]["start"]),
-                                port_of(&l4["destinationPort"]["range"]["end"]),
-                            ),
-                        }
+                            None => (port_of(&l4["range"]["start"]), port_of(&l4["range"]["end"])),
+                        };
+                        (transport.to_owned(), ports)
                     }),
                 };
                 for peer in rule["to"].as_array().unwrap() {
-                    let mut destinations: Vec<String> = peer["networks"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .chain(peer["domainNames"].as_array().into_iter().flatten())
-                        .map(|v| v.as_str().unwrap().to_owned())
-                        .collect();
+                    let mut destinations = strings(&peer["networks"]);
+                    destinations.extend(strings(&peer["domainNames"]));
                     if peer["pods"].is_object() {
                         destinations.push("dns".into());
                     }
@@ -768,7 +841,7 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                         for range in &ports {
                             out.push(Grant {
                                 deny: rule["action"] == "Deny",
-                                ..grant(destination.clone(), *range, (priority, i))
+                                ..grant(destination.clone(), range, (priority, i))
                             });
                         }
                     }
@@ -783,10 +856,11 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                     .unwrap()
                     .to_owned();
                 let ports = ranges(&rule["ports"], |p| {
-                    (port_of(&p["port"]), port_of(&p["port"]))
+                    let port = port_of(&p["port"]);
+                    (p["protocol"].as_str().unwrap().to_owned(), (port, port))
                 });
                 // The closing deny-alls are what makes the list an allowlist; the others count.
-                for range in ports {
+                for range in &ports {
                     out.push(Grant {
                         deny: rule["type"] == "Deny",
                         ..grant(destination.clone(), range, (0, i))
@@ -797,9 +871,12 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
         // The egress gateway accepts (Gateway) and forwards (VirtualService) declared hosts only.
         (_, "Gateway") => {
             for server in rules("servers") {
-                let port = port_of(&server["port"]["number"]);
-                for host in server["hosts"].as_array().unwrap() {
-                    out.push(grant(host.as_str().unwrap(), (port, port), (0, 0)));
+                let port = (
+                    "TCP".to_owned(),
+                    port_range(&server["port"]["number"], &Value::Null),
+                );
+                for host in strings(&server["hosts"]) {
+                    out.push(grant(host, &port, (0, 0)));
                 }
             }
         }
@@ -809,8 +886,9 @@ pub(crate) fn grants(object: &Value) -> Vec<Grant> {
                     let host = destination["destination"]["host"].as_str().unwrap();
                     // The hop to the gateway itself is routing, not a destination.
                     if host != "istio-egressgateway.istio-system.svc.cluster.local" {
-                        let port = port_of(&destination["destination"]["port"]["number"]);
-                        out.push(grant(host, (port, port), (0, 0)));
+                        let number = &destination["destination"]["port"]["number"];
+                        let port = ("TCP".to_owned(), port_range(number, &Value::Null));
+                        out.push(grant(host, &port, (0, 0)));
                     }
                 }
             }
@@ -839,39 +917,45 @@ pub(crate) fn inside(inner: &str, outer: &str) -> bool {
 /// the first violation found.
 pub(crate) fn widening(
     objects: &[Value],
-    declared: &BTreeSet<(String, u16)>,
+    declared: &BTreeSet<(String, String, u16)>,
     blocked: &BTreeSet<(String, u16)>,
 ) -> Option<String> {
-    let declared_nets: BTreeSet<&String> = declared.iter().map(|(d, _)| d).collect();
+    let declared_nets: BTreeSet<&String> = declared.iter().map(|(d, _, _)| d).collect();
     let all: Vec<Grant> = objects.iter().flat_map(grants).collect();
     for g in all.iter().filter(|g| !g.deny) {
         if g.destination == "dns" {
             if g.ports != (53, 53) {
-                return Some(format!("allows DNS on {:?}", g.ports));
+                return Some(format!("allows DNS on {} {:?}", g.transport, g.ports));
             }
             continue;
         }
         // Destinations without ports (gateway routes, network sets) must be declared networks.
-        if g.ports == (0, 0) {
+        if g.transport == "ANY" && g.ports == (0, 0) {
             if !declared_nets.contains(&g.destination) {
                 return Some(format!("lists {}, undeclared", g.destination));
             }
             continue;
         }
-        if let Some(port) =
-            (g.ports.0..=g.ports.1).find(|p| !declared.contains(&(g.destination.clone(), *p)))
-        {
-            return Some(format!(
-                "allows {}:{port} (of {:?}), undeclared",
-                g.destination, g.ports
-            ));
+        // A rule that names no transport opens its ports on every one.
+        let (any, one) = (["TCP", "UDP"], [g.transport.as_str()]);
+        let transports: &[&str] = if g.transport == "ANY" { &any } else { &one };
+        for transport in transports {
+            let undeclared =
+                |p: &u16| !declared.contains(&(g.destination.clone(), transport.to_string(), *p));
+            if let Some(port) = (g.ports.0..=g.ports.1).find(undeclared) {
+                return Some(format!(
+                    "allows {transport} {}:{port} (of {:?}), undeclared",
+                    g.destination, g.ports
+                ));
+            }
         }
     }
-    // Nothing lets a Blocked endpoint through: no allow matches it unless a deny that is
-    // evaluated earlier (or an except) takes it out.
+    // Nothing lets a Blocked endpoint (a TCP port) through: no allow matches it unless a deny
+    // that is evaluated earlier (or an except) takes it out.
     for (destination, port) in blocked {
         let covers = |g: &Grant| {
-            (g.ports.0..=g.ports.1).contains(port)
+            (g.transport == "TCP" || g.transport == "ANY")
+                && (g.ports.0..=g.ports.1).contains(port)
                 && (g.destination == *destination || inside(destination, &g.destination))
                 && !g.except.iter().any(|e| inside(destination, e))
         };
@@ -896,7 +980,7 @@ pub(crate) fn widening(
 /// no Deny precedes.
 #[test]
 fn the_oracle_sees_all_ports_later_to_ports_ranges_and_allowed_blocked_endpoints() {
-    let declared = BTreeSet::from([("10.0.0.0/24".to_owned(), 443)]);
+    let declared = BTreeSet::from([("10.0.0.0/24".to_owned(), "TCP".to_owned(), 443)]);
     let none = BTreeSet::new();
     let policy = |egress: Value| json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "spec": {"egress": egress}});
     let exact = policy(

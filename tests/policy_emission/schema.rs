@@ -158,11 +158,11 @@ async fn ftp_data_ranges_ike_udp_and_esp_render_to_valid_objects_and_say_what_is
         by_flavor.insert(flavor, output);
     }
     let has = |flavor: Flavor, wanted: (&str, &str, u16)| {
-        by_flavor[&flavor]
-            .objects
-            .iter()
-            .flat_map(allowed)
-            .any(|(d, t, p)| (d.as_str(), t.as_str(), p) == wanted)
+        by_flavor[&flavor].objects.iter().flat_map(grants).any(|g| {
+            !g.deny
+                && (g.destination.as_str(), g.transport.as_str()) == (wanted.0, wanted.1)
+                && (g.ports.0..=g.ports.1).contains(&wanted.2)
+        })
     };
     let noted = |flavor: Flavor, endpoint: &str, text: &str| {
         by_flavor[&flavor]
