@@ -425,13 +425,7 @@ async fn the_charts_rbac_grants_exactly_the_calls_the_operator_makes() {
     };
     // Every flavor's CRD, so every policy kind is applied and then deleted.
     let crds = kube::Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(cluster.client.clone());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/upstream-crds"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in support::upstream_crd_files() {
         let crd = serde_norway::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         crds.create(&Default::default(), &crd).await.unwrap();
     }

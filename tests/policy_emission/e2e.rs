@@ -31,6 +31,22 @@ pub(crate) async fn listed_rules(api: &Api<DynamicObject>) -> Option<Vec<Value>>
     Some(egress(&object))
 }
 
+/// Someone else's EgressFirewall in the test's namespace: two Denies around an allow. Returns
+/// its rules.
+pub(crate) async fn apply_foreign_firewall(cluster: &Cluster) -> Vec<Value> {
+    let foreign = vec![
+        deny("203.0.113.0/24"),
+        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
+        deny("0.0.0.0/0"),
+    ];
+    let mut theirs = firewall_with(foreign.clone());
+    theirs["metadata"]["namespace"] = json!(cluster.namespace);
+    cluster
+        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
+        .await;
+    foreign
+}
+
 pub(crate) fn policy_condition(
     profile: &netreach::api::ConnectivityProfile,
 ) -> Option<(String, String)> {
@@ -49,17 +65,7 @@ async fn the_operator_shares_the_egress_firewall_and_keeps_its_finalizer_until_c
     let cluster = Cluster::start("egress-firewall").await;
     install_upstream_crd(&cluster, "egressfirewall.yaml").await;
     install_upstream_crd(&cluster, "adminnetworkpolicy.yaml").await;
-    let foreign = vec![
-        deny("203.0.113.0/24"),
-        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
-        deny("0.0.0.0/0"),
-    ];
-    // Someone else's EgressFirewall, in the test's namespace.
-    let mut theirs = firewall_with(foreign.clone());
-    theirs["metadata"]["namespace"] = json!(cluster.namespace);
-    cluster
-        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
-        .await;
+    let foreign = apply_foreign_firewall(&cluster).await;
     cluster
         .apply_yaml(
             "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: vendor}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n    - {name: backup, cidr: 198.51.100.0/24, ports: [{port: 8443, protocol: TLS}]}\n  policy:\n    podSelector: {matchLabels: {app: agent}}\n    flavors: [EgressFirewall, AdminNetworkPolicy]\n",
@@ -234,16 +240,7 @@ async fn concurrent_profiles_and_a_foreign_writer_lose_no_egress_firewall_rule()
     use netreach::api::ConnectivityProfile;
     let cluster = Cluster::start("egress-firewall-cas").await;
     install_upstream_crd(&cluster, "egressfirewall.yaml").await;
-    let foreign = vec![
-        deny("203.0.113.0/24"),
-        allow_tcp(json!({"dnsName": "registry.example.org"}), 443),
-        deny("0.0.0.0/0"),
-    ];
-    let mut theirs = firewall_with(foreign.clone());
-    theirs["metadata"]["namespace"] = json!(cluster.namespace);
-    cluster
-        .apply_yaml(&serde_norway::to_string(&theirs).unwrap())
-        .await;
+    let foreign = apply_foreign_firewall(&cluster).await;
     let Some(sim) = cluster.sim_or_skip("holding a request") else {
         return;
     };

@@ -25,12 +25,12 @@ fn the_shipped_examples_render_as_their_golden_files() {
                 )
             })
             .collect();
-        let input = Input {
-            name: &name,
-            namespace: profile.metadata.namespace.as_deref().unwrap(),
-            spec: &profile.spec,
-            addresses: &addresses,
-        };
+        let input = profile_input(
+            &name,
+            profile.metadata.namespace.as_deref().unwrap(),
+            &profile.spec,
+            &addresses,
+        );
         for flavor in Flavor::iter() {
             let output = emit(flavor, &input);
             let mut text = to_yaml(&output.objects);
@@ -151,12 +151,7 @@ fn policy_api_flavors_leave_out_single_label_hosts_their_crds_refuse() {
         "policy": {"flavors": []},
     }));
     let addresses = BTreeMap::new();
-    let input = Input {
-        name: "p",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("p", "mdm", &spec, &addresses);
     for flavor in [Flavor::AdminNetworkPolicy, Flavor::ClusterNetworkPolicy] {
         let output = emit(flavor, &input);
         let text = serde_json::to_string(&output.objects).unwrap();
@@ -176,12 +171,7 @@ fn policy_api_flavors_leave_out_single_label_hosts_their_crds_refuse() {
 #[test]
 fn allowlists_list_every_declared_host_cidr_and_port() {
     let (spec, addresses) = rich_profile();
-    let input = Input {
-        name: "maas360-m3",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     let csv = allowlist::csv(std::slice::from_ref(&input));
     let markdown = allowlist::markdown(std::slice::from_ref(&input));
     for endpoint in &spec.endpoints {

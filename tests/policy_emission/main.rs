@@ -46,6 +46,21 @@ pub(crate) fn spec(value: Value) -> ConnectivityProfileSpec {
     serde_json::from_value(value).unwrap()
 }
 
+/// What the emitters read: one profile's spec and its resolved addresses.
+pub(crate) fn profile_input<'a>(
+    name: &'a str,
+    namespace: &'a str,
+    spec: &'a ConnectivityProfileSpec,
+    addresses: &'a BTreeMap<String, Vec<IpAddr>>,
+) -> Input<'a> {
+    Input {
+        name,
+        namespace,
+        spec,
+        addresses,
+    }
+}
+
 /// A profile that uses every kind of endpoint and every option.
 pub(crate) fn rich_profile() -> (ConnectivityProfileSpec, BTreeMap<String, Vec<IpAddr>>) {
     let spec = spec(json!({

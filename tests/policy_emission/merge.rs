@@ -20,12 +20,7 @@ pub(crate) fn vendor_firewall(profile: &str, cidrs: &[(&str, u16)]) -> Value {
         .collect();
     let spec = spec(json!({"endpoints": endpoints, "policy": {"flavors": ["EgressFirewall"]}}));
     let addresses = BTreeMap::new();
-    let input = Input {
-        name: profile,
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input(profile, "mdm", &spec, &addresses);
     emit(Flavor::EgressFirewall, &input).objects.remove(0)
 }
 
@@ -195,12 +190,7 @@ fn egress_firewall_merge_never_removes_or_reorders_someone_elses_deny_all() {
 #[test]
 fn egress_firewall_says_it_covers_the_whole_namespace_when_the_profile_selects_pods() {
     let (mut spec, addresses) = rich_profile();
-    let input = Input {
-        name: "p",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("p", "mdm", &spec, &addresses);
     let output = emit(Flavor::EgressFirewall, &input);
     assert_eq!(output.objects.len(), 1);
     assert!(
@@ -213,12 +203,7 @@ fn egress_firewall_says_it_covers_the_whole_namespace_when_the_profile_selects_p
         output.notes
     );
     spec.policy.as_mut().unwrap().pod_selector = None;
-    let input = Input {
-        name: "p",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("p", "mdm", &spec, &addresses);
     let output = emit(Flavor::EgressFirewall, &input);
     assert!(
         output.notes.iter().all(|n| n.endpoint != "*"),

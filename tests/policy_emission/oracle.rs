@@ -279,12 +279,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
             .filter(|r| r.to > r.from)
             .map(|r| (r.from as u16 + 1, r.to as u16))
             .collect();
-        let input = Input {
-            name: "random",
-            namespace: "ns",
-            spec: &spec,
-            addresses: &addresses,
-        };
+        let input = profile_input("random", "ns", &spec, &addresses);
         for flavor in Flavor::iter() {
             let output = emit(flavor, &input);
             for object in &output.objects {
@@ -371,12 +366,7 @@ fn no_flavor_ever_allows_more_than_the_profile_declares() {
 #[test]
 fn blocked_endpoints_are_denied_first_where_a_flavor_can_deny_and_allowed_nowhere() {
     let (spec, addresses) = rich_profile();
-    let input = Input {
-        name: "maas360-m3",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     let declared = declared(&spec, &addresses);
     let blocked = blocked(&spec, &addresses);
     assert!(blocked.contains(&("93.184.215.14/32".to_owned(), 443)));
@@ -1031,12 +1021,7 @@ fn an_endpoint_inside_a_blocked_range_is_blocked_by_every_flavor() {
         {"name": "subnet", "cidr": "10.0.0.0/24", "ports": [{"port": 443, "protocol": "TCP", "expect": "Blocked"}]},
     ], "policy": {"flavors": []}}));
     let addresses = BTreeMap::new();
-    let input = Input {
-        name: "p",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("p", "mdm", &spec, &addresses);
     let allows_vendor_443 = |flavor: Flavor| {
         let output = emit(flavor, &input);
         let all: Vec<Grant> = output.objects.iter().flat_map(grants).collect();

@@ -48,14 +48,7 @@ impl UpstreamSchemas {
             .unwrap();
         let client = sim.client();
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let dir = repo().join("tests/fixtures/upstream-crds");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-            .collect();
-        files.sort();
-        for file in files {
+        for file in support::upstream_crd_files() {
             let text = std::fs::read_to_string(&file).unwrap();
             for document in serde_norway::Deserializer::from_str(&text) {
                 let value: Value = serde::Deserialize::deserialize(document).unwrap();
@@ -118,12 +111,7 @@ impl UpstreamSchemas {
 async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
     let mut schemas = UpstreamSchemas::start().await;
     let (spec, addresses) = rich_profile();
-    let input = Input {
-        name: "maas360-m3",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     for flavor in Flavor::iter() {
         let output = emit(flavor, &input);
         assert!(
@@ -143,12 +131,7 @@ async fn every_flavor_is_accepted_by_its_upstream_crd_schema() {
 async fn ftp_data_ranges_ike_udp_and_esp_render_to_valid_objects_and_say_what_is_left_out() {
     let mut schemas = UpstreamSchemas::start().await;
     let (spec, addresses) = ftp_and_ike_profile();
-    let input = Input {
-        name: "itsm",
-        namespace: "itsm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("itsm", "itsm", &spec, &addresses);
     let mut by_flavor = BTreeMap::new();
     for flavor in Flavor::iter() {
         let output = emit(flavor, &input);
@@ -318,12 +301,7 @@ pub(crate) struct OpenApiSchemas(BTreeMap<(String, String), jsonschema::Validato
 impl OpenApiSchemas {
     pub(crate) fn load() -> OpenApiSchemas {
         let mut validators = BTreeMap::new();
-        let dir = repo().join("tests/fixtures/upstream-crds");
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "yaml") {
-                continue;
-            }
+        for path in support::upstream_crd_files() {
             let crd: Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let group = crd["spec"]["group"].as_str().unwrap();
@@ -435,12 +413,7 @@ async fn a_large_profile_splits_over_cluster_network_policies_the_api_server_acc
         json!({"endpoints": endpoints, "policy": {"flavors": ["ClusterNetworkPolicy"], "priority": 100}}),
     );
     let addresses = BTreeMap::new();
-    let input = Input {
-        name: "big",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("big", "mdm", &spec, &addresses);
     let output = emit(Flavor::ClusterNetworkPolicy, &input);
     assert!(output.notes.is_empty(), "{:?}", output.notes);
     // 40 endpoints of 30 ports: 80 rules of at most 25 protocols, and DNS: 4 policies.
@@ -527,12 +500,7 @@ fn several_egress_gateways_emit_the_list_with_the_first_as_egress_gateway() {
         {"nodeSelector": {"egress": "b"}, "interface": "eth1"},
     ]))
     .unwrap();
-    let input = Input {
-        name: "maas360-m3",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     let objects = emit(Flavor::CiliumEgressGateway, &input).objects;
     assert_eq!(objects.len(), 1);
     let gateways = objects[0]["spec"]["egressGateways"].as_array().unwrap();
@@ -578,12 +546,7 @@ fn several_egress_gateways_emit_the_list_with_the_first_as_egress_gateway() {
     // One gateway, either way it is written, leaves the list out: every Cilium accepts it.
     let policy = spec.policy.as_mut().unwrap();
     policy.egress_gateways.truncate(1);
-    let input = Input {
-        name: "maas360-m3",
-        namespace: "mdm",
-        spec: &spec,
-        addresses: &addresses,
-    };
+    let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     let single = emit(Flavor::CiliumEgressGateway, &input).objects;
     assert!(single[0]["spec"].get("egressGateways").is_none());
     assert_eq!(single[0]["spec"]["egressGateway"]["egressIP"], "192.0.2.10");

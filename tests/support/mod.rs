@@ -74,3 +74,16 @@ impl Peers {
         format!("127.0.0.1:{}", self.port("PEER_DNS_PORT"))
     }
 }
+
+/// The upstream CRDs the emitted policies are checked against (Cilium, Calico, Istio, OVN,
+/// network-policy-api), in name order.
+pub fn upstream_crd_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream-crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::api::{Api, Query, now};
-use crate::store::Event;
+use crate::store::{Event, namespaced_name};
 
 pub struct JobController {
     api: Arc<Api>,
@@ -81,14 +81,7 @@ impl JobController {
         if job["metadata"]["deletionTimestamp"].is_string() {
             return;
         }
-        let namespace = job["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let name = job["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (namespace, name) = namespaced_name(job);
         let uid = job["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()

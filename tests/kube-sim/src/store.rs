@@ -191,14 +191,7 @@ impl Store {
     pub fn put(&mut self, key: &str, mut object: Value, kind: EventType) -> Arc<Value> {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
-        let namespace = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (namespace, name) = namespaced_name(&object);
         let json = Bytes::from(serde_json::to_vec(&object).expect("values serialize"));
         let object = Arc::new(object);
         let location = (key.to_owned(), namespace.clone(), name.clone());
@@ -285,6 +278,17 @@ struct OwnerIndex {
     uids: HashMap<String, Location>,
     dependents: HashMap<String, BTreeSet<Location>>,
     foreground: HashSet<String>,
+}
+
+/// An object's namespace (empty when cluster-scoped) and name.
+pub fn namespaced_name(object: &Value) -> (String, String) {
+    let text = |field: &str| {
+        object["metadata"][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (text("namespace"), text("name"))
 }
 
 fn uid_of(object: &Value) -> Option<&str> {

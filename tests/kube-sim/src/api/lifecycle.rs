@@ -258,14 +258,7 @@ impl Api {
                 if let Some(f) = owner["metadata"]["finalizers"].as_array_mut() {
                     f.retain(|x| x != "foregroundDeletion");
                 }
-                let ns = owner["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let name = owner["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                let (ns, name) = namespaced_name(&owner);
                 let done = owner["metadata"]["finalizers"]
                     .as_array()
                     .is_none_or(Vec::is_empty);
@@ -315,14 +308,7 @@ impl Api {
     /// Writes an object as a controller inside the emulator would (Job controller, kubelet).
     pub fn internal_put(&self, key: &str, object: Value) -> Option<Arc<Value>> {
         let mut st = self.lock();
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (ns, name) = namespaced_name(&object);
         let current = st.store.get(key, &ns, &name)?;
         if current["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
             return None;

@@ -15,7 +15,7 @@ use crate::openapi_check;
 use crate::patch::{self, ApplyRequest, Shape};
 use crate::registry::{Registry, ResourceType};
 use crate::selectors::{FieldLabels, FieldSelector, LabelSelector};
-use crate::store::{EventType, Location, Store};
+use crate::store::{EventType, Location, Store, namespaced_name};
 
 mod admission;
 mod lifecycle;

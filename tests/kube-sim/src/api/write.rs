@@ -501,31 +501,19 @@ fn mirror_event(st: &mut State, ty: &ResourceType, event: &Value) {
         .as_i64()
         .or(event["deprecatedCount"].as_i64())
         .unwrap_or(1);
-    let last = event["series"]["lastObservedTime"].as_str().map(|t| {
-        json!(
-            t.split('.')
-                .next()
-                .unwrap_or(t)
-                .trim_end_matches('Z')
-                .to_owned()
-                + "Z"
-        )
-    });
-    let first = event["deprecatedFirstTimestamp"].clone();
+    // core/v1 timestamps have whole seconds; events.k8s.io's MicroTime has fractions.
     let truncate = |v: &Value| {
         v.as_str()
             .map(|t| {
-                json!(
-                    t.split('.')
-                        .next()
-                        .unwrap_or(t)
-                        .trim_end_matches('Z')
-                        .to_owned()
-                        + "Z"
-                )
+                json!(format!(
+                    "{}Z",
+                    t.split('.').next().unwrap_or(t).trim_end_matches('Z')
+                ))
             })
             .unwrap_or(Value::Null)
     };
+    let last = truncate(&event["series"]["lastObservedTime"]);
+    let first = event["deprecatedFirstTimestamp"].clone();
     let core = json!({
         "apiVersion": "v1",
         "kind": "Event",
@@ -544,7 +532,7 @@ fn mirror_event(st: &mut State, ty: &ResourceType, event: &Value) {
         "count": count,
         "eventTime": when,
         "firstTimestamp": if first.is_null() { truncate(&when) } else { first },
-        "lastTimestamp": last.unwrap_or_else(|| truncate(&when)),
+        "lastTimestamp": if last.is_null() { truncate(&when) } else { last },
         "source": {"component": event["reportingController"]},
         "reportingComponent": event["reportingController"],
         "reportingInstance": event["reportingInstance"],
