@@ -25,8 +25,8 @@ pub(crate) fn random_profile(
             .map(|p| {
                 let protocol = PROTOCOLS[p.protocol];
                 let mut spec = json!({"port": p.port, "protocol": protocol});
-                // The oracle's Blocked endpoints are TCP ports; a Blocked port takes no options.
-                if p.blocked && protocol != "IKE" {
+                // A Blocked port takes no options.
+                if p.blocked {
                     spec["expect"] = json!("Blocked");
                 } else if let (true, Some((start, width))) =
                     (protocol.starts_with("FTP"), p.passive)
@@ -369,7 +369,7 @@ fn blocked_endpoints_are_denied_first_where_a_flavor_can_deny_and_allowed_nowher
     let input = profile_input("maas360-m3", "mdm", &spec, &addresses);
     let declared = declared(&spec, &addresses);
     let blocked = blocked(&spec, &addresses);
-    assert!(blocked.contains(&("93.184.215.14/32".to_owned(), 443)));
+    assert!(blocked.contains(&("93.184.215.14/32".to_owned(), "TCP", 443)));
     for flavor in Flavor::iter() {
         let output = emit(flavor, &input);
         assert_eq!(
@@ -566,16 +566,18 @@ pub(crate) fn destinations(
     destinations
 }
 
-/// (destination, port) pairs the profile expects Blocked.
+/// (destination, transport, port) the profile expects Blocked: the port the probe tries, on
+/// its protocol's transport (UDP for IKE, TCP for the rest).
 pub(crate) fn blocked(
     spec: &ConnectivityProfileSpec,
     addresses: &BTreeMap<String, Vec<IpAddr>>,
-) -> BTreeSet<(String, u16)> {
+) -> BTreeSet<(String, &'static str, u16)> {
     let mut set = BTreeSet::new();
     for endpoint in &spec.endpoints {
         for port in endpoint.ports.iter().filter(|p| p.blocked()) {
+            let transport = port.protocol.transport().as_str();
             for destination in destinations(endpoint, addresses) {
-                set.insert((destination, port.port as u16));
+                set.insert((destination, transport, port.port as u16));
             }
         }
     }
@@ -908,7 +910,7 @@ pub(crate) fn inside(inner: &str, outer: &str) -> bool {
 pub(crate) fn widening(
     objects: &[Value],
     declared: &BTreeSet<(String, String, u16)>,
-    blocked: &BTreeSet<(String, u16)>,
+    blocked: &BTreeSet<(String, &'static str, u16)>,
 ) -> Option<String> {
     let declared_nets: BTreeSet<&String> = declared.iter().map(|(d, _, _)| d).collect();
     let all: Vec<Grant> = objects.iter().flat_map(grants).collect();
@@ -940,11 +942,11 @@ pub(crate) fn widening(
             }
         }
     }
-    // Nothing lets a Blocked endpoint (a TCP port) through: no allow matches it unless a deny
-    // that is evaluated earlier (or an except) takes it out.
-    for (destination, port) in blocked {
+    // Nothing lets a Blocked endpoint through on its transport: no allow matches it unless a
+    // deny that is evaluated earlier (or an except) takes it out.
+    for (destination, transport, port) in blocked {
         let covers = |g: &Grant| {
-            (g.transport == "TCP" || g.transport == "ANY")
+            (g.transport == *transport || g.transport == "ANY")
                 && (g.ports.0..=g.ports.1).contains(port)
                 && (g.destination == *destination || inside(destination, &g.destination))
                 && !g.except.iter().any(|e| inside(destination, e))
@@ -956,7 +958,7 @@ pub(crate) fn widening(
             let denied_first = all.iter().any(|d| d.deny && d.order < g.order && covers(d));
             if !denied_first {
                 return Some(format!(
-                    "allows {destination}:{port}, expected Blocked (through {} {:?})",
+                    "allows {transport} {destination}:{port}, expected Blocked (through {} {:?})",
                     g.destination, g.ports
                 ));
             }
@@ -999,7 +1001,7 @@ fn the_oracle_sees_all_ports_later_to_ports_ranges_and_allowed_blocked_endpoints
             .contains(":22")
     );
     // A Blocked address inside an allowed range: allowed, unless a Deny comes first.
-    let blocked = BTreeSet::from([("10.0.0.7/32".to_owned(), 443)]);
+    let blocked = BTreeSet::from([("10.0.0.7/32".to_owned(), "TCP", 443)]);
     let firewall = |rules: Value| json!({"apiVersion": "k8s.ovn.org/v1", "kind": "EgressFirewall", "spec": {"egress": rules}});
     let allow = json!({"type": "Allow", "to": {"cidrSelector": "10.0.0.0/24"}, "ports": [{"protocol": "TCP", "port": 443}]});
     let deny = json!({"type": "Deny", "to": {"cidrSelector": "10.0.0.7/32"}, "ports": [{"protocol": "TCP", "port": 443}]});
@@ -1012,6 +1014,23 @@ fn the_oracle_sees_all_ports_later_to_ports_ranges_and_allowed_blocked_endpoints
         json!([{"to": [{"ipBlock": {"cidr": "10.0.0.0/24", "except": ["10.0.0.7/32"]}}], "ports": [{"protocol": "TCP", "port": 443}]}]),
     );
     assert_eq!(widening(&[carved], &declared, &blocked), None);
+    // A Blocked IKE port is UDP: an allow of its number on UDP lets it through, one on TCP not.
+    let declared = BTreeSet::from([
+        ("10.0.0.0/24".to_owned(), "TCP".to_owned(), 500),
+        ("10.0.0.0/24".to_owned(), "UDP".to_owned(), 500),
+    ]);
+    let blocked = BTreeSet::from([("10.0.0.7/32".to_owned(), "UDP", 500)]);
+    let allow_on = |transport: &str| {
+        firewall(
+            json!([{"type": "Allow", "to": {"cidrSelector": "10.0.0.0/24"}, "ports": [{"protocol": transport, "port": 500}]}]),
+        )
+    };
+    assert!(
+        widening(&[allow_on("UDP")], &declared, &blocked)
+            .unwrap()
+            .contains("allows UDP 10.0.0.7/32:500")
+    );
+    assert_eq!(widening(&[allow_on("TCP")], &declared, &blocked), None);
 }
 
 #[test]
