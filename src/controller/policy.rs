@@ -138,83 +138,133 @@ pub async fn apply(
         applied
             .notes
             .extend(output.notes.iter().map(ToString::to_string));
-        wanted.extend(output.objects.iter().map(|o| {
-            (
-                o["kind"].as_str().unwrap_or_default().to_owned(),
-                o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        }));
-        for mut object in output.objects {
-            let api_version = object["apiVersion"].as_str().unwrap_or_default().to_owned();
-            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-            let object_name = object["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let (resource, namespaced) = match resource_of(ctx, &api_version, &kind).await {
-                Ok(found) => found,
-                Err(lookup) => {
+        wanted.extend(
+            output
+                .objects
+                .iter()
+                .map(|o| (text(&o["kind"]), text(&o["metadata"]["name"]))),
+        );
+        for object in output.objects {
+            let target = Target {
+                flavor,
+                profile: &name,
+                namespace: &namespace,
+                owner: owner.as_ref(),
+            };
+            match write_object(ctx, target, object).await {
+                Ok(written) => {
+                    applied.notes.extend(written.notes);
+                    applied.policies.push(written.policy);
+                }
+                Err(WriteFailure::Lookup(message)) => {
+                    // The flavor's kind is not served: its other objects would fail alike.
                     applied
                         .failures
-                        .push(format!("{}: {}", flavor.as_str(), lookup.message()));
+                        .push(format!("{}: {message}", flavor.as_str()));
                     break;
                 }
-            };
-            let object_namespace = namespaced.then(|| namespace.clone());
-            let api = api_for(ctx, &resource, object_namespace.as_deref());
-            if kind == "EgressFirewall" {
-                // Shared by the namespace: merge with what others wrote, never clobber.
-                let written = write_shared(ctx, &api, &namespace, &object_name, |existing| {
-                    let merged = merge_egress_firewall(existing, &object, &name);
-                    (Some(merged.object), merged.notes)
-                })
-                .await;
-                match written {
-                    Ok(notes) => {
-                        applied.notes.extend(notes);
-                        applied.policies.push(AppliedPolicy {
-                            flavor: flavor.as_str().into(),
-                            api_version: api_version.clone(),
-                            kind: kind.clone(),
-                            name: object_name,
-                            namespace: object_namespace,
-                        });
-                    }
-                    Err(e) => applied.failures.push(format!(
-                        "{}: merging NetReach's rules into EgressFirewall {namespace}/{object_name} failed, retrying: {e}",
-                        flavor.as_str()
-                    )),
-                }
-                continue;
-            }
-            if namespaced && let Some(owner) = &owner {
-                object["metadata"]["ownerReferences"] = json!([owner]);
-            }
-            match api
-                .patch(
-                    &object_name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&object),
-                )
-                .await
-            {
-                Ok(_) => applied.policies.push(AppliedPolicy {
-                    flavor: flavor.as_str().into(),
-                    api_version: api_version.clone(),
-                    kind: kind.clone(),
-                    name: object_name,
-                    namespace: object_namespace,
-                }),
-                Err(e) => applied.failures.push(format!(
-                    "{}: applying {kind} {object_name} failed: {e}",
-                    flavor.as_str()
-                )),
+                Err(WriteFailure::Write(message)) => applied
+                    .failures
+                    .push(format!("{}: {message}", flavor.as_str())),
             }
         }
     }
+    prune(ctx, &name, previous, &wanted, &mut applied).await;
+    applied
+        .policies
+        .sort_by(|a, b| (&a.flavor, &a.kind, &a.name).cmp(&(&b.flavor, &b.kind, &b.name)));
+    applied
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// Where one emitted object goes: its flavor, and the profile that emits it.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    flavor: crate::api::Flavor,
+    profile: &'a str,
+    namespace: &'a str,
+    owner: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+}
+
+/// One object written: its record, and what merging it noted.
+struct Written {
+    policy: AppliedPolicy,
+    notes: Vec<String>,
+}
+
+enum WriteFailure {
+    /// The kind could not be looked up.
+    Lookup(String),
+    /// The write itself failed.
+    Write(String),
+}
+
+/// Writes one emitted object: merged into the namespace's shared EgressFirewall, or applied
+/// server-side (namespaced objects owned by the profile).
+async fn write_object(
+    ctx: &Context,
+    target: Target<'_>,
+    mut object: Value,
+) -> Result<Written, WriteFailure> {
+    let api_version = text(&object["apiVersion"]);
+    let kind = text(&object["kind"]);
+    let name = text(&object["metadata"]["name"]);
+    let (resource, namespaced) = resource_of(ctx, &api_version, &kind)
+        .await
+        .map_err(|lookup| WriteFailure::Lookup(lookup.message()))?;
+    let object_namespace = namespaced.then(|| target.namespace.to_owned());
+    let api = api_for(ctx, &resource, object_namespace.as_deref());
+    let notes = if kind == "EgressFirewall" {
+        // Shared by the namespace: merge with what others wrote, never clobber.
+        write_shared(ctx, &api, target.namespace, &name, |existing| {
+            let merged = merge_egress_firewall(existing, &object, target.profile);
+            (Some(merged.object), merged.notes)
+        })
+        .await
+        .map_err(|e| {
+            WriteFailure::Write(format!(
+                "merging NetReach's rules into EgressFirewall {}/{name} failed, retrying: {e}",
+                target.namespace
+            ))
+        })?
+    } else {
+        if namespaced && let Some(owner) = target.owner {
+            object["metadata"]["ownerReferences"] = json!([owner]);
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|e| WriteFailure::Write(format!("applying {kind} {name} failed: {e}")))?;
+        Vec::new()
+    };
+    Ok(Written {
+        policy: AppliedPolicy {
+            flavor: target.flavor.as_str().into(),
+            api_version,
+            kind,
+            name,
+            namespace: object_namespace,
+        },
+        notes,
+    })
+}
+
+/// Deletes what an earlier pass applied and this one no longer emits. An object still
+/// emitted but not written this pass (its failure is reported), or one whose removal failed,
+/// stays on record so the next pass (or the finalizer) retries.
+async fn prune(
+    ctx: &Context,
+    profile: &str,
+    previous: &[AppliedPolicy],
+    wanted: &BTreeSet<(String, String)>,
+    applied: &mut Applied,
+) {
     let keep: BTreeSet<(String, String, Option<String>)> = applied
         .policies
         .iter()
@@ -225,20 +275,14 @@ pub async fn apply(
             continue;
         }
         if wanted.contains(&(old.kind.clone(), old.name.clone())) {
-            // Still wanted but not applied this pass (the failure is reported): it stays.
             applied.policies.push(old.clone());
             continue;
         }
-        if let Err(failure) = remove(ctx, &name, old).await {
+        if let Err(failure) = remove(ctx, profile, old).await {
             applied.failures.push(failure);
-            // Still there: keep it on record so the next pass (or the finalizer) retries.
             applied.policies.push(old.clone());
         }
     }
-    applied
-        .policies
-        .sort_by(|a, b| (&a.flavor, &a.kind, &a.name).cmp(&(&b.flavor, &b.kind, &b.name)));
-    applied
 }
 
 /// Deletes one object `profile` applied earlier, or takes its rules out of the shared

@@ -178,7 +178,7 @@ pub fn build_run(
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let mut labels = BTreeMap::from([
+    let labels = BTreeMap::from([
         (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
         (CHECK_LABEL.to_owned(), name.clone()),
         (RUN_LABEL.to_owned(), run.to_string()),
@@ -213,77 +213,13 @@ pub fn build_run(
     let mut pod_labels = runner.pod_labels.clone();
     pod_labels.insert(CHECK_LABEL.to_owned(), name.clone());
     pod_labels.insert(RUN_LABEL.to_owned(), run.to_string());
-    let mut volumes = vec![Volume {
-        name: "probe-spec".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: job_name.clone(),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "probe-spec".into(),
-        mount_path: SPEC_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
-    for (i, secret) in referenced_secrets(targets).into_iter().enumerate() {
-        let volume = format!("secret-{i}");
-        volumes.push(Volume {
-            name: volume.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: volume,
-            mount_path: format!("{DEFAULT_SECRETS_DIR}/{secret}"),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    let container = Container {
-        name: "probe".into(),
-        image: Some(
-            runner
-                .image
-                .clone()
-                .unwrap_or_else(|| probe_image.to_owned()),
-        ),
-        args: Some(vec![
-            "probe".into(),
-            "--spec".into(),
-            format!("{SPEC_DIR}/{SPEC_FILE}"),
-            "--termination-log".into(),
-            "/dev/termination-log".into(),
-        ]),
-        resources: runner.resources.clone(),
-        volume_mounts: Some(mounts),
-        termination_message_path: Some("/dev/termination-log".into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(PROBE_UID),
-            run_as_group: Some(PROBE_UID),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
-        ..Container::default()
-    };
+    let (volumes, mounts) = probe_volumes(&job_name, targets);
+    let image = runner
+        .image
+        .clone()
+        .unwrap_or_else(|| probe_image.to_owned());
     let pod = PodSpec {
-        containers: vec![container],
+        containers: vec![probe_container(image, runner.resources.clone(), mounts)],
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         service_account_name: runner.service_account_name.clone(),
@@ -295,15 +231,11 @@ pub fn build_run(
             run_as_user: Some(PROBE_UID),
             run_as_group: Some(PROBE_UID),
             fs_group: Some(PROBE_UID),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..PodSecurityContext::default()
         }),
         ..PodSpec::default()
     };
-    labels.insert(RUN_LABEL.to_owned(), run.to_string());
     let job = Job {
         metadata: ObjectMeta {
             name: Some(job_name),
@@ -331,6 +263,89 @@ pub fn build_run(
         status: None,
     };
     RunObjects { config_map, job }
+}
+
+/// The probe pod's volumes and the container's mounts: the probe spec's ConfigMap, and each
+/// Secret the targets reference under the secrets directory.
+fn probe_volumes(job_name: &str, targets: &[Target]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let mut volumes = vec![Volume {
+        name: "probe-spec".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: job_name.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "probe-spec".into(),
+        mount_path: SPEC_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    for (i, secret) in referenced_secrets(targets).into_iter().enumerate() {
+        let volume = format!("secret-{i}");
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume,
+            mount_path: format!("{DEFAULT_SECRETS_DIR}/{secret}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    (volumes, mounts)
+}
+
+/// The probe container: `netreach probe` on the mounted spec, restricted as the Pod Security
+/// Standards' `restricted` profile asks.
+fn probe_container(
+    image: String,
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: "probe".into(),
+        image: Some(image),
+        args: Some(vec![
+            "probe".into(),
+            "--spec".into(),
+            format!("{SPEC_DIR}/{SPEC_FILE}"),
+            "--termination-log".into(),
+            "/dev/termination-log".into(),
+        ]),
+        resources,
+        volume_mounts: Some(mounts),
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(PROBE_UID),
+            run_as_group: Some(PROBE_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
 }
 
 #[cfg(test)]

@@ -116,7 +116,17 @@ async fn the_operator_shares_the_egress_firewall_and_keeps_its_finalizer_until_c
         .delete("vendor", &Default::default())
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Two cleanups have failed when one injected failure is left: the finalizer must hold
+    // until an attempt gets through, which needs that last failure spent first.
+    eventually(WAIT, "two cleanup attempts failed", || {
+        let faults = sim.faults();
+        async move {
+            (faults.remaining("delete", "adminnetworkpolicies") == 0
+                && faults.remaining("get", "egressfirewalls") <= 1)
+                .then_some(())
+        }
+    })
+    .await;
     let waiting = profiles
         .get_opt("vendor")
         .await

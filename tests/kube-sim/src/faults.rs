@@ -104,6 +104,18 @@ impl Faults {
         });
     }
 
+    /// How many of the requests `fail_next` or `delay_next` named for `verb` on `resource`
+    /// have not come yet: the signal that a client has made the calls a test waits for.
+    pub fn remaining(&self, verb: &str, resource: &str) -> usize {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|r| r.verb.as_deref() == Some(verb) && r.resource.as_deref() == Some(resource))
+            .map(|r| r.count)
+            .sum()
+    }
+
     /// Delays the next `count` requests of `verb` on `resource`.
     pub fn delay_next(&self, verb: &str, resource: &str, count: usize, delay: Duration) {
         self.add(FaultRule {
