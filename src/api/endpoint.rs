@@ -482,7 +482,8 @@ pub struct HttpExpectation {
     pub host_header: Option<String>,
     /// Check the source address traffic leaves with: the port is an echo service that
     /// answers the caller's address (a bare IP, or a JSON object), which must fall in
-    /// `expected`. `sourceIP: {}` expects the profile's CiliumEgressGateway `egressIP`.
+    /// `expected`. `sourceIP: {}` expects the profile's CiliumEgressGateway `egressIP` (any of
+    /// them with several gateways, when each names one).
     #[serde(default, rename = "sourceIP", skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<SourceIpExpectation>,
 }
@@ -493,7 +494,7 @@ pub struct HttpExpectation {
 pub struct SourceIpExpectation {
     /// Addresses or CIDRs the echoed address must fall in, e.g. the egress gateway's
     /// `192.0.2.10/32` or the agency's TIC/MTIPS egress range. Empty: the `egressIP` of the
-    /// profile's CiliumEgressGateway policy.
+    /// profile's CiliumEgressGateway policy (any gateway's, with several, when each names one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isIP(c) || isCIDR(c))").message("each expected source must be an IP address or a CIDR").reason(Reason::FieldValueInvalid))]

@@ -234,13 +234,9 @@ async fn write_object(
         if namespaced && let Some(owner) = target.owner {
             object["metadata"]["ownerReferences"] = json!([owner]);
         }
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .map_err(|e| WriteFailure::Write(format!("applying {kind} {name} failed: {e}")))?;
+        api.patch(&name, &apply_params(), &Patch::Apply(&object))
+            .await
+            .map_err(|e| WriteFailure::Write(apply_failure(&kind, &name, &object, &e)))?;
         Vec::new()
     };
     Ok(Written {
@@ -253,6 +249,26 @@ async fn write_object(
         },
         notes,
     })
+}
+
+/// Server-side apply that refuses fields the installed CRD does not know: an API server would
+/// otherwise drop them and report success, and a rule missing a field can allow more than the
+/// profile says (or, for a CiliumEgressGatewayPolicy, quietly use one gateway of several).
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force().validation_strict()
+}
+
+/// Why applying an emitted object failed, with what to do when the CRD lacks a field.
+fn apply_failure(kind: &str, name: &str, object: &Value, error: &kube::Error) -> String {
+    let unknown_field = matches!(error, kube::Error::Api(s) if s.code == 400 && s.message.contains("unknown field"));
+    let advice = if !unknown_field {
+        ""
+    } else if kind == "CiliumEgressGatewayPolicy" && object["spec"]["egressGateways"].is_array() {
+        "; this Cilium's CiliumEgressGatewayPolicy CRD has no egressGateways (several gateways): upgrade Cilium, or list one gateway in spec.policy.egressGateway"
+    } else {
+        "; the installed CRD of this kind lacks a field NetReach emits: upgrade the CRD, or remove the flavor"
+    };
+    format!("applying {kind} {name} failed: {error}{advice}")
 }
 
 /// Deletes what an earlier pass applied and this one no longer emits. An object still
@@ -395,13 +411,9 @@ async fn write_shared(
             }
             (Some(mut object), Some(version)) => {
                 object["metadata"]["resourceVersion"] = Value::String(version);
-                api.patch(
-                    name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&object),
-                )
-                .await
-                .map(|_| ())
+                api.patch(name, &apply_params(), &Patch::Apply(&object))
+                    .await
+                    .map(|_| ())
             }
         };
         match written {

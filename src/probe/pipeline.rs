@@ -376,7 +376,7 @@ pub(super) fn source_ip_matches(
     seen: std::net::IpAddr,
     check: &SourceIpPlan,
 ) -> Result<(), Failure> {
-    let gateway = if check.egress_gateway && check.expected.len() > 1 {
+    let gateway = if check.egress_gateway && check.gateways > 1 {
         " (the egress gateways): is the CiliumEgressGatewayPolicy selecting this pod, and are its gateway nodes up?"
     } else if check.egress_gateway {
         " (the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod, and is its gateway node up?"
@@ -388,7 +388,7 @@ pub(super) fn source_ip_matches(
             Stage::Protocol,
             Reason::SourceIpMismatch,
             format!(
-                "traffic to {shown} leaves as {seen}, and the profile names no expected source; set http.sourceIP.expected on the port, or spec.policy.egressGateway.egressIP with the CiliumEgressGateway flavor"
+                "traffic to {shown} leaves as {seen}, and the profile names no expected source; set http.sourceIP.expected on the port, or, with the CiliumEgressGateway flavor, egressIP on spec.policy.egressGateway (or on every one of spec.policy.egressGateways)"
             ),
         ));
     }
@@ -446,18 +446,19 @@ pub(super) fn starttls_injection(target: &str, detail: String) -> Failure {
 mod tests {
     use super::*;
 
-    fn plan(expected: &[&str], egress_gateway: bool) -> SourceIpPlan {
+    fn plan(expected: &[&str], gateways: usize) -> SourceIpPlan {
         SourceIpPlan {
             expected: expected.iter().map(|e| e.to_string()).collect(),
             json_field: "ip".into(),
-            egress_gateway,
+            egress_gateway: gateways > 0,
+            gateways,
         }
     }
 
     #[test]
     fn a_source_ip_matches_any_expected_network_and_a_mismatch_names_every_gateway() {
         let seen: std::net::IpAddr = "192.0.2.12".parse().unwrap();
-        let gateways = plan(&["192.0.2.10/32", "192.0.2.12/32"], true);
+        let gateways = plan(&["192.0.2.10/32", "192.0.2.12/32"], 2);
         assert!(source_ip_matches("echo:443", seen, &gateways).is_ok());
         let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
         let failure = source_ip_matches("echo:443", other, &gateways).unwrap_err();
@@ -466,8 +467,22 @@ mod tests {
             failure.message,
             "traffic to echo:443 leaves as 198.51.100.7, expected 192.0.2.10/32 or 192.0.2.12/32 (the egress gateways): is the CiliumEgressGatewayPolicy selecting this pod, and are its gateway nodes up?"
         );
-        let one =
-            source_ip_matches("echo:443", other, &plan(&["192.0.2.10/32"], true)).unwrap_err();
+        let one = source_ip_matches("echo:443", other, &plan(&["192.0.2.10/32"], 1)).unwrap_err();
         assert!(one.message.ends_with("(the egress gateway): is the CiliumEgressGatewayPolicy selecting this pod, and is its gateway node up?"), "{}", one.message);
+        // Two ranges the user expects, one gateway: the singular.
+        let ranges = plan(&["192.0.2.0/28", "198.51.100.64/28"], 1);
+        let failure = source_ip_matches("echo:443", other, &ranges).unwrap_err();
+        assert!(
+            failure.message.contains("(the egress gateway)"),
+            "{}",
+            failure.message
+        );
+        // Several gateways, one of which has no address to expect: what to set.
+        let unnamed = source_ip_matches("echo:443", other, &plan(&[], 2)).unwrap_err();
+        assert!(
+            unnamed.message.ends_with("egressIP on spec.policy.egressGateway (or on every one of spec.policy.egressGateways)"),
+            "{}",
+            unnamed.message
+        );
     }
 }

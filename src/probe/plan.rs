@@ -80,6 +80,13 @@ pub struct SourceIpPlan {
     /// The profile routes this traffic through a CiliumEgressGateway policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub egress_gateway: bool,
+    /// How many gateways that policy spreads the pods over.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gateways: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The default JSON field of an echo service's answer.
@@ -134,13 +141,19 @@ impl EndpointSource<'_> {
             .policy
             .filter(|p| p.flavors.contains(&Flavor::CiliumEgressGateway));
         // With several gateways the pods are spread over them: any of their addresses will do.
-        let gateway_ips: Vec<String> = gateway
-            .map(|p| p.gateways())
-            .unwrap_or_default()
+        // A gateway without one (an interface's address) leaves nothing to expect by default:
+        // a partial list would fail only the runs that leave through that gateway.
+        let gateways = gateway.map(|p| p.gateways()).unwrap_or_default();
+        let mut gateway_ips: Vec<String> = gateways
             .iter()
-            .filter_map(|g| g.egress_ip.as_deref()?.parse::<std::net::IpAddr>().ok())
+            .map(|g| g.egress_ip.as_deref()?.parse::<std::net::IpAddr>().ok())
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default()
+            .into_iter()
             .map(|ip| ipnet::IpNet::from(ip).to_string())
             .collect();
+        gateway_ips.sort();
+        gateway_ips.dedup();
         let mut targets = Vec::new();
         for endpoint in self.endpoints {
             let timeout = endpoint
@@ -205,6 +218,7 @@ impl EndpointSource<'_> {
                                 .clone()
                                 .unwrap_or_else(|| DEFAULT_SOURCE_IP_FIELD.to_owned()),
                             egress_gateway: gateway.is_some(),
+                            gateways: gateways.len(),
                         }),
                 });
             }
@@ -600,15 +614,24 @@ mod tests {
     }
 
     #[test]
-    fn with_several_gateways_any_of_their_addresses_is_expected() {
+    fn with_several_gateways_any_of_their_addresses_is_expected_when_each_names_one() {
         let several = planned(
             "{flavors: [CiliumEgressGateway], egressGateways: [{nodeSelector: {gw: a}, egressIP: 192.0.2.10}, {nodeSelector: {gw: b}, interface: eth1}, {nodeSelector: {gw: c}, egressIP: 192.0.2.12}]}",
             "[{port: 443, protocol: HTTPS, http: {sourceIP: {}}}]",
         );
         let plan = several[0].source_ip.as_ref().unwrap();
-        // The gateway that names an interface has no address to expect.
-        assert_eq!(plan.expected, ["192.0.2.10/32", "192.0.2.12/32"]);
+        // The gateway that names an interface has no address to expect, and a run through it
+        // would fail where the others pass: no default, and the probe says what to set.
+        assert!(plan.expected.is_empty(), "{:?}", plan.expected);
         assert!(plan.egress_gateway);
+        assert_eq!(plan.gateways, 3);
+        let every = planned(
+            "{flavors: [CiliumEgressGateway], egressGateways: [{nodeSelector: {gw: a}, egressIP: 192.0.2.12}, {nodeSelector: {gw: b}, egressIP: 192.0.2.10}, {nodeSelector: {gw: c}, egressIP: 192.0.2.12}]}",
+            "[{port: 443, protocol: HTTPS, http: {sourceIP: {}}}]",
+        );
+        let plan = every[0].source_ip.as_ref().unwrap();
+        assert_eq!(plan.expected, ["192.0.2.10/32", "192.0.2.12/32"]);
+        assert_eq!(plan.gateways, 3);
     }
 
     #[test]

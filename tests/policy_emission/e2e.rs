@@ -322,3 +322,51 @@ async fn concurrent_profiles_and_a_foreign_writer_lose_no_egress_firewall_rule()
     }
     operator.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cilium_without_several_gateways_refuses_the_list_and_the_condition_says_what_to_do() {
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("egress-gateways").await;
+    // Cilium's released CRD, which has no egressGateways.
+    install_upstream_crd(&cluster, "ciliumegressgatewaypolicy.yaml").await;
+    let profile = |gateways: &str| {
+        format!(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {{name: spread}}\nspec:\n  endpoints:\n    - {{name: vendor, cidr: 203.0.113.0/24, ports: [{{port: 443, protocol: TCP}}]}}\n  policy:\n    podSelector: {{matchLabels: {{app: agent}}}}\n    flavors: [CiliumEgressGateway]\n{gateways}"
+        )
+    };
+    cluster
+        .apply_yaml(&profile(
+            "    egressGateways:\n      - {nodeSelector: {gw: a}, egressIP: 192.0.2.10}\n      - {nodeSelector: {gw: b}, egressIP: 192.0.2.11}\n",
+        ))
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("egress-gateways"));
+    let profiles = cluster.api::<ConnectivityProfile>();
+    let condition = |wanted: &'static str| {
+        let profiles = profiles.clone();
+        eventually(WAIT, wanted, move || {
+            let profiles = profiles.clone();
+            async move {
+                let (reason, message) = policy_condition(&profiles.get("spread").await.ok()?)?;
+                (reason == wanted).then_some(message)
+            }
+        })
+    };
+    // Not quietly one gateway of two: refused, with what to do.
+    let message = condition("ApplyFailed").await;
+    assert!(
+        message.contains("unknown field") && message.contains("has no egressGateways"),
+        "{message}"
+    );
+    assert!(
+        message.contains("list one gateway in spec.policy.egressGateway"),
+        "{message}"
+    );
+    cluster
+        .apply_yaml(&profile(
+            "    egressGateway: {nodeSelector: {gw: a}, egressIP: 192.0.2.10}\n",
+        ))
+        .await;
+    let message = condition("Applied").await;
+    assert!(message.contains("applied 1 object(s)"), "{message}");
+    operator.abort();
+}
