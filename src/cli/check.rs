@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{EXIT_FAILED, invalid, load_or_exit, runtime};
+use super::{EXIT_FAILED, invalid, load_or_exit};
 use crate::api::SpecDuration;
 use crate::api::result::Reason;
 use crate::error::error_chain;
@@ -110,12 +110,12 @@ pub(super) fn run_check(args: CheckArgs) -> ExitCode {
         None
     };
     // As PID 1 in a container a signal without a handler is ignored: stop on it, as `probe` does.
-    let results = runtime().block_on(async {
-        tokio::select! {
-            results = probe_all(&all_targets, ctx.clone(), usize::from(args.concurrency), progress) => Ok(results),
-            stopped = super::shutdown::signal() => Err(stopped),
-        }
-    });
+    let results = super::shutdown::run_until_signal(probe_all(
+        &all_targets,
+        ctx.clone(),
+        usize::from(args.concurrency),
+        progress,
+    ));
     let results = match results {
         Ok(results) => results,
         Err((signal, status)) => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::{EXIT_FAILED, invalid, runtime};
+use super::{EXIT_FAILED, invalid};
 use crate::api::{limits, load};
 use crate::error::error_chain;
 use crate::probe::engine::{ProbeContext, probe_all};
@@ -75,12 +75,12 @@ pub(super) fn run_probe(args: &ProbeArgs) -> ExitCode {
     );
     let concurrency = spec.concurrency.unwrap_or(64);
     // Stopped before the end (the pod deleted, its deadline passed): no partial results.
-    let results = runtime().block_on(async {
-        tokio::select! {
-            results = probe_all(&spec.targets, Arc::new(ctx), concurrency, None) => Ok(results),
-            stopped = super::shutdown::signal() => Err(stopped),
-        }
-    });
+    let results = super::shutdown::run_until_signal(probe_all(
+        &spec.targets,
+        Arc::new(ctx),
+        concurrency,
+        None,
+    ));
     let results = match results {
         Ok(results) => results,
         Err((signal, status)) => {
