@@ -225,10 +225,11 @@ async fn write_object(
         })
         .await
         .map_err(|e| {
-            WriteFailure::Write(format!(
-                "merging NetReach's rules into EgressFirewall {}/{name} failed, retrying: {e}",
+            let what = format!(
+                "merging NetReach's rules into EgressFirewall {}/{name}",
                 target.namespace
-            ))
+            );
+            WriteFailure::Write(write_failure(&what, &kind, &object, &e))
         })?
     } else {
         if namespaced && let Some(owner) = target.owner {
@@ -236,7 +237,14 @@ async fn write_object(
         }
         api.patch(&name, &apply_params(), &Patch::Apply(&object))
             .await
-            .map_err(|e| WriteFailure::Write(apply_failure(&kind, &name, &object, &e)))?;
+            .map_err(|e| {
+                WriteFailure::Write(write_failure(
+                    &format!("applying {kind} {name}"),
+                    &kind,
+                    &object,
+                    &e,
+                ))
+            })?;
         Vec::new()
     };
     Ok(Written {
@@ -258,17 +266,55 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force().validation_strict()
 }
 
-/// Why applying an emitted object failed, with what to do when the CRD lacks a field.
-fn apply_failure(kind: &str, name: &str, object: &Value, error: &kube::Error) -> String {
-    let unknown_field = matches!(error, kube::Error::Api(s) if s.code == 400 && s.message.contains("unknown field"));
-    let advice = if !unknown_field {
-        ""
-    } else if kind == "CiliumEgressGatewayPolicy" && object["spec"]["egressGateways"].is_array() {
-        "; this Cilium's CiliumEgressGatewayPolicy CRD has no egressGateways (several gateways): upgrade Cilium, or list one gateway in spec.policy.egressGateway"
-    } else {
-        "; the installed CRD of this kind lacks a field NetReach emits: upgrade the CRD, or remove the flavor"
+/// Creates `object` (409 when someone created it meanwhile) with the strict field validation
+/// `apply_params` asks of applies: kube's `PostParams` carries no validation directive.
+async fn create_strict(
+    ctx: &Context,
+    api: &Api<DynamicObject>,
+    object: &Value,
+) -> Result<(), kube::Error> {
+    let params = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
     };
-    format!("applying {kind} {name} failed: {error}{advice}")
+    let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+    let request = kube::core::Request::new(api.resource_url())
+        .create(&params, body)
+        .map_err(kube::Error::BuildRequest)?;
+    let (mut parts, body) = request.into_parts();
+    // The query already holds fieldManager.
+    parts.uri = format!("{}&fieldValidation=Strict", parts.uri)
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| {
+            kube::Error::BuildRequest(kube::core::request::Error::Validation(e.to_string()))
+        })?;
+    ctx.client
+        .request::<DynamicObject>(hyper::Request::from_parts(parts, body))
+        .await
+        .map(|_| ())
+}
+
+/// Why writing an emitted object failed: a refusal of a field the CRD lacks (retrying cannot
+/// help) with what to do, or a failure the next pass retries.
+fn write_failure(what: &str, kind: &str, object: &Value, error: &kube::Error) -> String {
+    let kube::Error::Api(status) = error else {
+        return format!(
+            "{what} failed, retrying: {}",
+            crate::error::error_chain(error)
+        );
+    };
+    let message = &status.message;
+    if !(status.code == 400 && message.contains("unknown field")) {
+        return format!("{what} failed, retrying: {message} ({})", status.code);
+    }
+    let advice = if kind == "CiliumEgressGatewayPolicy"
+        && object["spec"]["egressGateways"].is_array()
+    {
+        "this Cilium's CiliumEgressGatewayPolicy CRD has no egressGateways (several gateways): upgrade Cilium, or list one gateway in spec.policy.egressGateway"
+    } else {
+        "the installed CRD of this kind lacks a field NetReach emits: upgrade the CRD, or remove the flavor"
+    };
+    format!("{what} was refused: {message}; {advice}")
 }
 
 /// Deletes what an earlier pass applied and this one no longer emits. An object still
@@ -400,15 +446,7 @@ async fn write_shared(
                     other => other.map(|_| ()),
                 }
             }
-            (Some(object), None) => {
-                let object: DynamicObject =
-                    serde_json::from_value(object).map_err(kube::Error::SerdeError)?;
-                let params = PostParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PostParams::default()
-                };
-                api.create(&params, &object).await.map(|_| ())
-            }
+            (Some(object), None) => create_strict(ctx, api, &object).await,
             (Some(mut object), Some(version)) => {
                 object["metadata"]["resourceVersion"] = Value::String(version);
                 api.patch(name, &apply_params(), &Patch::Apply(&object))

@@ -370,3 +370,61 @@ async fn a_cilium_without_several_gateways_refuses_the_list_and_the_condition_sa
     assert!(message.contains("applied 1 object(s)"), "{message}");
     operator.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_egress_firewall_crd_without_a_field_netreach_writes_refuses_the_first_create() {
+    use netreach::api::ConnectivityProfile;
+    let cluster = Cluster::start("egress-firewall-strict").await;
+    let Some(_) = cluster.sim_or_skip("a CRD older than upstream's") else {
+        return;
+    };
+    // OVN's CRD with the rules' `ports` taken out, as an older release might lack a field.
+    let text =
+        std::fs::read_to_string(repo().join("tests/fixtures/upstream-crds/egressfirewall.yaml"))
+            .unwrap();
+    let mut crd: Value = serde_norway::from_str(&text).unwrap();
+    let rule = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["egress"]["items"]["properties"];
+    assert!(rule.as_object_mut().unwrap().remove("ports").is_some());
+    Api::<CustomResourceDefinition>::all(cluster.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(crd).unwrap(),
+        )
+        .await
+        .unwrap();
+    cluster
+        .apply_yaml(
+            "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: vendor}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n  policy: {flavors: [EgressFirewall]}\n",
+        )
+        .await;
+    let (_ctx, operator) = cluster.operator(cluster.settings("egress-firewall-strict"));
+    let profiles = cluster.api::<ConnectivityProfile>();
+    let message = eventually(WAIT, "PolicyApplied=ApplyFailed", || {
+        let profiles = profiles.clone();
+        async move {
+            let (reason, message) = policy_condition(&profiles.get("vendor").await.ok()?)?;
+            (reason == "ApplyFailed").then_some(message)
+        }
+    })
+    .await;
+    // A refusal retrying cannot fix, said as such, with what to do.
+    assert!(
+        message.contains("merging NetReach's rules into EgressFirewall")
+            && message.contains("was refused: strict decoding error: unknown field")
+            && message.ends_with("upgrade the CRD, or remove the flavor")
+            && !message.contains("retrying"),
+        "{message}"
+    );
+    // Refused, not created with the ports dropped (which would allow every port).
+    let firewalls = egress_firewalls(&cluster);
+    assert!(
+        firewalls
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    operator.abort();
+}
