@@ -3,7 +3,8 @@
 //! waits for these itself.
 
 /// Runs `work` to the end on a new runtime, or until SIGTERM or SIGINT: then the signal's name
-/// and exit status, without waiting for blocking lookups (the system resolver) still running.
+/// and exit status. Either way it does not wait for blocking lookups (the system resolver)
+/// still running.
 pub fn run_until_signal<F: std::future::Future>(work: F) -> Result<F::Output, (&'static str, u8)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -15,9 +16,7 @@ pub fn run_until_signal<F: std::future::Future>(work: F) -> Result<F::Output, (&
             stopped = signal() => Err(stopped),
         }
     });
-    if outcome.is_err() {
-        runtime.shutdown_background();
-    }
+    runtime.shutdown_background();
     outcome
 }
 

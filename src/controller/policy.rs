@@ -259,15 +259,15 @@ async fn write_object(
     })
 }
 
-/// Server-side apply that refuses fields the installed CRD does not know: an API server would
-/// otherwise drop them and report success, and a rule missing a field can allow more than the
-/// profile says (or, for a CiliumEgressGatewayPolicy, quietly use one gateway of several).
+/// Server-side apply, which refuses fields the installed CRD does not declare whatever the
+/// validation directive; strict also refuses duplicate fields.
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force().validation_strict()
 }
 
-/// Creates `object` (409 when someone created it meanwhile) with the strict field validation
-/// `apply_params` asks of applies: kube's `PostParams` carries no validation directive.
+/// Creates `object` (409 when someone created it meanwhile) with strict field validation: a
+/// plain create would drop fields the CRD lacks and succeed, and a rule missing a field can
+/// allow more than the profile says. kube's `PostParams` carries no validation directive.
 async fn create_strict(
     ctx: &Context,
     api: &Api<DynamicObject>,
@@ -304,11 +304,16 @@ fn write_failure(what: &str, kind: &str, object: &Value, error: &kube::Error) ->
         );
     };
     let message = &status.message;
-    if !(status.code == 400 && message.contains("unknown field")) {
+    // A create with strict validation answers 400 "unknown field"; a server-side apply, always
+    // strict, "field not declared in schema" (with a 500 on today's API servers).
+    let unknown_field = (status.code == 400 && message.contains("unknown field"))
+        || message.contains("field not declared in schema");
+    if !unknown_field {
         return format!("{what} failed, retrying: {message} ({})", status.code);
     }
     let advice = if kind == "CiliumEgressGatewayPolicy"
         && object["spec"]["egressGateways"].is_array()
+        && message.contains("egressGateways")
     {
         "this Cilium's CiliumEgressGatewayPolicy CRD has no egressGateways (several gateways): upgrade Cilium, or list one gateway in spec.policy.egressGateway"
     } else {

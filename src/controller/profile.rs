@@ -26,6 +26,8 @@ use crate::probe::net::ProxyTarget;
 pub use super::policy::MANAGER;
 const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a pass that could not apply every flavor is tried again, at the latest.
+const APPLY_RETRY: Duration = Duration::from_secs(30);
 
 /// Problems the schema cannot see.
 pub fn semantic_problems(spec: &ConnectivityProfileSpec) -> Vec<String> {
@@ -424,7 +426,13 @@ async fn apply(ctx: &Context, profile: &ConnectivityProfile, plan: ProfilePlan) 
             source,
         })?;
     }
-    Ok(Action::requeue(requeue))
+    // A failed apply leaves the cluster short of the profile: try again well before the next
+    // refresh.
+    if applied.failures.is_empty() {
+        Ok(Action::requeue(requeue))
+    } else {
+        Ok(Action::requeue(requeue.min(APPLY_RETRY)))
+    }
 }
 
 #[cfg(test)]

@@ -383,6 +383,16 @@ pub(super) fn source_ip_matches(
     } else {
         ": check the NAT or egress gateway this traffic should leave through"
     };
+    if check.expected.is_empty() && check.gateways > 1 {
+        return Err(Failure::new(
+            Stage::Protocol,
+            Reason::SourceIpMismatch,
+            format!(
+                "traffic to {shown} leaves as {seen}, and not every one of the {} egress gateways names an egressIP, so there is no address to expect; set egressIP on each of spec.policy.egressGateways, or http.sourceIP.expected on the port",
+                check.gateways
+            ),
+        ));
+    }
     if check.expected.is_empty() {
         return Err(Failure::new(
             Stage::Protocol,
@@ -480,9 +490,19 @@ mod tests {
         // Several gateways, one of which has no address to expect: what to set.
         let unnamed = source_ip_matches("echo:443", other, &plan(&[], 2)).unwrap_err();
         assert!(
-            unnamed.message.ends_with("egressIP on spec.policy.egressGateway (or on every one of spec.policy.egressGateways)"),
+            unnamed
+                .message
+                .contains("not every one of the 2 egress gateways names an egressIP"),
             "{}",
             unnamed.message
+        );
+        let nothing = source_ip_matches("echo:443", other, &plan(&[], 0)).unwrap_err();
+        assert!(
+            nothing.message.ends_with(
+                "egressIP on spec.policy.egressGateway (or on every one of spec.policy.egressGateways)"
+            ),
+            "{}",
+            nothing.message
         );
     }
 }

@@ -351,10 +351,14 @@ async fn a_cilium_without_several_gateways_refuses_the_list_and_the_condition_sa
             }
         })
     };
-    // Not quietly one gateway of two: refused, with what to do.
+    // Server-side apply refuses the field (as Kubernetes does, with a 500): said as a refusal,
+    // with what to do.
     let message = condition("ApplyFailed").await;
     assert!(
-        message.contains("unknown field") && message.contains("has no egressGateways"),
+        message.contains(".spec.egressGateways: field not declared in schema")
+            && message.contains("was refused")
+            && message.contains("has no egressGateways")
+            && !message.contains("retrying"),
         "{message}"
     );
     assert!(

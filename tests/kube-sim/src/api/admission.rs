@@ -106,6 +106,36 @@ pub(super) fn admit(
     Ok(body)
 }
 
+/// Server-side apply types the apply configuration against the schema before anything else,
+/// whatever the field validation asks: a field the CRD does not declare fails the request,
+/// with the 500 Kubernetes answers it with (kubernetes/kubernetes#139253).
+pub(super) fn check_apply_fields(
+    ty: &ResourceType,
+    applied: &Value,
+    target: &Target,
+) -> ApiResult<()> {
+    let Some(crd) = &ty.crd else {
+        return Ok(());
+    };
+    let mut typed = applied.clone();
+    let mut unknown = Vec::new();
+    prune(&crd.schema, &mut typed, "", &mut unknown, true);
+    match unknown.first() {
+        None => Ok(()),
+        Some(field) => Err(ApiError::new(
+            500,
+            "InternalError",
+            format!(
+                "failed to create typed patch object ({}/{}; {}, Kind={}): .{field}: field not declared in schema",
+                target.ns(),
+                target.name_or_empty(),
+                ty.api_version(),
+                ty.kind
+            ),
+        )),
+    }
+}
+
 /// What the API server answers a `fieldValidation=Strict` write with unknown fields.
 fn strict_decoding_error(unknown: &[String]) -> ApiError {
     let listed: Vec<String> = unknown

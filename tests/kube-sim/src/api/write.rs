@@ -216,6 +216,7 @@ impl Api {
         if kind == "application/apply-patch+yaml" {
             let applied = parse(body)?;
             check_type_meta(&ty, &applied)?;
+            check_apply_fields(&ty, &applied, target)?;
             if applied["apiVersion"].is_null() || applied["kind"].is_null() {
                 return Err(ApiError::bad_request(
                     "apiVersion and kind must be set in an apply configuration",
