@@ -47,6 +47,22 @@ pub(crate) async fn apply_foreign_firewall(cluster: &Cluster) -> Vec<Value> {
     foreign
 }
 
+/// The PolicyApplied message of profile `name`, once its reason is `reason`.
+pub(crate) async fn policy_message(
+    profiles: &Api<netreach::api::ConnectivityProfile>,
+    name: &str,
+    reason: &str,
+) -> String {
+    eventually(WAIT, &format!("PolicyApplied {reason} on {name}"), || {
+        let profiles = profiles.clone();
+        async move {
+            let (found, message) = policy_condition(&profiles.get(name).await.ok()?)?;
+            (found == reason).then_some(message)
+        }
+    })
+    .await
+}
+
 pub(crate) fn policy_condition(
     profile: &netreach::api::ConnectivityProfile,
 ) -> Option<(String, String)> {
@@ -218,14 +234,7 @@ async fn a_failed_apply_leaves_the_policy_applied_earlier_in_place() {
         )
         .await
         .unwrap();
-    let (_, message) = eventually(WAIT, "ApplyFailed", || {
-        let profiles = profiles.clone();
-        async move {
-            policy_condition(&profiles.get("vendor").await.ok()?)
-                .filter(|(reason, _)| reason == "ApplyFailed")
-        }
-    })
-    .await;
+    let message = policy_message(&profiles, "vendor", "ApplyFailed").await;
     assert!(
         message.contains("applying NetworkPolicy netreach-vendor failed"),
         "{message}"
@@ -341,19 +350,9 @@ async fn a_cilium_without_several_gateways_refuses_the_list_and_the_condition_sa
         .await;
     let (_ctx, operator) = cluster.operator(cluster.settings("egress-gateways"));
     let profiles = cluster.api::<ConnectivityProfile>();
-    let condition = |wanted: &'static str| {
-        let profiles = profiles.clone();
-        eventually(WAIT, wanted, move || {
-            let profiles = profiles.clone();
-            async move {
-                let (reason, message) = policy_condition(&profiles.get("spread").await.ok()?)?;
-                (reason == wanted).then_some(message)
-            }
-        })
-    };
     // Server-side apply refuses the field (as Kubernetes does, with a 500): said as a refusal,
     // with what to do.
-    let message = condition("ApplyFailed").await;
+    let message = policy_message(&profiles, "spread", "ApplyFailed").await;
     assert!(
         message.contains(".spec.egressGateways: field not declared in schema")
             && message.contains("was refused")
@@ -370,7 +369,7 @@ async fn a_cilium_without_several_gateways_refuses_the_list_and_the_condition_sa
             "    egressGateway: {nodeSelector: {gw: a}, egressIP: 192.0.2.10}\n",
         ))
         .await;
-    let message = condition("Applied").await;
+    let message = policy_message(&profiles, "spread", "Applied").await;
     assert!(message.contains("applied 1 object(s)"), "{message}");
     operator.abort();
 }
@@ -404,14 +403,7 @@ async fn an_egress_firewall_crd_without_a_field_netreach_writes_refuses_the_firs
         .await;
     let (_ctx, operator) = cluster.operator(cluster.settings("egress-firewall-strict"));
     let profiles = cluster.api::<ConnectivityProfile>();
-    let message = eventually(WAIT, "PolicyApplied=ApplyFailed", || {
-        let profiles = profiles.clone();
-        async move {
-            let (reason, message) = policy_condition(&profiles.get("vendor").await.ok()?)?;
-            (reason == "ApplyFailed").then_some(message)
-        }
-    })
-    .await;
+    let message = policy_message(&profiles, "vendor", "ApplyFailed").await;
     // A refusal retrying cannot fix, said as such, with what to do.
     assert!(
         message.contains("merging NetReach's rules into EgressFirewall")
