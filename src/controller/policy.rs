@@ -217,36 +217,30 @@ async fn write_object(
         .map_err(|lookup| WriteFailure::Lookup(lookup.message()))?;
     let object_namespace = namespaced.then(|| target.namespace.to_owned());
     let api = api_for(ctx, &resource, object_namespace.as_deref());
-    let notes = if kind == "EgressFirewall" {
+    let (what, written) = if kind == "EgressFirewall" {
         // Shared by the namespace: merge with what others wrote, never clobber.
-        write_shared(ctx, &api, target.namespace, &name, |existing| {
+        let written = write_shared(ctx, &api, target.namespace, &name, |existing| {
             let merged = merge_egress_firewall(existing, &object, target.profile);
             (Some(merged.object), merged.notes)
         })
-        .await
-        .map_err(|e| {
-            let what = format!(
-                "merging NetReach's rules into EgressFirewall {}/{name}",
-                target.namespace
-            );
-            WriteFailure::Write(write_failure(&what, &kind, &object, &e))
-        })?
+        .await;
+        let what = format!(
+            "merging NetReach's rules into EgressFirewall {}/{name}",
+            target.namespace
+        );
+        (what, written)
     } else {
         if namespaced && let Some(owner) = target.owner {
             object["metadata"]["ownerReferences"] = json!([owner]);
         }
-        api.patch(&name, &apply_params(), &Patch::Apply(&object))
+        let written = api
+            .patch(&name, &apply_params(), &Patch::Apply(&object))
             .await
-            .map_err(|e| {
-                WriteFailure::Write(write_failure(
-                    &format!("applying {kind} {name}"),
-                    &kind,
-                    &object,
-                    &e,
-                ))
-            })?;
-        Vec::new()
+            .map(|_| Vec::new());
+        (format!("applying {kind} {name}"), written)
     };
+    let notes =
+        written.map_err(|e| WriteFailure::Write(write_failure(&what, &kind, &object, &e)))?;
     Ok(Written {
         policy: AppliedPolicy {
             flavor: target.flavor.as_str().into(),

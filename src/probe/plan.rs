@@ -146,12 +146,12 @@ impl EndpointSource<'_> {
         let gateways = gateway.map(|p| p.gateways()).unwrap_or_default();
         let mut gateway_ips: Vec<String> = gateways
             .iter()
-            .map(|g| g.egress_ip.as_deref()?.parse::<std::net::IpAddr>().ok())
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|ip| ipnet::IpNet::from(ip).to_string())
-            .collect();
+            .map(|g| {
+                let ip: std::net::IpAddr = g.egress_ip.as_deref()?.parse().ok()?;
+                Some(ipnet::IpNet::from(ip).to_string())
+            })
+            .collect::<Option<_>>()
+            .unwrap_or_default();
         gateway_ips.sort();
         gateway_ips.dedup();
         let mut targets = Vec::new();

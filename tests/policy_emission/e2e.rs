@@ -6,9 +6,18 @@ use super::*;
 pub(crate) const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) async fn install_upstream_crd(cluster: &Cluster, file: &str) {
+    install_crd(cluster, upstream_crd(file)).await;
+}
+
+/// One of `tests/fixtures/upstream-crds`, as JSON.
+pub(crate) fn upstream_crd(file: &str) -> Value {
     let text =
         std::fs::read_to_string(repo().join("tests/fixtures/upstream-crds").join(file)).unwrap();
-    let crd: CustomResourceDefinition = serde_norway::from_str(&text).unwrap();
+    serde_norway::from_str(&text).unwrap()
+}
+
+pub(crate) async fn install_crd(cluster: &Cluster, crd: Value) {
+    let crd: CustomResourceDefinition = serde_json::from_value(crd).unwrap();
     Api::<CustomResourceDefinition>::all(cluster.client.clone())
         .create(&PostParams::default(), &crd)
         .await
@@ -382,20 +391,11 @@ async fn an_egress_firewall_crd_without_a_field_netreach_writes_refuses_the_firs
         return;
     };
     // OVN's CRD with the rules' `ports` taken out, as an older release might lack a field.
-    let text =
-        std::fs::read_to_string(repo().join("tests/fixtures/upstream-crds/egressfirewall.yaml"))
-            .unwrap();
-    let mut crd: Value = serde_norway::from_str(&text).unwrap();
+    let mut crd = upstream_crd("egressfirewall.yaml");
     let rule = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
         ["egress"]["items"]["properties"];
     assert!(rule.as_object_mut().unwrap().remove("ports").is_some());
-    Api::<CustomResourceDefinition>::all(cluster.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(crd).unwrap(),
-        )
-        .await
-        .unwrap();
+    install_crd(&cluster, crd).await;
     cluster
         .apply_yaml(
             "apiVersion: netreach.dev/v1alpha1\nkind: ConnectivityProfile\nmetadata: {name: vendor}\nspec:\n  endpoints:\n    - {name: primary, cidr: 203.0.113.7/32, ports: [{port: 443, protocol: TCP}]}\n  policy: {flavors: [EgressFirewall]}\n",
